@@ -1,0 +1,125 @@
+"""What a backbone plugin declares: architecture, preprocessing, feature layer and how its weights are obtained."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.errors import BenchError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a decoded RGB uint8 image becomes the network's input.
+
+    Images are resized to `size` x `size` ignoring the aspect ratio (as the paper did), put in `channel_order`,
+    scaled to [0, value_range], then `(x - mean) / std` per channel (mean/std in that order and range).
+    """
+
+    size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    value_range: float = 1.0
+
+    def normalise(self, images: np.ndarray) -> np.ndarray:
+        """uint8 RGB images (N, H, W, 3), already resized, -> float32 network input (N, 3, H, W)."""
+        x = images.astype(np.float32) * np.float32(self.value_range / 255.0)
+        if self.channel_order == "BGR":
+            x = x[..., ::-1]
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    def with_size(self, size: int) -> Preprocessing:
+        return replace(self, size=size)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SourceStage:
+    """A training stage on a source task whose result becomes the backbone's initial weights."""
+
+    dataset: str  # dataset adapter name, e.g. "kaggle-dr"
+    task: str  # in words, e.g. "5 retinopathy grades"
+    start: str  # backbone whose initial weights the stage starts from, e.g. "scratch" or "vgg-m"
+    output: str  # file name under bench.paths.weights_dir(), e.g. "retino.pt"
+
+
+def save_checkpoint(path: Path, net: nn.Module, backbone: str, preprocessing: Preprocessing, **meta) -> Path:
+    """The one checkpoint format: feature-net state dict + the preprocessing it was trained with + provenance."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    torch.save({"state_dict": state, "backbone": backbone, "preprocessing": preprocessing.to_dict(), "meta": meta}, tmp)
+    tmp.replace(path)  # atomic: an interrupted save never leaves a half-written checkpoint behind
+    return path
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint as a dict with at least `state_dict` (a plain state dict file is wrapped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise BenchError(f"cannot read weights file {path}: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise BenchError(f"{path} holds no state dict")
+    return obj if "state_dict" in obj else {"state_dict": obj}
+
+
+def checkpoint_preprocessing(path: Path, default: Preprocessing) -> Preprocessing:
+    """The preprocessing a checkpoint was trained with (e.g. a smaller image size), else `default`."""
+    saved = read_checkpoint(path).get("preprocessing")
+    if not saved:
+        return default
+    return Preprocessing(**{**saved, "mean": tuple(saved["mean"]), "std": tuple(saved["std"])})
+
+
+def load_state_dict_file(net: nn.Module, path: Path) -> None:
+    """Load a bench checkpoint (see `save_checkpoint`) or a plain state dict saved with torch.save."""
+    state = read_checkpoint(path)["state_dict"]
+    if not isinstance(state, dict):
+        raise BenchError(f"{path} holds no state dict")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise BenchError(f"{path} does not fit this architecture: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A feature extractor: `create()` returns a torch module whose forward maps (N, 3, S, S) to (N, feature_dim)."""
+
+    name: str
+    architecture: str
+    preprocessing: Preprocessing
+    feature_layer: str
+    feature_dim: int
+    initial_weights: str  # how they are obtained, in words, for `bench backbones`
+    build: Callable[[], nn.Module]  # the architecture with its own initialisation, no pretrained weights
+    load_initial: Callable[[nn.Module], None] | None = None  # loads the initial weights, or raises BenchError saying how to get them
+    load_file: Callable[[nn.Module, Path], None] = load_state_dict_file  # loads `--weights PATH`
+    source_stages: tuple[SourceStage, ...] = ()
+    plugin: str = field(default="", compare=False)  # filled in by the plugin manager
+
+    def create(self, weights: Path | None = None) -> nn.Module:
+        """The network with `weights` (a file) or, without it, the backbone's initial weights."""
+        net = self.build()
+        if weights is not None:
+            self.load_file(net, Path(weights))
+        elif self.load_initial is not None:
+            self.load_initial(net)
+        return net.eval()

@@ -1,0 +1,19 @@
+"""`bench` command line. Domain errors (BenchError, StoreError, ProtocolError) become one red line and exit code 2, never a traceback."""
+
+import sys
+
+from bench.cli import catalogue  # noqa: F401  (each module registers its commands on import)
+from bench.cli.app import app, err_console
+from bench.errors import BenchError
+from featurestore.errors import StoreError
+from protocols.errors import ProtocolError
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    try:
+        app()
+    except (BenchError, StoreError, ProtocolError) as exc:
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,19 @@
+"""The Typer application and its command groups; each `bench/cli/*.py` module adds its commands to them."""
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Feature store and benchmark harness for transfer learning in melanoma screening.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+perf_app = typer.Typer(help="Measure speed and memory (images/s, seconds, peak RSS).", no_args_is_help=True)
+store_app = typer.Typer(help="Inspect and edit the zarr feature store.", no_args_is_help=True)
+weights_app = typer.Typer(help="Import pretrained weights from other formats.", no_args_is_help=True)
+app.add_typer(perf_app, name="perf")
+app.add_typer(store_app, name="store")
+app.add_typer(weights_app, name="weights")
+
+console = Console()
+err_console = Console(stderr=True)

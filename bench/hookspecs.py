@@ -1,0 +1,21 @@
+"""The hooks a bench plugin implements. Built-ins in `plugins/` use exactly these."""
+
+from typing import Callable
+
+import pluggy
+
+from bench.backbone import Backbone
+from bench.dataset import DatasetAdapter
+
+hookspec = pluggy.HookspecMarker("bench")
+hookimpl = pluggy.HookimplMarker("bench")
+
+
+@hookspec
+def bench_register_backbones(register: Callable[[Backbone], None]) -> None:
+    """Call `register(Backbone(...))` once per backbone the plugin provides."""
+
+
+@hookspec
+def bench_register_datasets(register: Callable[[DatasetAdapter], None]) -> None:
+    """Call `register(DatasetAdapter(...))` once per dataset adapter the plugin provides."""

@@ -1,0 +1,18 @@
+"""Decoding and resizing, shared by extraction, training and the benchmarks so they all see the same pixels."""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from bench.errors import BenchError
+
+
+def load_image(path: str | Path, size: int) -> np.ndarray:
+    """RGB uint8 array (size, size, 3), resized ignoring the aspect ratio as the paper did."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (size, size))  # lets JPEG decode at a reduced scale when the file is much larger
+            return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise BenchError(f"cannot decode image {path}: {exc}. Replace or remove the file (or pass --skip-bad)") from exc

@@ -1,0 +1,95 @@
+"""The plugin manager: built-ins from `plugins/` plus every distribution exposing the `bench` entry-point group."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Callable, TypeVar
+
+import pluggy
+
+from bench import hookspecs
+from bench.backbone import Backbone
+from bench.dataset import DatasetAdapter
+from bench.errors import BenchError
+
+ENTRY_POINT_GROUP = "bench"
+DISABLE_AUTOLOAD = "BENCH_DISABLE_PLUGIN_AUTOLOAD"
+BUILTIN = "bench (built-in)"
+
+T = TypeVar("T", Backbone, DatasetAdapter)
+
+
+@cache
+def plugin_manager() -> pluggy.PluginManager:
+    import plugins.backbones
+    import plugins.datasets
+
+    pm = pluggy.PluginManager("bench")
+    pm.add_hookspecs(hookspecs)
+    pm.register(plugins.backbones, name=f"{BUILTIN}: backbones")
+    pm.register(plugins.datasets, name=f"{BUILTIN}: datasets")
+    if not os.environ.get(DISABLE_AUTOLOAD):
+        _load_entry_points(pm)
+    return pm
+
+
+def _load_entry_points(pm: pluggy.PluginManager) -> None:
+    """Register each third-party plugin; a broken one is skipped with a warning naming its distribution."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist else ep.value
+        try:
+            pm.register(ep.load(), name=dist)
+        except Exception as exc:  # any import-time failure of someone else's code
+            warnings.warn(
+                f"bench plugin {ep.name!r} from distribution {dist!r} failed to load and is skipped: "
+                f"{type(exc).__name__}: {exc}. Fix or uninstall it, or set {DISABLE_AUTOLOAD}=1.",
+                stacklevel=2,
+            )
+
+
+def _collect(hook_name: str, kind: str) -> dict[str, T]:
+    found: dict[str, T] = {}
+    pm = plugin_manager()
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        provider = pm.get_name(impl.plugin)
+
+        def register(item: T, provider: str = provider) -> None:
+            if item.name in found:
+                warnings.warn(
+                    f"{kind} {item.name!r} from {provider!r} ignored: {found[item.name].plugin!r} already provides it",
+                    stacklevel=2,
+                )
+                return
+            found[item.name] = dataclasses.replace(item, plugin=provider)
+
+        try:
+            impl.function(register=register)
+        except Exception as exc:
+            warnings.warn(f"bench plugin {provider!r} failed while registering {kind}s: {exc}", stacklevel=2)
+    return dict(sorted(found.items()))
+
+
+def backbones() -> dict[str, Backbone]:
+    return _collect("bench_register_backbones", "backbone")
+
+
+def datasets() -> dict[str, DatasetAdapter]:
+    return _collect("bench_register_datasets", "dataset")
+
+
+def _get(items: dict[str, T], name: str, kind: str, command: str) -> T:
+    if name not in items:
+        raise BenchError(f"unknown {kind} {name!r}; available: {', '.join(items)} (see `bench {command}`)")
+    return items[name]
+
+
+def get_backbone(name: str) -> Backbone:
+    return _get(backbones(), name, "backbone", "backbones")
+
+
+def get_dataset(name: str) -> DatasetAdapter:
+    return _get(datasets(), name, "dataset", "datasets")
