@@ -1,0 +1,190 @@
+"""Train/test splits, made on the FULL manifest so every protocol and every fine-tune sees the same folds.
+
+- `5x2`: 5 repetitions of stratified (by diagnosis), lesion-grouped 2-fold CV; key `r{rep}f{f}`, fold f tests on
+  group f and trains on the other.
+- `official`: the manifest's own `split` column (train/test); key `official`.
+- `reference`: the paper's fold files (learningtitans/melanoma-transfer `folds/*.yml`). Each `Fold_k` there is a
+  pair of halves; one is trained on and the other tested, and vice versa, so `Fold_k` gives keys `ref{k}x1`
+  (train on the first list) and `ref{k}x2` (train on the second), the reference's own `--fold kxj` naming. In the
+  published files every even `Fold_2m` is `Fold_2m-1` with its halves swapped, so the reference runs of Fold_1..5
+  covered only 3 distinct partitions; we report this and keep the distinct partitions unless asked otherwise.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from sklearn.model_selection import StratifiedGroupKFold
+
+from protocols.errors import ProtocolError
+
+SPLITS = ("5x2", "official", "reference")
+REPETITIONS = 5
+# the reference implementation's file per design; `isic.yml` is the ISIC 2016 official split in the same format
+REFERENCE_FILES = {"mal-vs-ben": "protocol1.yml", "mela-vs-ben": "protocol2.yml", "mela-vs-carc-vs-ben": "protocol3.yml"}
+ISIC_FILE = "isic.yml"
+
+Folds = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+class ReferenceFoldsWarning(UserWarning):
+    """Something in the reference fold files the user should know: repeated partitions, unknown images."""
+
+
+def make_folds(
+    manifest: pd.DataFrame,
+    split: str,
+    *,
+    seed: int = 0,
+    reference_dir: Path | None = None,
+    protocol: str | None = None,
+    keep_duplicates: bool = False,
+) -> Folds:
+    """Fold key -> (train image_ids, test image_ids)."""
+    if split == "5x2":
+        return five_by_two(manifest, seed)
+    if split == "official":
+        return official(manifest)
+    if split == "reference":
+        if reference_dir is None:
+            raise ProtocolError("--split reference needs --reference-dir PATH (the folder of the paper's fold "
+                                "files, protocol1.yml ... isic.yml, or one .yml file)")
+        return reference(manifest, Path(reference_dir), protocol, keep_duplicates=keep_duplicates)
+    raise ProtocolError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
+
+
+def groups_of(manifest: pd.DataFrame) -> pd.Series:
+    """The unit that must not straddle train and test: the lesion where known, else the image itself."""
+    if "lesion_id" not in manifest:
+        return manifest["image_id"].astype(str)
+    return manifest["lesion_id"].fillna(manifest["image_id"]).astype(str)
+
+
+def five_by_two(manifest: pd.DataFrame, seed: int = 0) -> Folds:
+    ids = manifest["image_id"].to_numpy()
+    diagnosis = manifest["diagnosis"].to_numpy()
+    groups = groups_of(manifest).to_numpy()
+    folds: Folds = {}
+    for rep in range(REPETITIONS):
+        kfold = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed + rep)
+        for f, (train, test) in enumerate(kfold.split(ids, diagnosis, groups)):
+            folds[f"r{rep}f{f}"] = (ids[train], ids[test])
+    return folds
+
+
+def official(manifest: pd.DataFrame) -> Folds:
+    if "split" not in manifest or manifest["split"].isna().all():
+        raise ProtocolError("this dataset has no official train/test split; use --split 5x2")
+    split = manifest["split"]
+    ids = manifest["image_id"].to_numpy()
+    train, test = ids[(split == "train").to_numpy()], ids[(split == "test").to_numpy()]
+    if len(train) == 0 or len(test) == 0:
+        raise ProtocolError("the dataset's official split lacks a train or a test part; use --split 5x2")
+    return {"official": (train, test)}
+
+
+def reference(manifest: pd.DataFrame, path: Path, protocol: str | None = None, *,
+              keep_duplicates: bool = False) -> Folds:
+    """Folds from a reference .yml file, or from the one in folder `path` that lists this manifest's images."""
+    file = path if path.is_file() else _pick_reference_file(manifest, path, protocol)
+    partitions = read_reference_yaml(file)
+    distinct = _distinct(partitions, file)
+    used = partitions if keep_duplicates else {k: partitions[k] for k in distinct}
+    by_name = _names_to_ids(manifest)
+    _warn_unknown(file, {n for halves in used.values() for half in halves for n in half} - by_name.keys())
+    folds: Folds = {}
+    for fold, halves in used.items():
+        number = fold.removeprefix("Fold_")
+        first, second = (np.array([by_name[n] for n in half if n in by_name]) for half in halves)
+        if len(first) == 0 or len(second) == 0:
+            raise ProtocolError(f"{file}: {fold} has a half with none of this dataset's images; "
+                                "is it the fold file of another dataset?")
+        folds[f"ref{number}x1"] = (first, second)
+        folds[f"ref{number}x2"] = (second, first)
+    return folds
+
+
+def read_reference_yaml(file: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """`Fold_k: [[names...], [names...]]` -> {Fold_k: (stems, stems)}, names lower-cased without extension."""
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ProtocolError(f"cannot read reference fold file {file}: {exc}") from exc
+    expected = "a mapping Fold_1, Fold_2, ... each holding two lists of image names"
+    if not isinstance(raw, dict) or not raw:
+        raise ProtocolError(f"{file}: expected {expected}")
+    partitions = {}
+    for fold, halves in raw.items():
+        if not (isinstance(halves, list) and len(halves) == 2 and all(isinstance(h, list) for h in halves)):
+            raise ProtocolError(f"{file}: {fold} is not a pair of image-name lists; expected {expected}")
+        first, second = ([Path(str(n)).stem.lower() for n in half] for half in halves)
+        overlap = set(first) & set(second)
+        if overlap:
+            raise ProtocolError(f"{file}: {fold} puts {len(overlap)} image(s) in both halves: {_few(sorted(overlap))}")
+        partitions[str(fold)] = (first, second)
+    return partitions
+
+
+def _distinct(partitions: dict[str, tuple[list[str], list[str]]], file: Path) -> list[str]:
+    """Folds whose partition (the unordered pair of halves) was not seen earlier; warn naming each repeat."""
+    seen: dict[frozenset, str] = {}
+    repeats = []
+    for fold, (first, second) in partitions.items():
+        partition = frozenset({frozenset(first), frozenset(second)})
+        if partition in seen:
+            repeats.append(f"{fold} repeats {seen[partition]}")
+        else:
+            seen[partition] = fold
+    if repeats:
+        warnings.warn(
+            f"{file.name}: {'; '.join(repeats)} (same halves, train and test swapped). Each fold is already run in "
+            f"both directions, so only the {len(seen)} distinct partition(s) {', '.join(seen.values())} are used "
+            "(keep_duplicates to run them all).",
+            ReferenceFoldsWarning,
+            stacklevel=3,
+        )
+    return list(seen.values())
+
+
+def _pick_reference_file(manifest: pd.DataFrame, folder: Path, protocol: str | None) -> Path:
+    """The design's Atlas file or `isic.yml`, whichever lists more of this manifest's images."""
+    if not folder.is_dir():
+        raise ProtocolError(f"--reference-dir {folder} is neither a folder nor a .yml fold file")
+    if protocol is not None and protocol not in REFERENCE_FILES:
+        raise ProtocolError(f"no reference fold file for protocol {protocol!r}; known: {', '.join(REFERENCE_FILES)}")
+    candidates = [folder / REFERENCE_FILES[protocol or "mal-vs-ben"], folder / ISIC_FILE]
+    present = [c for c in candidates if c.is_file()]
+    if not present:
+        raise ProtocolError(f"{folder} holds none of {', '.join(c.name for c in candidates)}")
+    names = _names_to_ids(manifest).keys()
+    overlap = {c: len(names & {n for h in read_reference_yaml(c).values() for half in h for n in half})
+               for c in present}
+    best = max(overlap, key=overlap.get)
+    if overlap[best] == 0:
+        raise ProtocolError(f"none of this dataset's images appear in {', '.join(c.name for c in present)} "
+                            f"under {folder}: the reference folds are for the Atlas and ISIC 2016")
+    return best
+
+
+def _names_to_ids(manifest: pd.DataFrame) -> dict[str, str]:
+    """Lower-cased image id and file stem -> image_id, as the fold files name images by lower-cased stem."""
+    ids = manifest["image_id"].astype(str)
+    by_name = dict(zip(ids.str.lower(), ids))
+    if "path" in manifest:
+        by_name |= dict(zip((Path(p).stem.lower() for p in manifest["path"]), ids))
+    return by_name
+
+
+def _warn_unknown(file: Path, unknown: set[str]) -> None:
+    if unknown:
+        warnings.warn(f"{file.name}: {len(unknown)} image(s) in the fold file are not in this dataset and are "
+                      f"skipped: {_few(sorted(unknown))}", ReferenceFoldsWarning, stacklevel=3)
+
+
+def _few(items: list, n: int = 8) -> str:
+    shown = ", ".join(map(str, items[:n]))
+    return shown + (f" ... and {len(items) - n} more" if len(items) > n else "")
