@@ -1,0 +1,128 @@
+"""What the built-in adapters share: option checking, CSV reading and label mapping that fail with one clear
+error, and the cache folder for the images bench writes itself (synthetic sets, DermaMNIST)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Mapping
+
+import pandas as pd
+
+from bench import paths
+from bench.dataset import DIAGNOSES
+from bench.errors import BenchError
+
+MANIFEST_FILE = "manifest.csv"
+
+
+def checked_options(name: str) -> Callable[[Callable[..., pd.DataFrame]], Callable[..., pd.DataFrame]]:
+    """Turn an unknown `--option key=value` into a BenchError naming the options the adapter has."""
+
+    def decorate(load: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
+        known = [p for p in inspect.signature(load).parameters if p != "root"]
+
+        @functools.wraps(load)
+        def wrapper(root: Path | None, **options: str) -> pd.DataFrame:
+            unknown = sorted(set(options) - set(known))
+            if unknown:
+                raise BenchError(f"{name}: unknown option(s) {unknown}; it takes: {', '.join(known) or 'none'}")
+            return load(root, **options)
+
+        return wrapper
+
+    return decorate
+
+
+def as_int(value: object, option: str, minimum: int = 1) -> int:
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise BenchError(f"option {option}={value!r} must be a whole number") from None
+    if number < minimum:
+        raise BenchError(f"option {option}={number} must be at least {minimum}")
+    return number
+
+
+def as_bool(value: object, option: str) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise BenchError(f"option {option}={value!r} must be true or false")
+
+
+def optional_path(value: str | Path | None) -> Path | None:
+    return Path(value) if value else None
+
+
+def read_csv(path: Path, columns: list[str], dataset: str, **read_options: object) -> pd.DataFrame:
+    """The CSV as strings, or one error saying why it is unreadable or which columns it lacks."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, **read_options)
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise BenchError(f"{dataset}: cannot read {path}: {exc}. Check that it is the CSV the dataset ships") from exc
+    table.columns = [str(c).strip() for c in table.columns]
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise BenchError(f"{dataset}: {path} lacks column(s) {missing}; it has {list(table.columns)}")
+    return table[columns].apply(lambda column: column.str.strip())
+
+
+def map_labels(labels: pd.Series, table: Mapping[str, str], dataset: str, where: Path | str) -> pd.Series:
+    """Map source labels (case-insensitively) onto the vocabulary; one error listing every unknown label."""
+    mapped = labels.str.lower().map(table)
+    if mapped.isna().any():
+        bad = labels[mapped.isna()]
+        rows = ", ".join(f"row {i + 1}: {v!r}" for i, v in list(bad.items())[:10])
+        more = f" ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise BenchError(
+            f"{dataset}: {len(bad)} unknown label(s) in {where} ({rows}{more}); known: {', '.join(sorted(table))}"
+        )
+    return mapped
+
+
+def in_vocabulary(table: Mapping[str, str]) -> Mapping[str, str]:
+    """A label table whose targets are checked against DIAGNOSES once, at import, so a typo cannot ship."""
+    wrong = sorted(set(table.values()) - set(DIAGNOSES))
+    assert not wrong, f"label table maps onto unknown diagnoses {wrong}"
+    return table
+
+
+def finish(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Deterministic row order (by image id) whatever the order of the source files."""
+    return manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
+
+
+def generated(name: str, params: Mapping[str, object], write: Callable[[Path], pd.DataFrame]) -> pd.DataFrame:
+    """The manifest of a folder of images bench makes itself, written once under datasets_dir() and reused.
+
+    `write(folder)` draws the images into `folder` and returns their manifest with paths relative to it. The
+    folder name carries a hash of `params`, and it is filled in a temporary folder and renamed into place, so an
+    interrupted run never leaves a half-written set that would be reused.
+    """
+    digest = hashlib.sha256(json.dumps(dict(params), sort_keys=True).encode()).hexdigest()[:12]
+    folder = paths.datasets_dir() / f"{name}-{digest}"
+    if not (folder / MANIFEST_FILE).is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        try:
+            write(scratch).to_csv(scratch / MANIFEST_FILE, index=False)
+            (scratch / "params.json").write_text(json.dumps(dict(params), sort_keys=True, indent=1))
+            if folder.exists():  # left without its manifest by hand: not ours to trust
+                shutil.rmtree(folder)
+            os.rename(scratch, folder)
+        except OSError:
+            if not (folder / MANIFEST_FILE).is_file():  # another process finishing first is fine
+                raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    manifest = pd.read_csv(folder / MANIFEST_FILE, dtype={"image_id": str, "lesion_id": str})
+    return manifest.assign(path=[str(folder / p) for p in manifest["path"]])
