@@ -2,7 +2,7 @@
 
 Nothing here is real data. Each lesion has an *atypia* a in [0, 1] (mostly small) that says how far its drawing
 departs from its class prototype, and a *look* m in [0, 1] from benign-regular (0) to melanoma-like (1):
-melanomas get m = 1 - 0.85 a, benign lesions m = 0.85 a. The look drives asymmetry, ragged borders and the number
+melanomas get m = 1 - 0.9 a, benign lesions m = 0.9 a. The look drives asymmetry, ragged borders and the number
 of colours, so atypical benign lesions look a bit malignant and atypical melanomas fairly regular: the classes
 are separable but not perfectly, and the atlas-like `difficulty` column (low / medium / high by atypia) means what
 the Atlas' own difficulty means. Basal cell carcinomas have their own look (pink, translucent, arborising
@@ -28,6 +28,8 @@ TEST_SHARE = 0.3
 DIFFICULTY_EDGES = (0.25, 0.5)  # atypia below the first is low, below the second medium, else high
 
 Colour = tuple[int, int, int]
+LIGHT_BROWN: Colour = (135, 88, 58)
+DARK_BROWN: Colour = (70, 42, 30)
 MELANOMA_PALETTE: list[Colour] = [(35, 25, 25), (80, 50, 35), (150, 100, 65), (95, 105, 140), (165, 70, 70),
                                   (205, 195, 195)]
 
@@ -71,7 +73,7 @@ def _plan(n: int, rng: np.random.Generator) -> list[dict]:
         for views in rng.permutation(np.array(sizes, dtype=int)):
             split = "test" if in_test + views <= round(count * TEST_SHARE) else "train"
             in_test += views if split == "test" else 0
-            atypia = float(rng.beta(1.2, 3.5))
+            atypia = float(rng.beta(1.4, 2.6))
             rows += [dict(diagnosis=diagnosis, atypia=atypia, split=split, lesion=lesion, view=v) for v in range(views)]
             lesion += 1
     return rows
@@ -80,7 +82,7 @@ def _plan(n: int, rng: np.random.Generator) -> list[dict]:
 def draw_lesion(diagnosis: str, atypia: float, size: int, seed: int, lesion: int, view: int) -> Image.Image:
     """One RGB image. The lesion's own generator is re-seeded per image so both views draw the same lesion."""
     big = 2 * size  # drawn at twice the size and downsampled, for smooth edges
-    look = 1 - 0.85 * atypia if diagnosis == "melanoma" else 0.85 * atypia
+    look = 1 - 0.9 * atypia if diagnosis == "melanoma" else 0.9 * atypia
     shape_rng = np.random.default_rng([seed, lesion])
     view_rng = np.random.default_rng([seed, lesion, view, 7])
     place = _placement(view_rng, big)
@@ -182,25 +184,24 @@ def _dots(draw, rng: np.random.Generator, place, count: int, colour: Colour, rad
         draw.ellipse([x - r, y - r, x + r, y + r], fill=_jitter(rng, colour, 8))
 
 
-def _pigmented(rng, place, big: int, look: float, base: Colour, palette: list[Colour]):
-    """Shared by melanoma and nevus: a brown lesion whose asymmetry, border and colours follow the look."""
-    layer, mask = _canvas(rng, place, big, base, irregular=look)
+def _pigmented(rng, place, big: int, look: float, palette: list[Colour]):
+    """Melanoma and nevus: a brown lesion whose darkness, asymmetry, border and colours all follow the look."""
+    base = np.array(LIGHT_BROWN) * (1 - look) + np.array(DARK_BROWN) * look
+    layer, mask = _canvas(rng, place, big, tuple(base.astype(int)), irregular=look)
     draw = ImageDraw.Draw(layer)
+    if rng.random() > look:  # a regular, slightly darker centre: the symmetric pattern of a typical nevus
+        draw.polygon(_to_pixels(0.55 * _outline(rng, 0.0), place), fill=_jitter(rng, tuple((0.85 * base).astype(int)), 6))
     _patches(draw, rng, place, int(round(look * 4 + rng.uniform(-0.5, 0.5))), palette, spread=0.3 + 0.5 * look)
     _dots(draw, rng, place, int(look * 14), (30, 22, 22), 0.035, spread=0.95, one_sided=True)
     return layer, mask
 
 
 def _melanoma(rng, place, big, look, atypia):
-    return _pigmented(rng, place, big, look, (75, 45, 30), MELANOMA_PALETTE)
+    return _pigmented(rng, place, big, look, MELANOMA_PALETTE)
 
 
 def _nevus(rng, place, big, look, atypia):
-    layer, mask = _pigmented(rng, place, big, look, (125, 80, 50), MELANOMA_PALETTE[:3])
-    # a regular, slightly darker centre keeps a typical nevus symmetric and evenly coloured
-    centre = _to_pixels(0.55 * _outline(rng, 0.0), place)
-    ImageDraw.Draw(layer).polygon(centre, fill=_jitter(rng, (105, 65, 40), 6))
-    return layer, mask
+    return _pigmented(rng, place, big, look, MELANOMA_PALETTE[:3])
 
 
 def _seborrheic_keratosis(rng, place, big, look, atypia):
