@@ -76,17 +76,21 @@ def read_csv(path: Path, columns: list[str], dataset: str, **read_options: objec
     return table[columns].apply(lambda column: column.str.strip())
 
 
-def map_labels(labels: pd.Series, table: Mapping[str, str], dataset: str, where: Path | str) -> pd.Series:
-    """Map source labels (case-insensitively) onto the vocabulary; one error listing every unknown label."""
+def map_labels(labels: pd.Series, table: Mapping[str, str], dataset: str, where: Path | str,
+               ids: pd.Series) -> pd.Series:
+    """Map source labels (case-insensitively) onto the vocabulary; one error naming every row with an unknown one."""
     mapped = labels.str.lower().map(table)
-    if mapped.isna().any():
-        bad = labels[mapped.isna()]
-        rows = ", ".join(f"row {i + 1}: {v!r}" for i, v in list(bad.items())[:10])
-        more = f" ... and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise BenchError(
-            f"{dataset}: {len(bad)} unknown label(s) in {where} ({rows}{more}); known: {', '.join(sorted(table))}"
-        )
+    bad = mapped.isna()
+    if bad.any():
+        rows = [f"{i} {v!r}" for i, v in zip(ids[bad], labels[bad])]
+        raise BenchError(f"{dataset}: {len(rows)} row(s) of {where} have an unknown label: {few(rows)}; "
+                         f"known labels: {', '.join(sorted(table))}")
     return mapped
+
+
+def few(items: list, n: int = 10) -> str:
+    shown = ", ".join(map(str, items[:n]))
+    return shown + (f" ... and {len(items) - n} more" if len(items) > n else "")
 
 
 def in_vocabulary(table: Mapping[str, str]) -> Mapping[str, str]:

@@ -20,6 +20,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
 from plugins.datasets.common import as_int, checked_options, finish, generated
+from plugins.datasets.drawing import Colour, Placement, branching_line, dots, downsample, jitter, outline, to_pixels
 
 VERSION = 1  # part of the cache key: bump when the drawing changes
 CLASS_SHARES = {"melanoma": 0.30, "basal_cell_carcinoma": 0.15, "nevus": 0.35, "seborrheic_keratosis": 0.20}
@@ -27,7 +28,6 @@ SECOND_VIEW = 0.2  # share of lesions photographed twice
 TEST_SHARE = 0.3
 DIFFICULTY_EDGES = (0.25, 0.5)  # atypia below the first is low, below the second medium, else high
 
-Colour = tuple[int, int, int]
 LIGHT_BROWN: Colour = (135, 88, 58)
 DARK_BROWN: Colour = (70, 42, 30)
 MELANOMA_PALETTE: list[Colour] = [(35, 25, 25), (80, 50, 35), (150, 100, 65), (95, 105, 140), (165, 70, 70),
@@ -91,26 +91,16 @@ def draw_lesion(diagnosis: str, atypia: float, size: int, seed: int, lesion: int
     softness = big * (0.004 + 0.012 * shape_rng.random())
     image = Image.composite(layer, skin, mask.filter(ImageFilter.GaussianBlur(softness)))
     _hairs(ImageDraw.Draw(image), view_rng, big)
-    pixels = np.asarray(image.resize((size, size), Image.LANCZOS), dtype=np.float32)
-    pixels += view_rng.normal(0, 3.0, pixels.shape)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    return downsample(image, size, view_rng)
 
 
 # --- placement and background -------------------------------------------------------------------------------
 
-def _placement(rng: np.random.Generator, big: int) -> tuple[float, float, float, float]:
+def _placement(rng: np.random.Generator, big: int) -> Placement:
     """(centre x, centre y, radius, rotation) of the lesion in this view."""
     radius = big * rng.uniform(0.2, 0.32)
     cx, cy = big / 2 + rng.uniform(-0.12, 0.12, 2) * big
     return cx, cy, radius, rng.uniform(0, 2 * np.pi)
-
-
-def _to_pixels(points: np.ndarray, place: tuple[float, float, float, float]) -> list[tuple[float, float]]:
-    """Lesion coordinates (unit radius, lesion-centred) to pixels: rotate, scale and shift by the view."""
-    cx, cy, radius, angle = place
-    c, s = np.cos(angle), np.sin(angle)
-    rotated = points @ np.array([[c, s], [-s, c]])
-    return [(cx + radius * x, cy + radius * y) for x, y in rotated]
 
 
 def _skin(rng: np.random.Generator, big: int) -> Image.Image:
@@ -132,110 +122,72 @@ def _hairs(draw: ImageDraw.ImageDraw, rng: np.random.Generator, big: int) -> Non
 
 
 # --- shapes and colours ---------------------------------------------------------------------------------------
+# Each look takes (lesion generator, placement, canvas size, look m, atypia) and returns (colour layer, mask).
 
-def _outline(rng: np.random.Generator, irregular: float, points: int = 120) -> np.ndarray:
-    """Closed outline around the origin with radius about 1: a mild ellipse, plus low-frequency asymmetry and a
-    ragged high-frequency border that grow with `irregular`. Draws the same numbers whatever `irregular` is."""
-    t = np.linspace(0, 2 * np.pi, points, endpoint=False)
-    r = 1 + rng.uniform(0, 0.12) * np.cos(2 * (t - rng.uniform(0, np.pi)))
-    for f in (1, 2, 3):
-        r += irregular * rng.uniform(0.05, 0.2) * np.cos(f * t + rng.uniform(0, 2 * np.pi))
-    for f in range(5, 17):
-        r += irregular * rng.uniform(0, 0.045) * np.cos(f * t + rng.uniform(0, 2 * np.pi))
-    r += irregular * rng.normal(0, 0.035, points)
-    r = np.clip(r, 0.35, None)
-    return np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
+Look = tuple[Image.Image, Image.Image]
 
 
-def _jitter(rng: np.random.Generator, colour: Colour, amount: float = 12) -> Colour:
-    """Mostly lighter or darker, a little hue shift: independent channel noise would turn brown into purple."""
-    shifted = np.array(colour) + rng.normal(0, amount) + rng.normal(0, amount / 4, 3)
-    return tuple(int(c) for c in np.clip(shifted, 0, 255))  # type: ignore[return-value]
-
-
-def _canvas(rng: np.random.Generator, place, big: int, base: Colour, irregular: float, opacity: int = 255):
+def _canvas(rng: np.random.Generator, place: Placement, big: int, base: Colour, irregular: float,
+            opacity: int = 255) -> Look:
     """Lesion colour layer filled with `base` and its mask (the outline), ready for details to be drawn on."""
-    layer = Image.new("RGB", (big, big), _jitter(rng, base))
+    layer = Image.new("RGB", (big, big), jitter(rng, base))
     mask = Image.new("L", (big, big), 0)
-    ImageDraw.Draw(mask).polygon(_to_pixels(_outline(rng, irregular), place), fill=opacity)
+    ImageDraw.Draw(mask).polygon(to_pixels(outline(rng, irregular), place), fill=opacity)
     return layer, mask
 
 
-def _patches(draw, rng: np.random.Generator, place, count: int, palette: list[Colour], spread: float) -> None:
+def _patches(draw: ImageDraw.ImageDraw, rng: np.random.Generator, place: Placement, count: int,
+             palette: list[Colour], spread: float) -> None:
     """Irregular patches of other colours, off-centre towards one side so the lesion becomes asymmetric."""
     side = rng.uniform(0, 2 * np.pi)
     for _ in range(count):
         angle = side + rng.normal(0, 1.0)
         rho = spread * rng.uniform(0.1, 0.6)
         centre = np.array([rho * np.cos(angle), rho * np.sin(angle)])
-        patch = centre + rng.uniform(0.2, 0.45) * _outline(rng, 0.8)
-        draw.polygon(_to_pixels(patch, place), fill=_jitter(rng, palette[rng.integers(len(palette))]))
+        patch = centre + rng.uniform(0.2, 0.45) * outline(rng, 0.8)
+        draw.polygon(to_pixels(patch, place), fill=jitter(rng, palette[rng.integers(len(palette))]))
 
 
-def _dots(draw, rng: np.random.Generator, place, count: int, colour: Colour, radius: float, spread: float,
-          one_sided: bool) -> None:
-    side = rng.uniform(0, 2 * np.pi)
-    cx, cy, lesion_radius, _ = place
-    for _ in range(count):
-        angle = side + rng.normal(0, 0.8) if one_sided else rng.uniform(0, 2 * np.pi)
-        rho = spread * np.sqrt(rng.uniform(0, 1))
-        (x, y), = _to_pixels(np.array([[rho * np.cos(angle), rho * np.sin(angle)]]), place)
-        r = lesion_radius * radius * rng.uniform(0.6, 1.4)
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=_jitter(rng, colour, 8))
-
-
-def _pigmented(rng, place, big: int, look: float, palette: list[Colour]):
+def _pigmented(rng: np.random.Generator, place: Placement, big: int, look: float, palette: list[Colour]) -> Look:
     """Melanoma and nevus: a brown lesion whose darkness, asymmetry, border and colours all follow the look."""
     base = np.array(LIGHT_BROWN) * (1 - look) + np.array(DARK_BROWN) * look
     layer, mask = _canvas(rng, place, big, tuple(base.astype(int)), irregular=look)
     draw = ImageDraw.Draw(layer)
     if rng.random() > look:  # a regular, slightly darker centre: the symmetric pattern of a typical nevus
-        draw.polygon(_to_pixels(0.55 * _outline(rng, 0.0), place), fill=_jitter(rng, tuple((0.85 * base).astype(int)), 6))
+        draw.polygon(to_pixels(0.55 * outline(rng, 0.0), place), fill=jitter(rng, tuple((0.85 * base).astype(int)), 6))
     _patches(draw, rng, place, int(round(look * 4 + rng.uniform(-0.5, 0.5))), palette, spread=0.3 + 0.5 * look)
-    _dots(draw, rng, place, int(look * 14), (30, 22, 22), 0.035, spread=0.95, one_sided=True)
+    dots(draw, rng, place, int(look * 14), (30, 22, 22), 0.035, spread=0.95, one_sided=True)
     return layer, mask
 
 
-def _melanoma(rng, place, big, look, atypia):
+def _melanoma(rng: np.random.Generator, place: Placement, big: int, look: float, atypia: float) -> Look:
     return _pigmented(rng, place, big, look, MELANOMA_PALETTE)
 
 
-def _nevus(rng, place, big, look, atypia):
+def _nevus(rng: np.random.Generator, place: Placement, big: int, look: float, atypia: float) -> Look:
     return _pigmented(rng, place, big, look, MELANOMA_PALETTE[:3])
 
 
-def _seborrheic_keratosis(rng, place, big, look, atypia):
+def _seborrheic_keratosis(rng: np.random.Generator, place: Placement, big: int, look: float, atypia: float) -> Look:
+    """Tan oval with milia-like pale dots and a few dark comedo-like ones."""
     layer, mask = _canvas(rng, place, big, (165, 120, 80), irregular=0.3 * look)
     draw = ImageDraw.Draw(layer)
-    _dots(draw, rng, place, int(rng.integers(8, 20)), (235, 225, 190), 0.04, spread=0.85, one_sided=False)
-    _dots(draw, rng, place, int(rng.integers(3, 8)), (70, 50, 35), 0.05, spread=0.8, one_sided=False)
+    dots(draw, rng, place, int(rng.integers(8, 20)), (235, 225, 190), 0.04, spread=0.85, one_sided=False)
+    dots(draw, rng, place, int(rng.integers(3, 8)), (70, 50, 35), 0.05, spread=0.8, one_sided=False)
     _patches(draw, rng, place, int(round(look * 3)), MELANOMA_PALETTE[:3], spread=0.6)
     return layer, mask
 
 
-def _basal_cell_carcinoma(rng, place, big, look, atypia):
+def _basal_cell_carcinoma(rng: np.random.Generator, place: Placement, big: int, look: float, atypia: float) -> Look:
+    """Pink and translucent with blue-grey nests and arborising vessels; atypical ones browner, fewer vessels."""
     pink = (np.array([225, 160, 160]) * (1 - atypia) + np.array([150, 100, 75]) * atypia).astype(int)
     layer, mask = _canvas(rng, place, big, tuple(pink), irregular=0.25 + 0.3 * atypia, opacity=200)
     draw = ImageDraw.Draw(layer)
-    _dots(draw, rng, place, int(rng.integers(1, 5)), (95, 105, 135), 0.09, spread=0.7, one_sided=False)
+    dots(draw, rng, place, int(rng.integers(1, 5)), (95, 105, 135), 0.09, spread=0.7, one_sided=False)
     for _ in range(int(round((1 - atypia) * 5)) + 1):
-        _vessel(draw, rng, place, big)
+        start, heading = rng.uniform(-0.5, 0.5, 2), rng.uniform(0, 2 * np.pi)
+        branching_line(draw, rng, place, start, heading, (175, 35, 45), width=max(2, big // 80), steps=6)
     return layer, mask
-
-
-def _vessel(draw, rng: np.random.Generator, place, big: int) -> None:
-    """An arborising red line: a wandering trunk that forks into thinner branches."""
-    start = rng.uniform(-0.5, 0.5, 2)
-    stack = [(start, rng.uniform(0, 2 * np.pi), max(2, big // 80), 6)]
-    while stack:
-        point, heading, width, steps = stack.pop()
-        path = [point]
-        for _ in range(steps):
-            heading += rng.normal(0, 0.35)
-            path.append(path[-1] + 0.09 * np.array([np.cos(heading), np.sin(heading)]))
-            if width > 1 and rng.random() < 0.25:
-                stack.append((path[-1], heading + rng.choice([-1, 1]) * rng.uniform(0.4, 1.0), width - 1, steps - 1))
-        draw.line(_to_pixels(np.array(path), place), fill=_jitter(rng, (175, 35, 45), 10), width=int(width))
 
 
 _LOOKS = {
