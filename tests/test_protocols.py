@@ -1,0 +1,284 @@
+"""protocols/: label designs, splits, the SVM protocol, metrics and statistics (no torch, no bench)."""
+
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy.special import softmax
+from sklearn.metrics import roc_auc_score
+
+from protocols import stats
+from protocols.designs import DESIGNS, apply_design
+from protocols.errors import ProtocolError
+from protocols.metrics import auc, fold_metrics
+from protocols.splits import ReferenceFoldsWarning, make_folds
+from protocols.svm import run_fold
+
+REFERENCE_FOLDS = Path(__file__).parents[2] / "shared" / "data" / "reference-folds"
+
+
+def lesion_manifest(n_lesions: int = 120, seed: int = 0) -> pd.DataFrame:
+    """Lesions with 1-3 images each, one diagnosis per lesion, about 15% melanoma and 8% carcinoma."""
+    rng = np.random.default_rng(seed)
+    diagnoses = rng.choice(["nevus", "melanoma", "basal_cell_carcinoma", "seborrheic_keratosis"],
+                           p=[0.65, 0.15, 0.08, 0.12], size=n_lesions)
+    rows = [{"image_id": f"img{lesion}_{k}", "lesion_id": f"les{lesion}", "diagnosis": d}
+            for lesion, d in enumerate(diagnoses) for k in range(rng.integers(1, 4))]
+    return pd.DataFrame(rows)
+
+
+# --- designs -------------------------------------------------------------------------------------------------
+
+def test_designs_label_rows_and_drop_carcinomas_for_mela_vs_ben():
+    m = pd.DataFrame({"image_id": list("abcde"),
+                      "diagnosis": ["melanoma", "basal_cell_carcinoma", "nevus", "vascular", "melanoma"]})
+    assert apply_design(m, "mal-vs-ben")["label"].tolist() == [1, 1, 0, 0, 1]
+    mela = apply_design(m, "mela-vs-ben")
+    assert mela["image_id"].tolist() == ["a", "c", "d", "e"] and mela["label"].tolist() == [1, 0, 0, 1]
+    three = apply_design(m, "mela-vs-carc-vs-ben")
+    assert three["label"].tolist() == [1, 2, 0, 0, 1]
+    assert DESIGNS["mela-vs-carc-vs-ben"].classes[1] == "melanoma" == DESIGNS["mela-vs-ben"].classes[1]
+
+
+def test_designs_that_do_not_fit_the_data_are_refused():
+    isic_like = pd.DataFrame({"image_id": list("abc"), "diagnosis": ["melanoma", "nevus", "nevus"]})
+    for protocol in ("mal-vs-ben", "mela-vs-carc-vs-ben"):
+        with pytest.raises(ProtocolError, match="basal cell carcinoma"):
+            apply_design(isic_like, protocol)
+    assert len(apply_design(isic_like, "mela-vs-ben")) == 3
+    benign_only = pd.DataFrame({"image_id": list("ab"), "diagnosis": ["nevus", "basal_cell_carcinoma"]})
+    with pytest.raises(ProtocolError, match="melanoma"):
+        apply_design(benign_only, "mela-vs-ben")
+    retina = pd.DataFrame({"image_id": list("ab"), "diagnosis": ["retinopathy_0", "melanoma"]})
+    with pytest.raises(ProtocolError, match="non-skin"):
+        apply_design(retina, "mela-vs-ben")
+    with pytest.raises(ProtocolError, match="unknown protocol"):
+        apply_design(isic_like, "mela-vs-everything")
+
+
+# --- splits --------------------------------------------------------------------------------------------------
+
+def test_5x2_keys_partition_each_repetition_and_never_split_a_lesion():
+    m = lesion_manifest()
+    folds = make_folds(m, "5x2", seed=3)
+    assert list(folds) == [f"r{r}f{f}" for r in range(5) for f in range(2)]
+    lesion = m.set_index("image_id")["lesion_id"]
+    for key, (train, test) in folds.items():
+        assert not set(lesion[train]) & set(lesion[test]), key
+        assert sorted(np.concatenate([train, test])) == sorted(m["image_id"])
+    for r in range(5):  # fold f tests on half f: the two folds of a repetition swap roles
+        assert set(folds[f"r{r}f0"][1]) == set(folds[f"r{r}f1"][0])
+    assert make_folds(m, "5x2", seed=3)["r2f1"][1].tolist() == folds["r2f1"][1].tolist()
+    assert set(make_folds(m, "5x2", seed=4)["r0f0"][1]) != set(folds["r0f0"][1])
+
+
+def test_5x2_is_stratified_by_diagnosis():
+    m = lesion_manifest(n_lesions=400).drop(columns="lesion_id")  # ungrouped: each image its own group
+    share = (m["diagnosis"] == "melanoma").mean()
+    diagnosis = m.set_index("image_id")["diagnosis"]
+    for train, test in make_folds(m, "5x2").values():
+        assert abs((diagnosis[test] == "melanoma").mean() - share) < 0.01
+        assert abs(len(test) - len(m) / 2) <= 1
+
+
+def test_official_split_and_its_absence():
+    m = pd.DataFrame({"image_id": list("abcd"), "diagnosis": ["melanoma", "nevus"] * 2,
+                      "split": ["train", "train", "test", "test"]})
+    train, test = make_folds(m, "official")["official"]
+    assert train.tolist() == ["a", "b"] and test.tolist() == ["c", "d"]
+    with pytest.raises(ProtocolError, match="no official"):
+        make_folds(m.drop(columns="split"), "official")
+    with pytest.raises(ProtocolError, match="unknown split"):
+        make_folds(m, "3x3")
+
+
+def write_yaml(path: Path, folds: dict) -> Path:
+    path.write_text(yaml.safe_dump(folds))
+    return path
+
+
+def test_reference_folds_report_repeated_partitions_and_unknown_images(tmp_path):
+    m = pd.DataFrame({"image_id": ["AAL002", "aal004", "ABL010", "abl011", "bcl001", "bcl002"],
+                      "diagnosis": ["melanoma", "nevus"] * 3})
+    half_a, half_b = ["aal002.tiff", "aal004.tiff", "abl010.tiff"], ["abl011.tiff", "bcl001.tiff", "zzz999.tiff"]
+    other_a, other_b = ["aal002.tiff", "abl011.tiff", "bcl002.tiff"], ["aal004.tiff", "abl010.tiff"]
+    file = write_yaml(tmp_path / "protocol2.yml",
+                      {"Fold_1": [half_a, half_b], "Fold_2": [half_b, half_a], "Fold_3": [other_a, other_b]})
+    with pytest.warns(ReferenceFoldsWarning) as caught:
+        folds = make_folds(m, "reference", reference_dir=tmp_path, protocol="mela-vs-ben")
+    messages = " ".join(str(w.message) for w in caught)
+    assert "Fold_2 repeats Fold_1" in messages and "zzz999" in messages
+    assert list(folds) == ["ref1x1", "ref1x2", "ref3x1", "ref3x2"]
+    assert folds["ref1x1"][0].tolist() == ["AAL002", "aal004", "ABL010"]  # names matched case-insensitively
+    assert folds["ref1x1"][1].tolist() == ["abl011", "bcl001"]
+    assert folds["ref1x2"] == (folds["ref1x1"][1], folds["ref1x1"][0])
+    with pytest.warns(ReferenceFoldsWarning):
+        kept = make_folds(m, "reference", reference_dir=file, keep_duplicates=True)
+    assert list(kept) == ["ref1x1", "ref1x2", "ref2x1", "ref2x2", "ref3x1", "ref3x2"]
+
+
+@pytest.mark.filterwarnings("ignore::protocols.splits.ReferenceFoldsWarning")
+def test_reference_folds_with_bad_files_are_refused(tmp_path):
+    m = pd.DataFrame({"image_id": ["a1", "a2"], "diagnosis": ["melanoma", "nevus"]})
+    with pytest.raises(ProtocolError, match="pair of image-name lists"):
+        make_folds(m, "reference", reference_dir=write_yaml(tmp_path / "x.yml", {"Fold_1": ["a1.tiff"]}))
+    with pytest.raises(ProtocolError, match="both halves"):
+        make_folds(m, "reference", reference_dir=write_yaml(tmp_path / "y.yml", {"Fold_1": [["a1"], ["a1"]]}))
+    with pytest.raises(ProtocolError, match="none of this dataset's images"):
+        make_folds(m, "reference", reference_dir=write_yaml(tmp_path / "protocol1.yml", {"Fold_1": [["q"], ["r"]]}))
+    with pytest.raises(ProtocolError, match="--reference-dir"):
+        make_folds(m, "reference")
+
+
+@pytest.mark.slow
+def test_real_reference_folds_have_five_distinct_partitions():
+    if not REFERENCE_FOLDS.is_dir():
+        pytest.skip(f"{REFERENCE_FOLDS} absent (the paper's fold files live outside the repository)")
+    labels = pd.read_csv(REFERENCE_FOLDS / "protocol3.csv")  # 0 carcinoma, 1 melanoma, 2 benign
+    atlas = pd.DataFrame({"image_id": labels["image"].str.capitalize(),
+                          "diagnosis": labels["level"].map({0: "basal_cell_carcinoma", 1: "melanoma", 2: "nevus"})})
+    for protocol in DESIGNS:
+        with pytest.warns(ReferenceFoldsWarning, match="Fold_10 repeats Fold_9") as caught:
+            folds = make_folds(atlas, "reference", reference_dir=REFERENCE_FOLDS, protocol=protocol)
+        assert len(caught) == 1  # every listed image is in this manifest
+        assert list(folds) == [f"ref{k}x{j}" for k in (1, 3, 5, 7, 9) for j in (1, 2)]
+        carcinomas = set(atlas.loc[atlas["diagnosis"] == "basal_cell_carcinoma", "image_id"])
+        for train, test in folds.values():
+            assert not set(train) & set(test)
+            assert bool(set(test) & carcinomas) == (protocol != "mela-vs-ben")  # protocol2.yml has no BCC
+
+
+# --- metrics -------------------------------------------------------------------------------------------------
+
+def test_binary_metrics_match_a_hand_computed_confusion_matrix():
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    scores = np.array([2.0, 0.5, -1.0, 1.0, 0.2, -0.5, -2.0, -3.0])
+    # threshold 0: TP 2, FN 1, FP 2, TN 3; precision 2/4 and NPV 3/4 differ from SE 2/3 and SP 3/5
+    m = fold_metrics(labels, scores)
+    assert m["se"] == pytest.approx(2 / 3) and m["sp"] == pytest.approx(3 / 5)
+    assert m["acc"] == pytest.approx(5 / 8)
+    assert m["auc"] == pytest.approx(11 / 15)  # positive-over-negative pairs: 5 + 4 + 2 of 15
+    assert m["map"] == pytest.approx((1 / 1 + 2 / 3 + 3 / 6) / 3)  # precision at each positive, by rank
+
+
+def hand_ovo(labels: np.ndarray, probability: np.ndarray) -> float:
+    """Hand & Till: for each class pair, the mean of A(i|j) and A(j|i), counting pairs one by one."""
+    def a(i, j):
+        pos, neg = probability[labels == i, i], probability[labels == j, i]
+        return np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
+    return np.mean([(a(i, j) + a(j, i)) / 2 for i, j in combinations(range(probability.shape[1]), 2)])
+
+
+def test_three_class_auc_is_the_mean_one_vs_one_auc_not_one_vs_rest():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1, 2], [30, 8, 6])
+    # benign stands apart; melanoma and carcinoma overlap, which one-vs-rest hides behind the benign majority
+    centres = np.array([[1.5, 0, 0], [0, 1, 0.8], [0, 0.8, 1]])
+    scores = rng.normal(size=(len(labels), 3)) + centres[labels]
+    expected = hand_ovo(labels, softmax(scores, axis=1))
+    assert auc(labels, scores) == pytest.approx(expected)
+    ovr = roc_auc_score(labels, softmax(scores, axis=1), multi_class="ovr")
+    assert ovr - expected > 0.02  # the reference implementation's one-vs-rest figure flatters this case
+    melanoma = fold_metrics(labels, scores)  # SE/SP/ACC/mAP: melanoma (class 1) against the rest
+    truth, predicted = labels == 1, scores[:, 1] > 0
+    assert melanoma["se"] == pytest.approx((truth & predicted).sum() / truth.sum())
+    assert melanoma["sp"] == pytest.approx((~truth & ~predicted).sum() / (~truth).sum())
+
+
+def test_a_test_fold_with_one_class_is_refused():
+    with pytest.raises(ProtocolError, match="single class"):
+        auc(np.zeros(4, int), np.arange(4.0))
+
+
+# --- the SVM protocol ----------------------------------------------------------------------------------------
+
+def separable(n: int, d: int = 20, seed: int = 0, classes: int = 2):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    x = np.abs(rng.normal(size=(n, d)) + 3 * np.eye(classes, d)[y])
+    return x, y
+
+
+def test_no_test_image_influences_c():
+    x, y = separable(300)
+    rng = np.random.default_rng(5)
+    first = run_fold(x[:200], y[:200], x[200:])
+    second = run_fold(x[:200], y[:200], rng.normal(size=(50, x.shape[1])) * 100)
+    assert first.c == second.c and first.validation_auc == second.validation_auc
+    assert first.scores.shape == (100,) and second.scores.shape == (50,)
+    assert fold_metrics(y[200:], first.scores)["auc"] > 0.9
+
+
+def test_three_class_fold_returns_one_score_column_per_class():
+    x, y = separable(300, classes=3)
+    fit = run_fold(x[:200], y[:200], x[200:])
+    assert fit.scores.shape == (100, 3) and auc(y[200:], fit.scores) > 0.9
+
+
+def test_a_training_fold_too_small_to_choose_c_is_refused():
+    x, y = separable(30)
+    y[:] = 0
+    y[0] = 1
+    with pytest.raises(ProtocolError, match="at least 2 images"):
+        run_fold(x, y, x)
+
+
+# --- statistics ----------------------------------------------------------------------------------------------
+
+def predictions(n: int = 400, folds: int = 2, signal: float = 1.0, seed: int = 0) -> pd.DataFrame:
+    """Each image tested once per fold, as in 5x2; scores carry `signal` (plus ties, to exercise them)."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 4 == 0).astype(int)
+    parts = [pd.DataFrame({"fold": f"r{f}f0", "image_id": [f"i{i}" for i in range(n)], "label": labels,
+                           "score": np.round(signal * labels + rng.normal(size=n), 1)}) for f in range(folds)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_bootstrap_interval_brackets_the_mean_fold_auc():
+    p = predictions()
+    mean_auc = np.mean([roc_auc_score(f["label"], f["score"]) for _, f in p.groupby("fold")])
+    ci = stats.bootstrap_auc(p, n_boot=500)
+    assert ci.estimate == pytest.approx(mean_auc)
+    assert ci.low < mean_auc < ci.high and ci.high - ci.low < 0.2
+    assert stats.bootstrap_auc(p, n_boot=500) == ci  # seeded
+
+
+def test_bootstrap_of_three_class_predictions_uses_the_ovo_auc():
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1, 2], [60, 30, 30])
+    scores = rng.normal(size=(120, 3)) + np.eye(3)[labels]
+    p = pd.DataFrame({"fold": "official", "image_id": np.arange(120), "label": labels, "score": scores[:, 1]})
+    p[["score_benign", "score_melanoma", "score_carcinoma"]] = scores
+    assert stats.bootstrap_auc(p, n_boot=200).estimate == pytest.approx(auc(labels, scores))
+
+
+def test_paired_comparison_finds_the_better_backbone_and_no_difference_with_itself():
+    strong, weak = predictions(signal=1.5), predictions(signal=0.3, seed=1)
+    same = stats.paired_comparison(strong, strong, n_boot=300)
+    assert same.difference.estimate == 0 and same.p_value == 1
+    better = stats.paired_comparison(strong, weak, n_boot=300)
+    assert better.difference.low > 0 and better.p_value < 0.01 and better.folds == 2
+    with pytest.raises(ProtocolError, match="same"):
+        stats.paired_comparison(strong, strong.iloc[:-1], n_boot=10)
+
+
+def test_auc_by_difficulty_separates_easy_from_hard_images():
+    p = predictions(n=400, folds=2, signal=0.0)
+    easy = p["image_id"].str[1:].astype(int) < 200
+    p.loc[easy, "score"] = p.loc[easy, "label"] + 0.01 * np.arange(easy.sum()) % 1  # perfectly ranked
+    difficulty = pd.Series(np.where(np.arange(400) < 200, "low", "high"), index=[f"i{i}" for i in range(400)])
+    table = stats.auc_by_difficulty(p, difficulty).set_index("difficulty")
+    assert table.loc["low", "auc"] == 1.0 and abs(table.loc["high", "auc"] - 0.5) < 0.15
+    assert table.loc["low", "images"] == 200 and table.loc["low", "folds"] == 2
+
+
+def test_referral_sensitivity_against_fraction_referred():
+    # 10 cases, 2 melanomas ranked 1st and 4th by score: referring 10% catches one, 40% catches both
+    p = pd.DataFrame({"fold": "official", "image_id": range(10), "label": [1, 0, 0, 1, 0, 0, 0, 0, 0, 0],
+                      "score": np.linspace(1, -1, 10)})
+    table = stats.referral(p, fractions=(0.1, 0.4), targets=(1.0,))
+    assert table["sensitivity"].tolist() == [0.5, 1.0, 1.0]
+    assert table["referred"].tolist() == [0.1, 0.4, 0.4]
