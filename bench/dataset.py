@@ -69,10 +69,10 @@ def validate_manifest(manifest: pd.DataFrame, dataset: str) -> pd.DataFrame:
         raise BenchError(f"{dataset}: diagnoses outside the vocabulary: {unknown}; known: {', '.join(DIAGNOSES)}")
     duplicated = manifest["image_id"][manifest["image_id"].duplicated()].tolist()
     if duplicated:
-        raise BenchError(f"{dataset}: duplicated image ids: {_few(duplicated)}")
+        raise BenchError(f"{dataset}: duplicated image ids: {few(duplicated)}")
     absent = [p for p in manifest["path"] if not Path(p).is_file()]
     if absent:
-        raise BenchError(f"{dataset}: {len(absent)} image file(s) missing: {_few(absent)}")
+        raise BenchError(f"{dataset}: {len(absent)} image file(s) missing: {few(absent)}")
     return manifest.reset_index(drop=True)
 
 
@@ -103,7 +103,7 @@ def attach_paths(manifest: pd.DataFrame, root: Path, dataset: str) -> pd.DataFra
     paths = manifest["image_id"].map(lambda i: index.get(str(i).lower()))
     if paths.isna().any():
         absent = manifest.loc[paths.isna(), "image_id"].tolist()
-        raise BenchError(f"{dataset}: {len(absent)} image(s) listed but not found under {root}: {_few(absent)}")
+        raise BenchError(f"{dataset}: {len(absent)} image(s) listed but not found under {root}: {few(absent)}")
     return manifest.assign(path=paths.map(str))
 
 
@@ -116,6 +116,7 @@ def fingerprint(manifest: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
-def _few(items: list, n: int = 10) -> str:
+def few(items: list, n: int = 10) -> str:
+    """The first `n` items for an error message, and how many more there are."""
     shown = ", ".join(map(str, items[:n]))
     return shown + (f" ... and {len(items) - n} more" if len(items) > n else "")

@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 import pandas as pd
 
 from bench import paths
-from bench.dataset import DIAGNOSES
+from bench.dataset import DIAGNOSES, few
 from bench.errors import BenchError
 
 MANIFEST_FILE = "manifest.csv"
@@ -86,11 +86,6 @@ def map_labels(labels: pd.Series, table: Mapping[str, str], dataset: str, where:
         raise BenchError(f"{dataset}: {len(rows)} row(s) of {where} have an unknown label: {few(rows)}; "
                          f"known labels: {', '.join(sorted(table))}")
     return mapped
-
-
-def few(items: list, n: int = 10) -> str:
-    shown = ", ".join(map(str, items[:n]))
-    return shown + (f" ... and {len(items) - n} more" if len(items) > n else "")
 
 
 def in_vocabulary(table: Mapping[str, str]) -> Mapping[str, str]:
