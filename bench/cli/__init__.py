@@ -3,6 +3,7 @@
 import sys
 
 from bench.cli import catalogue  # noqa: F401  (each module registers its commands on import)
+from bench.cli import train  # noqa: F401
 from bench.cli.app import app, err_console
 from bench.errors import BenchError
 from featurestore.errors import StoreError

@@ -1,0 +1,97 @@
+"""`bench train`, `bench recipes` and `bench perf train`."""
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from bench import plugins
+from bench.cli.app import app, console, perf_app
+from bench.cli.catalogue import DatasetOptions, RootOption, parse_options
+from bench.errors import BenchError
+from bench.recipes import get_recipe, recipes as all_recipes
+
+RecipeOption = Annotated[str, typer.Option("--recipe", help="Training recipe (see `bench recipes`).")]
+ImageSize = Annotated[Optional[int], typer.Option("--image-size", help="Override the recipe's image size (px).")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Override the recipe's batch size.")]
+
+
+@app.command()
+def recipes() -> None:
+    """List the training recipes `bench train --recipe NAME` accepts."""
+    table = Table(title="Training recipes (SGD, Nesterov momentum, L2; best validation epoch kept)")
+    for column in ("name", "epochs", "lr", "momentum", "L2", "image", "batch", "trains", "description"):
+        table.add_column(column)
+    for r in all_recipes().values():
+        trains = "whole network" if r.train_last is None else f"last {r.train_last} layers"
+        table.add_row(r.name, str(r.epochs), f"{r.lr:g}", f"{r.momentum:g}", f"{r.weight_decay:g}",
+                      f"{r.image_size} px", str(r.batch_size), trains, r.description)
+    console.print(table)
+
+
+@app.command()
+def train(
+    backbone: Annotated[str, typer.Option(help="Backbone to train (see `bench backbones`).")],
+    dataset: Annotated[str, typer.Option(help="Dataset adapter (see `bench datasets`).")],
+    root: RootOption = None,
+    protocol: Annotated[Optional[str], typer.Option(help="Label design to fine-tune for (with --fold).")] = None,
+    fold: Annotated[Optional[str], typer.Option(help="Fine-tune on this fold's training part, e.g. r0f0.")] = None,
+    split: Annotated[str, typer.Option(help="How folds are made: 5x2, official or reference.")] = "5x2",
+    reference_dir: Annotated[Optional[Path], typer.Option(help="Folder of the paper's fold files.")] = None,
+    recipe: RecipeOption = "paper",
+    epochs: Annotated[Optional[int], typer.Option(help="Override the recipe's epochs.")] = None,
+    image_size: ImageSize = None,
+    batch_size: BatchSize = None,
+    lr: Annotated[Optional[float], typer.Option(help="Override the recipe's learning rate.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Train on the first N training rows only.")] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the folds, the validation split and training.")] = 0,
+    option: DatasetOptions = [],  # noqa: B006 (typer reads it)
+) -> None:
+    """Train a backbone's source stage (without --fold), or fine-tune it on one target fold's training part.
+
+    A rerun of an interrupted command resumes from its last finished epoch.
+    """
+    from bench.stages import finetune_job, source_stage_job
+    from bench.train import fit
+
+    if (protocol is None) != (fold is None):
+        raise BenchError("fine-tuning needs both --protocol P and --fold K (a source stage takes neither)")
+    chosen = get_recipe(recipe).with_overrides(epochs=epochs, image_size=image_size, batch_size=batch_size, lr=lr)
+    b, options = plugins.get_backbone(backbone), parse_options(option)
+    if fold is None:
+        job = source_stage_job(b, dataset, root, chosen, options=options, limit=limit, seed=seed)
+    else:
+        job = finetune_job(b, dataset, root, chosen, protocol=protocol, fold=fold, split=split,
+                           reference_dir=reference_dir, options=options, limit=limit, seed=seed)
+    console.print(f"[bold]{b.name}[/bold] on {dataset}: {len(job.data.labels)} training images, classes "
+                  f"{', '.join(job.data.classes)}; recipe {chosen.name} ({chosen.epochs} epochs at {chosen.image_size} px)")
+    started = time.perf_counter()
+    state = fit(job)
+    console.print(f"best epoch {state.best_epoch}/{state.epoch} (validation loss {state.best_val_loss:.4f}), "
+                  f"{time.perf_counter() - started:.0f} s -> {job.out}")
+    if fold is not None:
+        root_arg = f" --root {root}" if root else ""
+        console.print(f"next: bench extract --backbone {b.name} --dataset {dataset}{root_arg} "
+                      f"--protocol {protocol} --fold {fold}")
+
+
+@perf_app.command("train")
+def perf_train(
+    backbone: Annotated[str, typer.Option(help="Backbone to time (random weights: only speed is measured).")],
+    recipe: RecipeOption = "paper",
+    image_size: ImageSize = None,
+    batch_size: BatchSize = None,
+    steps: Annotated[int, typer.Option(help="Timed training steps (after two warm-up steps).")] = 10,
+) -> None:
+    """Training images/s and peak memory of the training step on the current device (images already decoded)."""
+    from bench.train import measure
+
+    chosen = get_recipe(recipe).with_overrides(image_size=image_size, batch_size=batch_size)
+    b = plugins.get_backbone(backbone)
+    speed = measure(b.build(), b.feature_dim, b.preprocessing.with_size(chosen.image_size), chosen, steps=steps)
+    memory = "peak GPU memory allocated" if speed.device != "cpu" else "peak RSS"
+    trains = "whole network" if chosen.train_last is None else f"last {chosen.train_last} layers"
+    console.print(f"{b.name} training ({trains}, {chosen.image_size} px, batch {chosen.batch_size}) on {speed.device}: "
+                  f"{speed.images_per_s:.1f} images/s, {memory} {speed.peak_memory_mib:.0f} MiB")

@@ -1,0 +1,57 @@
+"""Training recipes: named hyper-parameter sets kept as data in `recipes.toml`."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from functools import cache
+from pathlib import Path
+
+from bench.errors import BenchError
+
+RECIPES_FILE = Path(__file__).with_name("recipes.toml")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a network is trained: SGD with Nesterov momentum and L2 for `epochs` epochs at `image_size` pixels."""
+
+    name: str
+    description: str
+    epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    image_size: int
+    batch_size: int
+    train_last: int | None = None  # train only the last K parameterised layers of the feature net; None = all
+
+    def with_overrides(self, **overrides: int | float | None) -> Recipe:
+        """A copy with the given fields changed; `None` values leave a field as it is."""
+        changed = {k: v for k, v in overrides.items() if v is not None}
+        bad = [f"--{k.replace('_', '-')}" for k, v in changed.items() if v <= 0]
+        if bad:
+            raise BenchError(f"{', '.join(bad)} must be positive")
+        return replace(self, **changed)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@cache
+def recipes() -> dict[str, Recipe]:
+    """Every recipe in `recipes.toml`, by name."""
+    table = tomllib.loads(RECIPES_FILE.read_text())
+    known = {f.name for f in fields(Recipe)}
+    for name, values in table.items():
+        unknown = set(values) - known
+        if unknown:
+            raise BenchError(f"{RECIPES_FILE}: recipe {name!r} has unknown field(s) {sorted(unknown)}")
+    return {name: Recipe(name=name, **values) for name, values in table.items()}
+
+
+def get_recipe(name: str) -> Recipe:
+    available = recipes()
+    if name not in available:
+        raise BenchError(f"unknown recipe {name!r}; available: {', '.join(available)} (see `bench recipes`)")
+    return available[name]

@@ -1,0 +1,357 @@
+"""The one training loop: every source stage (retino, double) and every target fine-tune runs through `fit`.
+
+The paper's recipe (section 2): SGD with Nesterov momentum and L2, a stratified 10% validation split, the epoch
+with the lowest validation loss kept, classes balanced by augmenting only the minority classes. Images are decoded
+once into a uint8 tensor on the training device and augmented there, so a GPU is never starved by the decoder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import resource
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from sklearn.model_selection import StratifiedGroupKFold
+from torch import nn
+
+from bench.backbone import Preprocessing, read_checkpoint, save_checkpoint
+from bench.errors import BenchError
+from bench.images import load_image
+from bench.recipes import Recipe
+
+VALIDATION_FOLDS = 10  # one fold of ten = the paper's 10% validation split
+SCALE_RANGE = (0.8, 1.25)  # random zoom out / in of augmented images; rotations take any angle (a lesion has no "up")
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """What a run trains on. `groups` (e.g. lesion ids) keep all images of one lesion on one side of the
+    training/validation split, so the validation loss is not flattered by near-duplicates."""
+
+    image_ids: np.ndarray
+    paths: list[str]
+    labels: np.ndarray  # int64 indices into `classes`
+    classes: tuple[str, ...]
+    groups: np.ndarray
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """One training run: `start()` builds the feature net with its starting weights (called after seeding, so a
+    random initialisation is reproducible); a new linear head learns `data.classes` and is dropped when saving."""
+
+    backbone: str
+    start: Callable[[], nn.Module]
+    feature_dim: int
+    data: LabelledImages
+    recipe: Recipe
+    preprocessing: Preprocessing  # the backbone's, at the recipe's image size: saved with the weights
+    out: Path
+    run_dir: Path  # per-epoch resumable state; removed once `out` is written
+    seed: int = 0
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunState:
+    """Where a run stands after its last finished epoch; saved every epoch so an interrupted run resumes."""
+
+    epoch: int = 0
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
+    history: list[dict] = field(default_factory=list)
+
+
+def fit(job: TrainingJob, device: torch.device | None = None) -> RunState:
+    """Train, keep the epoch with the lowest validation loss, save it to `job.out`; resumes from `job.run_dir`."""
+    device = device or default_device()
+    torch.manual_seed(job.seed)
+    generator = torch.Generator().manual_seed(job.seed)  # sampling and augmentation draws, on the CPU for every device
+    train_idx, val_idx = validation_split(job.data, job.seed)
+    images = decode(job.data.paths, job.preprocessing.size, device)
+    labels = torch.tensor(job.data.labels, device=device)
+    trainer = Trainer(nn.Sequential(job.start(), nn.Linear(job.feature_dim, len(job.data.classes))).to(device),
+                      job.recipe, job.preprocessing, generator)
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    state = resume(job.run_dir, trainer.model, trainer.optimizer, generator)
+    steps = _batch_count(balanced_size(job.data.labels[train_idx]), job.recipe.batch_size)
+    with _deterministic(device), _progress() as progress:
+        task = progress.add_task("training", total=job.recipe.epochs * steps, completed=state.epoch * steps, status="")
+        for epoch in range(state.epoch, job.recipe.epochs):
+            progress.update(task, description=f"epoch {epoch + 1}/{job.recipe.epochs}")
+            order, augmented = balanced_epoch(job.data.labels[train_idx], generator)
+            loss, rate = trainer.epoch(images, labels, train_idx[order], augmented,
+                                       lambda status: progress.update(task, advance=1, status=status))
+            val_loss = validation_loss(trainer.model, images[val_idx], labels[val_idx], job.preprocessing,
+                                       job.recipe.batch_size, trainer.amp)
+            _end_epoch(job, state, trainer, loss, val_loss, rate)
+            progress.update(task, status=f"loss {loss:.4f}  val {val_loss:.4f} (best {state.best_val_loss:.4f} "
+                                         f"@ {state.best_epoch})  {rate:.1f} img/s")
+    _save_best(job, trainer.model[0], state)
+    return state
+
+
+class Trainer:
+    """A classifier (feature net + head) with its optimiser, mixed precision and frozen layers."""
+
+    def __init__(self, model: nn.Sequential, recipe: Recipe, preprocessing: Preprocessing,
+                 generator: torch.Generator) -> None:
+        self.model, self.recipe, self.preprocessing, self.generator = model, recipe, preprocessing, generator
+        self.frozen = freeze(model[0], recipe.train_last)
+        self.optimizer = make_optimizer(model, recipe)
+        self.amp, self.scaler = mixed_precision(next(model.parameters()).device)
+
+    def epoch(self, images: torch.Tensor, labels: torch.Tensor, index: np.ndarray, augmented: np.ndarray,
+              on_step: Callable[[str], None] = lambda status: None) -> tuple[float, float]:
+        """One pass over `images[index]` in batches; returns the mean training loss and images/s."""
+        self.model.train()
+        for layer in self.frozen:  # frozen BatchNorm keeps its running statistics
+            layer.training = False
+        started, total, seen = time.perf_counter(), 0.0, 0
+        for batch in range(_batch_count(len(index), self.recipe.batch_size)):
+            i = torch.from_numpy(index[batch * self.recipe.batch_size:][: self.recipe.batch_size])
+            mask = torch.from_numpy(augmented[batch * self.recipe.batch_size:][: self.recipe.batch_size])
+            total += self.step(images[i], labels[i], mask) * len(i)
+            seen += len(i)
+            on_step(f"loss {total / seen:.4f}  {seen / (time.perf_counter() - started):.1f} img/s")
+        return total / max(seen, 1), seen / (time.perf_counter() - started)
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, augment_mask: torch.Tensor) -> float:
+        """One SGD step on a uint8 batch (N, 3, S, S); the images flagged in `augment_mask` are augmented first."""
+        x = images.float()
+        if augment_mask.any():
+            mask = augment_mask.to(x.device)
+            x[mask] = augment(x[mask], self.generator)
+        with self.amp():
+            loss = F.cross_entropy(self.model(to_input(x, self.preprocessing)).float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.item()
+
+
+def _end_epoch(job: TrainingJob, state: RunState, trainer: Trainer, loss: float, val_loss: float, rate: float) -> None:
+    """Record the epoch, keep its weights if they are the best so far, and save the resumable state."""
+    state.epoch += 1
+    state.history.append({"epoch": state.epoch, "loss": loss, "val_loss": val_loss, "images_per_s": rate})
+    if val_loss < state.best_val_loss:
+        state.best_epoch, state.best_val_loss = state.epoch, val_loss
+        save_checkpoint(job.run_dir / "best.pt", trainer.model[0], job.backbone, job.preprocessing)
+    _save_state(job.run_dir / "last.pt", state, trainer.model, trainer.optimizer, trainer.generator)
+
+
+def _batch_count(n: int, size: int) -> int:
+    """Batches of `size` over `n` items, leaving out a last batch of a single image (BatchNorm cannot train on it)."""
+    return math.ceil(n / size) - (n % size == 1)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def validation_split(data: LabelledImages, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training and validation images: one of ten folds stratified by label, grouped by lesion."""
+    counts = np.bincount(data.labels, minlength=len(data.classes))
+    if counts.min() < 2:
+        rare = [c for c, n in zip(data.classes, counts) if n < 2]
+        raise BenchError(f"too few training images of class(es) {rare} ({counts.min()}) to hold some out for "
+                         "validation: use more data (a larger --limit) or another fold")
+    folds = StratifiedGroupKFold(n_splits=VALIDATION_FOLDS, shuffle=True, random_state=seed)
+    train, val = next(folds.split(np.zeros(len(data.labels)), data.labels, data.groups))
+    return train, val
+
+
+def decode(paths: list[str], size: int, device: torch.device) -> torch.Tensor:
+    """Every image decoded and resized once: uint8 (N, 3, size, size) on `device` (PIL releases the GIL)."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool, _progress() as progress:
+        task = progress.add_task(f"decoding {len(paths)} images at {size} px", total=len(paths), status="")
+        images = []
+        for image in pool.map(lambda p: load_image(p, size), paths):
+            images.append(image)
+            progress.advance(task)
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def freeze(net: nn.Module, train_last: int | None) -> list[nn.Module]:
+    """Freeze all but the last `train_last` parameterised layers (in registration order, which follows the forward
+    pass in our backbones) and return the frozen ones; `None` trains everything."""
+    if train_last is None:
+        return []
+    layers = [m for m in net.modules() if next(m.parameters(recurse=False), None) is not None]
+    frozen = layers[: max(len(layers) - train_last, 0)]
+    for layer in frozen:
+        for p in layer.parameters(recurse=False):
+            p.requires_grad_(False)
+    return frozen
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.SGD:
+    """SGD with Nesterov momentum; L2 on weights only, not on biases or normalisation scales (as Lasagne's
+    `regularize_network_params`, which the paper used, does)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if p.ndim > 1], "weight_decay": recipe.weight_decay},
+              {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
+
+
+def mixed_precision(device: torch.device) -> tuple[Callable[[], contextlib.AbstractContextManager], torch.amp.GradScaler]:
+    """Autocast (bf16 where the GPU has it, else fp16 with loss scaling) on CUDA; plain float32 on the CPU."""
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if not cuda or torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=cuda and dtype == torch.float16)
+    return (lambda: torch.autocast(device.type, dtype=dtype, enabled=cuda)), scaler
+
+
+def balanced_size(labels: np.ndarray) -> int:
+    return int(np.bincount(labels).max() * np.count_nonzero(np.bincount(labels)))
+
+
+def balanced_epoch(labels: np.ndarray, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One epoch's order: every image once as it is, plus augmented copies of randomly drawn minority-class images
+    until each class has as many as the largest. Returns (positions into `labels`, augment flags), shuffled."""
+    counts = np.bincount(labels)
+    order, augmented = [np.arange(len(labels))], [np.zeros(len(labels), bool)]
+    for label, count in enumerate(counts):
+        if 0 < count < counts.max():
+            members = np.flatnonzero(labels == label)
+            draws = torch.randint(count, (int(counts.max() - count),), generator=generator).numpy()
+            order.append(members[draws])
+            augmented.append(np.ones(len(draws), bool))
+    shuffle = torch.randperm(sum(map(len, order)), generator=generator).numpy()
+    return np.concatenate(order)[shuffle], np.concatenate(augmented)[shuffle]
+
+
+def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random rotation (any angle), scaling and a horizontal flip, drawn per image, as one batched resampling.
+
+    torchvision's v2 transforms draw one set of parameters per call, which a whole batch would share. Borders are
+    filled by reflection: black corners would appear only on (minority-class) augmented images and give the class
+    away. A flip plus any rotation also covers vertical flips.
+    """
+    n = len(images)
+    draws = torch.rand(n, 3, generator=generator)  # drawn on the CPU, so every device sees the same augmentations
+    angle = draws[:, 0] * 2 * math.pi
+    scale = SCALE_RANGE[0] * (SCALE_RANGE[1] / SCALE_RANGE[0]) ** draws[:, 1]
+    flip = torch.where(draws[:, 2] < 0.5, -1.0, 1.0)
+    cos, sin, zero = torch.cos(angle) / scale, torch.sin(angle) / scale, torch.zeros(n)
+    theta = torch.stack([torch.stack([cos * flip, -sin, zero], 1), torch.stack([sin * flip, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def to_input(images: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
+    """Float RGB images (N, 3, S, S) in 0..255 -> the network input `Preprocessing.normalise` makes, on their device."""
+    x = images * (preprocessing.value_range / 255.0)
+    if preprocessing.channel_order == "BGR":
+        x = x.flip(1)
+    mean = torch.tensor(preprocessing.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(preprocessing.std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, preprocessing: Preprocessing,
+                    batch_size: int, amp: Callable) -> float:
+    """Mean cross-entropy over the validation images, as they are (no augmentation, no rebalancing)."""
+    model.eval()
+    total = 0.0
+    for start in range(0, len(images), batch_size):
+        with amp():
+            logits = model(to_input(images[start:start + batch_size].float(), preprocessing))
+        total += F.cross_entropy(logits.float(), labels[start:start + batch_size], reduction="sum").item()
+    return total / len(images)
+
+
+def resume(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> RunState:
+    """The state of an interrupted run of the same job (model, optimiser, RNGs restored), or a fresh one."""
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        return RunState()
+    saved = read_checkpoint(path)
+    model.load_state_dict(saved["state_dict"])
+    optimizer.load_state_dict(saved["optimizer"])
+    generator.set_state(saved["rng"]["generator"])
+    torch.set_rng_state(saved["rng"]["torch"])
+    if "cuda" in saved["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+    return RunState(**saved["state"])
+
+
+def _save_state(path: Path, state: RunState, model: nn.Module, optimizer: torch.optim.Optimizer,
+                generator: torch.Generator) -> None:
+    rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    tmp = path.with_suffix(".tmp")
+    torch.save({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
+                "state": vars(state)}, tmp)
+    tmp.replace(path)  # atomic: an interruption while saving leaves the previous epoch's state intact
+
+
+def _save_best(job: TrainingJob, net: nn.Module, state: RunState) -> None:
+    if state.best_epoch == 0:
+        raise BenchError(f"training {job.backbone} diverged (validation loss {state.history[-1]['val_loss']}): "
+                         f"lower the learning rate (--lr, now {job.recipe.lr})")
+    net.load_state_dict(read_checkpoint(job.run_dir / "best.pt")["state_dict"])
+    save_checkpoint(job.out, net, job.backbone, job.preprocessing, **job.meta, recipe=job.recipe.to_dict(),
+                    seed=job.seed, classes=list(job.data.classes), train_images=len(job.data.labels),
+                    epochs_run=state.epoch, best_epoch=state.best_epoch, val_loss=state.best_val_loss,
+                    history=state.history)
+    shutil.rmtree(job.run_dir)
+
+
+@contextlib.contextmanager
+def _deterministic(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels on the CPU, so the same command gives the same weights (restored afterwards)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(previous or device.type == "cpu")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
+
+
+@dataclass(frozen=True)
+class TrainingSpeed:
+    device: str
+    images_per_s: float
+    peak_memory_mib: float
+
+
+def measure(net: nn.Module, feature_dim: int, preprocessing: Preprocessing, recipe: Recipe, steps: int = 10,
+            device: torch.device | None = None) -> TrainingSpeed:
+    """Training images/s of the loop's own step on random images already on the device (its ceiling: decoding
+    happens once, before training), half of each batch augmented as in a balanced two-class epoch."""
+    device = device or default_device()
+    generator = torch.Generator().manual_seed(0)
+    n, size = recipe.batch_size * (steps + 2), preprocessing.size  # two warm-up batches
+    images = torch.randint(0, 256, (recipe.batch_size, 3, size, size), generator=generator, dtype=torch.uint8)
+    images, labels = images.to(device), torch.arange(recipe.batch_size, device=device) % 2
+    index, augmented = np.arange(n) % recipe.batch_size, np.arange(n) % 2 == 1
+    trainer = Trainer(nn.Sequential(net, nn.Linear(feature_dim, 2)).to(device), recipe, preprocessing, generator)
+    warm = recipe.batch_size * 2
+    trainer.epoch(images, labels, index[:warm], augmented[:warm])  # allocator, cuDNN autotuning
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    _, rate = trainer.epoch(images, labels, index[warm:], augmented[warm:])
+    if device.type == "cuda":
+        return TrainingSpeed(torch.cuda.get_device_name(device), rate, torch.cuda.max_memory_allocated(device) / 2**20)
+    # ru_maxrss is the process's peak resident memory, in KiB on Linux
+    return TrainingSpeed("cpu", rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

@@ -1,0 +1,242 @@
+"""The training loop on synthetic data with a tiny network: what it reads, how it balances, what it keeps."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from bench import paths, plugins
+from bench.backbone import Backbone, Preprocessing, SourceStage, read_checkpoint
+from bench.cli import app
+from bench.errors import BenchError
+from bench.hookspecs import hookimpl
+from bench.recipes import get_recipe, recipes
+from bench.stages import finetune_job, source_stage_job
+from bench import train
+from protocols.splits import make_folds
+
+SYNTHETIC = {"n": "120", "size": "32"}
+RECIPE = get_recipe("demo").with_overrides(image_size=32, batch_size=8, epochs=2)
+
+
+def tiny_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1),
+                         nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 12))
+
+
+def _load_start(net: nn.Module) -> None:
+    torch.manual_seed(123)  # a fixed "pretrained" start: the same weights however the RNG stands
+    for p in net.parameters():
+        nn.init.normal_(p, std=0.1)
+
+
+TINY = Backbone("tiny", "tiny CNN", Preprocessing(size=32), "fc", 12, "random", build=tiny_net)
+TINY_START = dataclasses.replace(TINY, name="tiny-start", load_initial=_load_start)
+TINY_SOURCE = dataclasses.replace(TINY, name="tiny-source", source_stages=(
+    SourceStage(dataset="synthetic", task="4 diagnoses", start="tiny-start", output="tiny-source.pt"),))
+
+
+class TinyPlugin:
+    @staticmethod
+    @hookimpl
+    def bench_register_backbones(register) -> None:
+        for backbone in (TINY, TINY_START, TINY_SOURCE):
+            register(backbone)
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def tiny_plugin():
+    pm = plugins.plugin_manager()
+    pm.register(TinyPlugin, name="test-train-tiny")
+    yield
+    pm.unregister(name="test-train-tiny")
+
+
+def _job(seed: int = 0, recipe=RECIPE, **changes) -> train.TrainingJob:
+    job = finetune_job(TINY, "synthetic", None, recipe, protocol="mela-vs-ben", fold="r0f0", options=SYNTHETIC,
+                       seed=seed)
+    return dataclasses.replace(job, **changes)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path)["state_dict"]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fine_tune_reads_only_the_training_part_of_its_fold(monkeypatch):
+    read: list[str] = []
+    real_load = train.load_image
+    monkeypatch.setattr(train, "load_image", lambda path, size: read.append(Path(path).stem) or real_load(path, size))
+    job = _job()
+    train.fit(job)
+
+    manifest = plugins.get_dataset("synthetic").manifest(None, **SYNTHETIC)
+    train_ids, test_ids = make_folds(manifest, "5x2")["r0f0"]
+    carcinomas = set(manifest.loc[manifest["diagnosis"] == "basal_cell_carcinoma", "image_id"])
+    assert read and set(read) <= set(train_ids) - carcinomas  # mela-vs-ben drops carcinomas
+    assert not set(read) & set(test_ids)
+    out = paths.finetuned_checkpoint("synthetic", "tiny", "mela-vs-ben", "r0f0")
+    saved = read_checkpoint(out)
+    assert saved["meta"]["fold"] == "r0f0" and saved["meta"]["classes"] == ["benign", "melanoma"]
+    assert saved["preprocessing"]["size"] == 32 and not job.run_dir.exists()
+    assert set(saved["state_dict"]) == set(tiny_net().state_dict())  # the feature net only: the head is dropped
+
+
+def test_balanced_epoch_augments_only_minority_copies():
+    labels = np.array([0] * 30 + [1] * 10 + [2] * 4)
+    order, augmented = train.balanced_epoch(labels, torch.Generator().manual_seed(0))
+    assert np.bincount(labels[order]).tolist() == [30, 30, 30]
+    assert not augmented[labels[order] == 0].any()  # the majority is shown as it is
+    originals = order[~augmented]
+    assert sorted(originals) == list(range(len(labels)))  # every image once un-augmented
+    assert np.bincount(labels[order[augmented]], minlength=3).tolist() == [0, 20, 26]
+
+
+def test_trainer_augments_exactly_the_flagged_images(monkeypatch):
+    seen: list[torch.Tensor] = []
+    real = train.augment
+    monkeypatch.setattr(train, "augment", lambda x, g: seen.append(x.clone()) or real(x, g))
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    mask = torch.tensor([True, False, False, True, False, False])
+    trainer = train.Trainer(nn.Sequential(tiny_net(), nn.Linear(12, 2)), RECIPE, TINY.preprocessing,
+                            torch.Generator().manual_seed(0))
+    trainer.step(images, torch.tensor([1, 0, 0, 1, 0, 0]), mask)
+    assert len(seen) == 1 and torch.equal(seen[0], images[mask].float())
+
+
+def test_augmentation_varies_per_image_and_adds_no_borders():
+    image = torch.rand(1, 3, 32, 32).mul(255).expand(4, 3, 32, 32).contiguous()
+    out = train.augment(image, torch.Generator().manual_seed(0))
+    assert out.shape == image.shape
+    assert not torch.allclose(out[0], out[1])
+    flat = torch.full((2, 3, 32, 32), 120.0)
+    # reflection padding: rotating a flat image leaves it flat; black corners would only mark minority images
+    assert torch.allclose(train.augment(flat, torch.Generator().manual_seed(1)), flat, atol=1e-3)
+
+
+def test_the_epoch_with_the_lowest_validation_loss_is_kept(monkeypatch):
+    losses, states = iter([0.9, 0.5, 0.7]), []
+
+    def forced(model, *args):
+        states.append({k: v.clone() for k, v in model[0].state_dict().items()})
+        return next(losses)
+
+    monkeypatch.setattr(train, "validation_loss", forced)
+    job = _job(recipe=RECIPE.with_overrides(epochs=3))
+    state = train.fit(job)
+    saved = read_checkpoint(job.out)
+    assert state.best_epoch == 2 and saved["meta"]["best_epoch"] == 2 and saved["meta"]["epochs_run"] == 3
+    assert _same(saved["state_dict"], states[1]) and not _same(saved["state_dict"], states[2])
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(monkeypatch, tmp_path):
+    reference = _job(out=tmp_path / "uninterrupted.pt", run_dir=tmp_path / "run-a")
+    train.fit(reference)
+
+    real, calls = train.validation_loss, []
+
+    def interrupt_in_epoch_two(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    job = _job(out=tmp_path / "resumed.pt", run_dir=tmp_path / "run-b")
+    monkeypatch.setattr(train, "validation_loss", interrupt_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(job)
+    assert read_checkpoint(job.run_dir / "last.pt")["state"]["epoch"] == 1 and not job.out.exists()
+    monkeypatch.setattr(train, "validation_loss", real)
+    state = train.fit(job)
+    assert [h["epoch"] for h in state.history] == [1, 2]
+    assert _same(_weights(job.out), _weights(reference.out))
+
+
+def test_same_seed_same_weights_on_cpu(tmp_path):
+    outs = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        job = _job(seed=seed, out=tmp_path / f"{name}.pt", run_dir=tmp_path / f"run-{name}")
+        train.fit(job)
+        outs.append(_weights(job.out))
+    assert _same(outs[0], outs[1])
+    assert not _same(outs[0], outs[2])
+
+
+def test_train_last_freezes_the_early_layers(tmp_path):
+    job = _job(recipe=RECIPE.with_overrides(train_last=2), out=tmp_path / "top.pt", run_dir=tmp_path / "run")
+    train.fit(job)
+    torch.manual_seed(job.seed)
+    start, trained = tiny_net().state_dict(), _weights(job.out)  # the start is seeded exactly as fit seeds it
+    changed = {k for k in start if not torch.equal(start[k], trained[k])}
+    # the last two parameterised layers are BatchNorm2d(16) and Linear; everything before, running stats included,
+    # stays as it started
+    assert changed and changed <= {"4.weight", "4.bias", "4.running_mean", "4.running_var", "4.num_batches_tracked",
+                                   "8.weight", "8.bias"}
+    assert {"8.weight", "4.weight"} <= changed
+
+
+def test_network_input_matches_the_declared_preprocessing():
+    images = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+    for pre in (Preprocessing(size=16), Preprocessing(size=16, mean=(103.9, 116.8, 123.7), std=(1.0, 1.0, 1.0),
+                                                      channel_order="BGR", value_range=255.0)):
+        ours = train.to_input(torch.from_numpy(images).permute(0, 3, 1, 2).float(), pre)
+        np.testing.assert_allclose(ours.numpy(), pre.normalise(images), rtol=1e-5, atol=1e-4)
+
+
+def test_source_stage_becomes_the_backbones_initial_weights(tiny_plugin):
+    job = source_stage_job(TINY_SOURCE, "synthetic", None, RECIPE, options=SYNTHETIC)
+    assert job.data.classes == ("basal_cell_carcinoma", "melanoma", "nevus", "seborrheic_keratosis")
+    assert job.out == paths.weights_dir() / "tiny-source.pt"
+    torch.manual_seed(99)
+    assert _same(job.start().state_dict(), TINY_START.create().state_dict())  # starts from the stage's `start`
+    train.fit(job)
+    assert read_checkpoint(job.out)["backbone"] == "tiny-source"
+    with pytest.raises(BenchError, match="source stage trains on synthetic"):
+        source_stage_job(TINY_SOURCE, "other", None, RECIPE)
+
+
+def test_cli_train_recipes_and_perf(tiny_plugin):
+    runner = CliRunner()
+    result = runner.invoke(app, ["train", "--backbone", "tiny", "--dataset", "synthetic", "--protocol",
+                                 "mal-vs-ben", "--fold", "r1f1", "--recipe", "demo", "--image-size", "32",
+                                 "--epochs", "1", "--limit", "30", *sum((["-o", f"{k}={v}"] for k, v in SYNTHETIC.items()), [])])
+    assert result.exit_code == 0, result.output
+    saved = read_checkpoint(paths.finetuned_checkpoint("synthetic", "tiny", "mal-vs-ben", "r1f1"))
+    assert saved["meta"]["train_images"] == 30 and saved["meta"]["recipe"]["epochs"] == 1
+    assert "bench extract --backbone tiny" in result.output
+
+    result = runner.invoke(app, ["train", "--backbone", "tiny", "--dataset", "synthetic", "--fold", "r0f0"])
+    assert isinstance(result.exception, BenchError) and "--protocol" in str(result.exception)
+    result = runner.invoke(app, ["train", "--backbone", "tiny", "--dataset", "synthetic", "--protocol",
+                                 "mela-vs-ben", "--fold", "r9f9", *sum((["-o", f"{k}={v}"] for k, v in SYNTHETIC.items()), [])])
+    assert isinstance(result.exception, BenchError) and "r0f0" in str(result.exception)
+
+    result = runner.invoke(app, ["recipes"])
+    assert result.exit_code == 0 and all(name in result.output for name in recipes())
+
+    result = runner.invoke(app, ["perf", "train", "--backbone", "tiny", "--image-size", "32", "--batch-size", "4",
+                                 "--steps", "2"])
+    assert result.exit_code == 0 and "images/s" in result.output, result.output
+
+
+def test_recipe_overrides_are_checked():
+    assert get_recipe("paper").with_overrides(epochs=3, lr=None).epochs == 3
+    with pytest.raises(BenchError, match="--image-size"):
+        get_recipe("paper").with_overrides(image_size=0)
+    with pytest.raises(BenchError, match="available: paper"):
+        get_recipe("nope")
