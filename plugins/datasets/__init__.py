@@ -4,9 +4,19 @@ from typing import Callable
 
 from bench.dataset import DatasetAdapter
 from bench.hookspecs import hookimpl
-from plugins.datasets import synthetic
+from plugins.datasets import atlas, dermamnist, folder, ham10000, isic2016, kaggle_dr, synthetic, synthetic_fundus
 
 
 @hookimpl
 def bench_register_datasets(register: Callable[[DatasetAdapter], None]) -> None:
-    register(DatasetAdapter("synthetic", synthetic.DESCRIPTION, synthetic.load, needs_root=False))
+    for name, module, needs_root in (
+        ("isic2016", isic2016, True),
+        ("atlas", atlas, True),
+        ("ham10000", ham10000, True),
+        ("kaggle-dr", kaggle_dr, True),
+        ("dermamnist", dermamnist, False),
+        ("folder", folder, True),
+        ("synthetic", synthetic, False),
+        ("synthetic-fundus", synthetic_fundus, False),
+    ):
+        register(DatasetAdapter(name, module.DESCRIPTION, module.load, needs_root=needs_root))
