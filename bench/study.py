@@ -1,0 +1,429 @@
+"""Study files: a whole benchmark (datasets, source training, fine-tunes, extractions, evaluations) in one small
+TOML file, checked with errors that name the file and the key, and the graph of stages it expands to.
+
+A study file (see `bench/studies/*.toml`, listed by `bench studies`):
+
+    description = "..."
+    recipe = "cpu"                  # training recipe of every training stage (`bench recipes`)
+    seed = 0                        # seeds the splits and every training run
+    overrides = { image_size = 96 } # optional: recipe fields changed for this study
+    architectures = ["vgg-m", "vgg16"]   # optional: Table 3, backbones compared with ImageNet + fine-tuning
+
+    [datasets.skin]                 # a name used in this file -> adapter, root, adapter options, limit
+    adapter = "ham10000"
+    root = "../shared/data/ham10000"   # relative to where bench runs, like --root
+    limit = 2000                    # optional: the first N manifest rows only
+
+    [sources.retino]                # backbones trained on a source task first, and on which dataset
+    dataset = "fundus"
+    [sources.double-lite0]          # `start` defines a new backbone: `start` fine-tuned on the source dataset
+    dataset = "fundus"
+    start = "efficientnet-lite0"
+
+    [transfer]                      # Table 1: the backbone that plays each source of transfer
+    none = "scratch"
+    retino = "retino"
+    imagenet = "efficientnet-lite0"
+    double = "double-lite0"
+
+    [[evaluate]]                    # a target dataset, its split, protocols and what is evaluated on it
+    dataset = "skin"
+    split = "5x2"
+    folds = ["r0f0", "r0f1"]        # optional: a subset of the split's folds
+    protocols = ["mal-vs-ben", "mela-vs-ben", "mela-vs-carc-vs-ben"]
+    frozen = ["retino", "efficientnet-lite0"]          # features of the backbone as it is (no FT)
+    finetuned = ["scratch", "retino", "efficientnet-lite0", "double-lite0"]   # fine-tuned per fold (FT)
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from bench import plugins
+from bench.errors import BenchError
+from bench.paths import feature_key
+from bench.recipes import Recipe, get_recipe
+
+TRANSFER_COLUMNS = ("none", "retino", "imagenet", "double")
+TOP_KEYS = {"description", "recipe", "seed", "overrides", "architectures", "datasets", "sources", "transfer",
+            "evaluate"}
+DATASET_KEYS = {"adapter", "root", "options", "limit"}
+SOURCE_KEYS = {"dataset", "start"}
+EVALUATE_KEYS = {"dataset", "split", "folds", "protocols", "frozen", "finetuned", "reference"}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str  # the study's own name for it
+    adapter: str
+    root: Path | None
+    options: dict[str, str]
+    limit: int | None
+
+    @property
+    def synthetic(self) -> bool:
+        return self.adapter.startswith("synthetic")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    backbone: str
+    dataset: str  # a DatasetSpec name
+    start: str | None  # set when the study defines `backbone` itself: `start` fine-tuned on `dataset`
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    dataset: str
+    split: str
+    folds: tuple[str, ...] | None  # None: every fold of the split
+    protocols: tuple[str, ...]
+    frozen: tuple[str, ...]
+    finetuned: tuple[str, ...]
+    reference: Path | None  # fold files for split = "reference"
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    path: Path
+    description: str
+    recipe: Recipe
+    seed: int
+    datasets: dict[str, DatasetSpec]
+    sources: dict[str, SourceSpec]
+    transfer: dict[str, str]
+    architectures: tuple[str, ...]
+    evaluations: tuple[Evaluation, ...]
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether any target dataset is synthetic, which the report must say loudly."""
+        return any(self.datasets[e.dataset].synthetic for e in self.evaluations)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One unit of work: `params` is everything it depends on besides its `deps` (stage keys)."""
+
+    key: str
+    kind: str  # source | finetune | extract | evaluate | report
+    params: dict[str, Any]
+    deps: tuple[str, ...] = ()
+
+
+# --- finding and reading study files --------------------------------------------------------------------------
+
+def builtin_studies() -> dict[str, Path]:
+    """The studies shipped in `bench/studies/`, by name."""
+    folder = files("bench").joinpath("studies")
+    return {Path(p.name).stem: Path(str(p)) for p in sorted(folder.iterdir(), key=lambda p: p.name)
+            if p.name.endswith(".toml")}
+
+
+def find_study(spec: str) -> Path:
+    """A study file path, or the name of a built-in study."""
+    if spec.endswith(".toml") or Path(spec).is_file():
+        if not Path(spec).is_file():
+            raise BenchError(f"study file not found: {spec}")
+        return Path(spec)
+    studies = builtin_studies()
+    if spec not in studies:
+        raise BenchError(f"no study file {spec!r} and no built-in study of that name; built-in: "
+                         f"{', '.join(studies)} (see `bench studies`)")
+    return studies[spec]
+
+
+def load_study(spec: str | Path, roots: dict[str, Path] | None = None) -> Study:
+    """Read and check a study file; `roots` (dataset name -> folder) override the roots it gives."""
+    path = find_study(str(spec))
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise BenchError(f"{path}: not a readable TOML study file: {exc}") from exc
+    return _Reader(path, roots or {}).study(raw)
+
+
+class _Reader:
+    """Turns the parsed TOML into a Study; every error names the file and the key."""
+
+    def __init__(self, path: Path, roots: dict[str, Path]):
+        self.path = path
+        self.roots = roots
+
+    def fail(self, key: str, message: str) -> BenchError:
+        return BenchError(f"{self.path}: {key}: {message}")
+
+    def study(self, raw: dict) -> Study:
+        self.check_keys(raw, TOP_KEYS, "top level")
+        recipe = self.recipe(raw)
+        datasets = {name: self.dataset(name, value) for name, value in self.table(raw, "datasets").items()}
+        adapters = [d.adapter for d in datasets.values()]
+        if len(set(adapters)) < len(adapters):
+            # the store and the fine-tuned checkpoints are keyed by adapter name, so two would overwrite each other
+            raise self.fail("datasets", "two datasets use the same adapter; a study can hold each adapter once")
+        unknown_roots = sorted(set(self.roots) - set(datasets))
+        if unknown_roots:
+            raise self.fail("--root", f"no dataset(s) {unknown_roots} in this study; it has {', '.join(datasets)}")
+        sources = {name: self.source(name, value, datasets) for name, value in self.table(raw, "sources").items()}
+        known = set(plugins.backbones()) | set(sources)
+        evaluations = tuple(self.evaluation(i, value, datasets, known)
+                            for i, value in enumerate(self.array(raw, "evaluate")))
+        if not evaluations:
+            raise self.fail("evaluate", "the study evaluates nothing: add an [[evaluate]] table")
+        self.check_sources_needed(evaluations, sources)
+        transfer = self.table(raw, "transfer")
+        self.check_keys(transfer, set(TRANSFER_COLUMNS), "transfer")
+        for column, backbone in transfer.items():
+            self.backbone(f"transfer.{column}", backbone, known)
+        architectures = tuple(self.backbone("architectures", b, known) for b in self.strings(raw, "architectures"))
+        return Study(
+            name=self.path.stem, path=self.path, description=str(raw.get("description", "")), recipe=recipe,
+            seed=self.integer(raw, "seed", 0), datasets=datasets, sources=sources, transfer=dict(transfer),
+            architectures=architectures, evaluations=evaluations,
+        )
+
+    # --- sections
+
+    def recipe(self, raw: dict) -> Recipe:
+        if "recipe" not in raw:
+            raise self.fail("recipe", "missing: name the training recipe (see `bench recipes`)")
+        try:
+            recipe = get_recipe(str(raw["recipe"]))
+        except BenchError as exc:
+            raise self.fail("recipe", str(exc)) from None
+        overrides = self.table(raw, "overrides")
+        allowed = {f.name for f in fields(Recipe)} - {"name", "description"}
+        self.check_keys(overrides, allowed, "overrides")
+        bad = [k for k, v in overrides.items() if not isinstance(v, (int, float)) or isinstance(v, bool)]
+        if bad:
+            raise self.fail(f"overrides.{bad[0]}", "must be a number")
+        try:
+            return recipe.with_overrides(**overrides)
+        except BenchError as exc:
+            raise self.fail("overrides", str(exc)) from None
+
+    def dataset(self, name: str, value: Any) -> DatasetSpec:
+        key = f"datasets.{name}"
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a table with adapter, root, options, limit")
+        self.check_keys(value, DATASET_KEYS, key)
+        adapter_name = value.get("adapter")
+        if not isinstance(adapter_name, str):
+            raise self.fail(f"{key}.adapter", "missing: name a dataset adapter (see `bench datasets`)")
+        try:
+            adapter = plugins.get_dataset(adapter_name)
+        except BenchError as exc:
+            raise self.fail(f"{key}.adapter", str(exc)) from None
+        root = self.roots.get(name) or value.get("root") or None
+        if adapter.needs_root and not root:
+            raise self.fail(f"{key}.root", f"not set: the {adapter_name} adapter needs the folder holding its files. "
+                            f"Fill it in (copy the study with `bench studies {self.path.stem} > my-study.toml`) "
+                            f"or pass --root {name}=PATH")
+        if root and not Path(root).is_dir():
+            raise self.fail(f"{key}.root", f"{root} is not a folder (relative roots are read from {Path.cwd()})")
+        options = value.get("options", {})
+        if not isinstance(options, dict):
+            raise self.fail(f"{key}.options", "must be a table of adapter options, e.g. { n = 240 }")
+        limit = value.get("limit")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise self.fail(f"{key}.limit", "must be a positive whole number of manifest rows")
+        return DatasetSpec(name, adapter_name, Path(root) if root else None,
+                           {k: str(v) for k, v in options.items()}, limit)
+
+    def source(self, name: str, value: Any, datasets: dict[str, DatasetSpec]) -> SourceSpec:
+        key = f"sources.{name}"
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a table with dataset (and start for a backbone this study defines)")
+        self.check_keys(value, SOURCE_KEYS, key)
+        dataset = self.dataset_ref(f"{key}.dataset", value.get("dataset"), datasets)
+        backbones = plugins.backbones()
+        start = value.get("start")
+        if start is None:
+            if name not in backbones:
+                raise self.fail(key, f"unknown backbone {name!r}; to define it here give `start`, the backbone it is "
+                                "fine-tuned from")
+            if not backbones[name].source_stages:
+                raise self.fail(key, f"backbone {name!r} has no source stage; give `start` to define a new backbone")
+        else:
+            if name in backbones:
+                raise self.fail(f"{key}.start", f"backbone {name!r} already exists; name the new one differently")
+            if not isinstance(start, str) or start not in backbones:
+                raise self.fail(f"{key}.start", f"unknown backbone {start!r}; available: {', '.join(backbones)}")
+        return SourceSpec(name, dataset, start)
+
+    def evaluation(self, index: int, value: Any, datasets: dict[str, DatasetSpec], known: set[str]) -> Evaluation:
+        from protocols.designs import DESIGNS
+        from protocols.splits import SPLITS
+
+        key = f"evaluate[{index}]"
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a table")
+        self.check_keys(value, EVALUATE_KEYS, key)
+        dataset = self.dataset_ref(f"{key}.dataset", value.get("dataset"), datasets)
+        split = value.get("split", "5x2")
+        if split not in SPLITS:
+            raise self.fail(f"{key}.split", f"unknown split {split!r}; available: {', '.join(SPLITS)}")
+        protocols = self.strings(value, "protocols", key)
+        if not protocols:
+            raise self.fail(f"{key}.protocols", f"missing: list protocols from {', '.join(DESIGNS)}")
+        for protocol in protocols:
+            if protocol not in DESIGNS:
+                raise self.fail(f"{key}.protocols", f"unknown protocol {protocol!r}; available: {', '.join(DESIGNS)}")
+        frozen = tuple(self.backbone(f"{key}.frozen", b, known) for b in self.strings(value, "frozen", key))
+        finetuned = tuple(self.backbone(f"{key}.finetuned", b, known) for b in self.strings(value, "finetuned", key))
+        if not frozen and not finetuned:
+            raise self.fail(key, "evaluates no backbone: list some under `frozen` and/or `finetuned`")
+        folds = tuple(self.strings(value, "folds", key)) or None
+        reference = value.get("reference")
+        if split == "reference" and not reference:
+            raise self.fail(f"{key}.reference", "split = 'reference' needs the folder of the paper's fold files")
+        return Evaluation(dataset, split, folds, tuple(protocols), frozen, finetuned,
+                          Path(reference) if reference else None)
+
+    def check_sources_needed(self, evaluations: tuple[Evaluation, ...], sources: dict[str, SourceSpec]) -> None:
+        """A backbone whose weights come from a source task cannot run before the study trains it."""
+        backbones = plugins.backbones()
+        for i, evaluation in enumerate(evaluations):
+            for name in (*evaluation.frozen, *evaluation.finetuned):
+                if name in backbones and backbones[name].source_stages and name not in sources:
+                    stage = backbones[name].source_stages[0]
+                    raise self.fail(f"evaluate[{i}]", f"backbone {name!r} is first trained on {stage.task} "
+                                    f"({stage.dataset}): add [sources.{name}] with the study's dataset for it")
+
+    # --- values
+
+    def dataset_ref(self, key: str, value: Any, datasets: dict[str, DatasetSpec]) -> str:
+        if value not in datasets:
+            raise self.fail(key, f"{value!r} is not a dataset of this study; it has {', '.join(datasets) or 'none'}")
+        return value
+
+    def backbone(self, key: str, value: Any, known: set[str]) -> str:
+        if value not in known:
+            raise self.fail(key, f"unknown backbone {value!r}; available: {', '.join(sorted(known))} "
+                            "(see `bench backbones`; a study defines its own under [sources])")
+        return value
+
+    def table(self, raw: dict, key: str) -> dict:
+        value = raw.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a table")
+        return value
+
+    def array(self, raw: dict, key: str) -> list:
+        value = raw.get(key, [])
+        if not isinstance(value, list):
+            raise self.fail(key, f"must be an array of tables ([[{key}]])")
+        return value
+
+    def strings(self, raw: dict, key: str, where: str = "") -> list[str]:
+        value = raw.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(f"{where}.{key}" if where else key, "must be a list of names")
+        return value
+
+    def integer(self, raw: dict, key: str, default: int) -> int:
+        value = raw.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise self.fail(key, "must be a whole number >= 0")
+        return value
+
+    def check_keys(self, table: dict, allowed: set[str], where: str) -> None:
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            raise self.fail(where, f"unknown key(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+
+
+# --- the stage graph ------------------------------------------------------------------------------------------
+
+def plan(study: Study, fold_keys: dict[int, list[str]]) -> list[Stage]:
+    """Every stage of the study in dependency order. `fold_keys[i]` are the folds evaluation i runs on."""
+    stages: dict[str, Stage] = {}
+    for source in _source_order(study):
+        stages[_source_key(source.backbone)] = _source_stage(study, source)
+    evaluations = []
+    for i, evaluation in enumerate(study.evaluations):
+        spec = study.datasets[evaluation.dataset]
+        for backbone in evaluation.frozen:
+            key = _extract_stage(stages, study, spec, backbone, None, None)
+            for protocol in evaluation.protocols:
+                evaluations.append(_evaluate_stage(study, evaluation, spec, backbone, protocol, fold_keys[i], False,
+                                                   [key]))
+        for backbone in evaluation.finetuned:
+            for protocol in evaluation.protocols:
+                keys = []
+                for fold in fold_keys[i]:
+                    ft = _finetune_stage(stages, study, evaluation, spec, backbone, protocol, fold)
+                    keys.append(_extract_stage(stages, study, spec, backbone, protocol, fold, ft))
+                evaluations.append(_evaluate_stage(study, evaluation, spec, backbone, protocol, fold_keys[i], True,
+                                                   keys))
+    for stage in evaluations:
+        stages[stage.key] = stage
+    stages["report"] = Stage("report", "report", {"study": study.name}, tuple(s.key for s in evaluations))
+    return list(stages.values())
+
+
+def _source_order(study: Study) -> list[SourceSpec]:
+    """Sources whose `start` is another source of the study come after it."""
+    ordered: list[SourceSpec] = []
+    pending = list(study.sources.values())
+    while pending:
+        ready = [s for s in pending if s.start not in {p.backbone for p in pending}]
+        if not ready:
+            raise BenchError(f"{study.path}: sources: {', '.join(s.backbone for s in pending)} start from each other")
+        ordered += ready
+        pending = [s for s in pending if s not in ready]
+    return ordered
+
+
+def _source_key(backbone: str) -> str:
+    return f"source {backbone}"
+
+
+def _dataset_params(spec: DatasetSpec) -> dict[str, Any]:
+    return {"name": spec.name, "adapter": spec.adapter, "options": spec.options, "limit": spec.limit}
+
+
+def _upstream(study: Study, backbone: str) -> tuple[str, ...]:
+    return (_source_key(backbone),) if backbone in study.sources else ()
+
+
+def _source_stage(study: Study, source: SourceSpec) -> Stage:
+    params = {"backbone": source.backbone, "start": source.start,
+              "dataset": _dataset_params(study.datasets[source.dataset]),
+              "recipe": study.recipe.to_dict(), "seed": study.seed}
+    deps = _upstream(study, source.start) if source.start else ()
+    return Stage(_source_key(source.backbone), "source", params, deps)
+
+
+def _finetune_stage(stages: dict[str, Stage], study: Study, evaluation: Evaluation, spec: DatasetSpec,
+                    backbone: str, protocol: str, fold: str) -> str:
+    key = f"finetune {spec.name}/{backbone}/{feature_key(protocol, fold)}"
+    params = {"backbone": backbone, "dataset": _dataset_params(spec), "protocol": protocol, "split": evaluation.split,
+              "fold": fold, "recipe": study.recipe.to_dict(), "seed": study.seed,
+              "reference": str(evaluation.reference) if evaluation.reference else None}
+    stages.setdefault(key, Stage(key, "finetune", params, _upstream(study, backbone)))
+    return key
+
+
+def _extract_stage(stages: dict[str, Stage], study: Study, spec: DatasetSpec, backbone: str, protocol: str | None,
+                   fold: str | None, finetune: str | None = None) -> str:
+    """Shared by every evaluation that reads the same feature set."""
+    key = f"extract {spec.name}/{backbone}/{feature_key(protocol, fold)}"
+    params = {"backbone": backbone, "dataset": _dataset_params(spec), "protocol": protocol, "fold": fold}
+    stages.setdefault(key, Stage(key, "extract", params, (finetune,) if finetune else _upstream(study, backbone)))
+    return key
+
+
+def _evaluate_stage(study: Study, evaluation: Evaluation, spec: DatasetSpec, backbone: str, protocol: str,
+                    folds: list[str], finetuned: bool, extracts: list[str]) -> Stage:
+    key = f"evaluate {spec.name}/{backbone}/{protocol}/{'ft' if finetuned else 'frozen'}"
+    params = {"backbone": backbone, "dataset": _dataset_params(spec), "protocol": protocol,
+              "split": evaluation.split, "folds": list(folds),
+              "finetuned": finetuned, "seed": study.seed,
+              "reference": str(evaluation.reference) if evaluation.reference else None}
+    return Stage(key, "evaluate", params, tuple(extracts))
