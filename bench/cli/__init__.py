@@ -2,6 +2,8 @@
 
 import sys
 
+from rich.markup import escape
+
 from bench.cli import catalogue  # noqa: F401  (each module registers its commands on import)
 from bench.cli import train  # noqa: F401
 from bench.cli.app import app, err_console
@@ -16,5 +18,5 @@ def main() -> None:
     try:
         app()
     except (BenchError, StoreError, ProtocolError) as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)  # "bench[x]" is text
         sys.exit(2)
