@@ -20,8 +20,9 @@ from bench.dataset import find_file
 from bench.errors import BenchError
 from plugins.datasets.common import as_int, checked_options, finish, generated, optional_path
 
-DESCRIPTION = ("DermaMNIST (MedMNIST v2/v3): dermamnist[_64|_128|_224].npz under --root, or downloaded by "
-               "`pip install bench[medmnist]` when online; official split, val merged into train (options size=28, npz=)")
+DESCRIPTION = ("DermaMNIST (MedMNIST v2/v3): dermamnist[_64|_128|_224].npz under --root, or downloaded once by "
+               "the optional medmnist package when online; official split, val merged into train "
+               "(options size=28, npz=)")
 # MedMNIST's label numbers, in order
 LABELS = ("actinic_keratosis", "basal_cell_carcinoma", "benign_keratosis", "dermatofibroma", "melanoma", "nevus",
           "vascular")
