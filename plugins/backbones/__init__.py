@@ -1,0 +1,13 @@
+"""The built-in backbones, registered through the same hook as a third-party plugin's."""
+
+from typing import Callable
+
+from bench.backbone import Backbone
+from bench.hookspecs import hookimpl
+from plugins.backbones import efficientnet
+
+
+@hookimpl
+def bench_register_backbones(register: Callable[[Backbone], None]) -> None:
+    register(efficientnet.backbone("lite0"))
+    register(efficientnet.backbone("lite2"))

