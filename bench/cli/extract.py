@@ -1,0 +1,79 @@
+"""`bench extract`: fill the feature store with one backbone's features of one dataset."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from bench import paths
+from bench.cli.app import app, console
+from bench.cli.catalogue import DatasetOptions, RootOption, parse_options
+
+StoreOption = Annotated[Optional[Path], typer.Option("--store", help="Feature store (default ./bench-store or $BENCH_STORE).")]
+
+
+@app.command()
+def extract(
+    backbone: Annotated[str, typer.Option("--backbone", help="Backbone name (see `bench backbones`).")],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset adapter (see `bench datasets`).")],
+    root: RootOption = None,
+    protocol: Annotated[Optional[str], typer.Option(help="With --fold: use the model fine-tuned for this protocol.")] = None,
+    fold: Annotated[Optional[str], typer.Option(help="With --protocol: the fold (e.g. r0f1) whose fine-tune to use.")] = None,
+    store: StoreOption = None,
+    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 32,
+    limit: Annotated[Optional[int], typer.Option(help="Keep only the first N manifest rows (quick runs).")] = None,
+    skip_bad: Annotated[bool, typer.Option(help="Leave unreadable images out (listed) instead of failing.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a feature set made by another model or for other images.")] = False,
+    option: DatasetOptions = [],  # noqa: B006 (typer reads it)
+) -> None:
+    """Run a backbone (frozen, or fine-tuned with --protocol/--fold) over a dataset into the feature store.
+
+    Resumable: an interrupted run keeps every finished chunk and the next run computes only the rest.
+    """
+    from bench.extract import prepare  # torch and onnxruntime load only when a command needs them
+
+    store = store or paths.default_store()
+    job = prepare(backbone, dataset, root, store=store, protocol=protocol, fold=fold, batch_size=batch_size,
+                  limit=limit, skip_bad=skip_bad, overwrite=overwrite, options=parse_options(option))
+    model = job.model
+    how = "cached" if model.cached else f"exported, max |onnx - torch| = {model.parity_max_abs_diff:.2g}"
+    console.print(f"model {model.path} (sha256 {model.sha256[:12]}, {how})", highlight=False)
+    target = f"{dataset}/{backbone}/{job.key} in {store}"
+    if not job.todo:
+        console.print(f"{target} is already complete ({len(job.manifest)} images): nothing to do.", highlight=False)
+        return
+    done = job.writer.n_chunks - len(job.todo)
+    if done:
+        console.print(f"resuming {target}: {done} of {job.writer.n_chunks} chunks already done", highlight=False)
+    start = time.perf_counter()
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task(f"{dataset}/{backbone}/{job.key}", total=job.todo_images)
+            job.run(lambda n: bar.advance(task, n))
+    except KeyboardInterrupt:
+        kept = job.writer.n_chunks - len(job.writer.missing_chunks())
+        console.print(f"interrupted: {kept} of {job.writer.n_chunks} chunks are kept; run the same command to resume")
+        raise typer.Exit(130)
+    seconds = time.perf_counter() - start
+    console.print(f"wrote {job.todo_images} images to {target} in {seconds:.1f} s "
+                  f"({job.todo_images / seconds:.1f} images/s)", highlight=False)
+    if job.skipped:
+        console.print(f"[yellow]skipped {len(job.skipped)} unreadable image(s); their rows are left out of the "
+                      "feature set:[/yellow]")
+        for path in job.skipped:
+            console.print(f"  {path}", highlight=False)
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:.1f} images/s", style="cyan")
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                    TimeRemainingColumn(), console=console)

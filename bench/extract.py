@@ -1,0 +1,214 @@
+"""`bench extract`: a backbone's ONNX model run by onnxruntime over a dataset, into the zarr feature store.
+
+Images are decoded, resized and normalised in a thread pool a few batches ahead of inference (PIL and numpy
+release the GIL), so the model is never waiting for pixels. Work is done and saved a whole store chunk at a time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+import bench
+from bench import paths, plugins
+from bench.backbone import Preprocessing
+from bench.dataset import fingerprint
+from bench.errors import BenchError
+from bench.export import ExportedModel, export_onnx
+from bench.images import load_image
+from featurestore import FeatureStore, SetWriter
+
+BATCH_SIZE = 32
+CHUNK_BYTES = 4 << 20  # target size of one store chunk of features
+PREFETCH = 4  # batches decoded ahead of inference
+
+
+@dataclass
+class Batch:
+    chunk: int
+    rows: np.ndarray  # positions in the chunk
+    files: np.ndarray  # image paths, one per row
+    images: np.ndarray  # float32 (m, 3, S, S), the readable rows only
+    readable: np.ndarray  # bool, one per row
+    errors: list[str]  # why each unreadable row failed, naming its file
+
+
+@dataclass
+class Extraction:
+    """One planned extraction: the model, the rows and the store set; `run()` computes the missing chunks."""
+
+    dataset: str
+    backbone: str
+    key: str
+    manifest: pd.DataFrame
+    model: ExportedModel
+    writer: SetWriter
+    batch_size: int = BATCH_SIZE
+    skip_bad: bool = False
+    todo: list[int] = field(default_factory=list)  # chunks still to compute
+    skipped: list[str] = field(default_factory=list)  # paths of the unreadable images this run left out
+
+    @property
+    def todo_images(self) -> int:
+        return sum(len(self.writer.chunk_rows_of(c)) for c in self.todo)
+
+    def run(self, advance: Callable[[int], None] = lambda n: None) -> None:
+        """Compute and store every missing chunk; `advance(k)` after each batch of k images."""
+        session = create_session(self.model.path)
+        paths_ = self.manifest["path"].to_numpy()
+        chunk, buffer, readable = -1, None, None
+        for batch in prefetch(self._batches(paths_), self._load):
+            if batch.chunk != chunk:
+                chunk = batch.chunk
+                buffer = np.zeros((len(self.writer.chunk_rows_of(chunk)), self.model.feature_dim), np.float32)
+                readable = np.ones(len(buffer), bool)
+            if batch.errors and not self.skip_bad:
+                kept = self.writer.n_chunks - len(self.writer.missing_chunks())
+                raise BenchError(f"{batch.errors[0]} ({kept} finished chunk(s) of features are kept; a re-run resumes)")
+            self.skipped += batch.files[~batch.readable].tolist()
+            readable[batch.rows] = batch.readable
+            if len(batch.images):
+                buffer[batch.rows[batch.readable]] = run_model(session, batch)
+            if batch.rows[-1] == len(buffer) - 1:
+                self.writer.write_chunk(chunk, buffer, skipped=~readable)
+            advance(len(batch.rows))
+
+    def _batches(self, paths_: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        for chunk in self.todo:
+            rows = self.writer.chunk_rows_of(chunk)
+            for start in range(0, len(rows), self.batch_size):
+                positions = np.arange(start, min(start + self.batch_size, len(rows)))
+                yield chunk, positions, paths_[rows.start + positions]
+
+    def _load(self, item: tuple[int, np.ndarray, np.ndarray]) -> Batch:
+        chunk, positions, files = item
+        return load_batch(chunk, positions, files, self.model.preprocessing)
+
+
+def load_batch(chunk: int, rows: np.ndarray, files: np.ndarray, preprocessing: Preprocessing) -> Batch:
+    images, errors, readable = [], [], np.ones(len(files), bool)
+    for i, path in enumerate(files):
+        try:
+            images.append(load_image(path, preprocessing.size))
+        except BenchError as exc:
+            readable[i] = False
+            errors.append(str(exc))
+    size = preprocessing.size
+    stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    return Batch(chunk, rows, files, preprocessing.normalise(stacked), readable, errors)
+
+
+def prefetch(items: Iterator, load: Callable, ahead: int = PREFETCH) -> Iterator:
+    """`load(item)` for each item in order, computed by a thread pool up to `ahead` items in advance."""
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="decode")
+    pending: deque[Future] = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(load, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # an interrupt waits for at most the batches in flight
+
+
+def run_model(session, batch: Batch) -> np.ndarray:
+    features = session.run(None, {session.get_inputs()[0].name: batch.images})[0]
+    finite = np.isfinite(features).all(axis=1)
+    if not finite.all():
+        raise BenchError(f"the model gave non-finite features for {batch.files[batch.readable][~finite][0]}: its "
+                         "weights are broken (NaN or overflow); check the checkpoint it was exported from")
+    return features
+
+
+def create_session(model: Path):
+    """An onnxruntime session on the GPU where one is really usable, else on the CPU, without log noise."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # errors only: a GPU-less machine must not print provider warnings
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(model), options, providers=providers())
+
+
+def providers() -> list[str]:
+    import onnxruntime as ort
+    import torch
+
+    # onnxruntime-gpu lists CUDA whenever it was built with it; torch tells whether a device actually exists
+    if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def chunk_rows(dim: int, batch_size: int) -> int:
+    """About CHUNK_BYTES of features per chunk, a whole number of batches."""
+    rows = max(1, CHUNK_BYTES // (4 * dim))
+    return max(batch_size, rows // batch_size * batch_size)
+
+
+def prepare(
+    backbone_name: str,
+    dataset_name: str,
+    root: Path | None,
+    *,
+    store: Path | str,
+    protocol: str | None = None,
+    fold: str | None = None,
+    batch_size: int = BATCH_SIZE,
+    limit: int | None = None,
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    options: dict[str, str] | None = None,
+) -> Extraction:
+    """Load the manifest, export (or find) the model and open the store set; nothing is computed yet."""
+    if batch_size < 1 or (limit is not None and limit < 1):
+        raise BenchError("--batch-size and --limit must be at least 1")
+    if (protocol is None) != (fold is None):
+        raise BenchError("a fine-tuned feature set needs both --protocol and --fold")
+    backbone = plugins.get_backbone(backbone_name)
+    manifest = plugins.get_dataset(dataset_name).manifest(root, **(options or {}))
+    if limit is not None:
+        manifest = manifest.head(limit)
+    weights = None
+    if fold is not None:
+        weights = paths.finetuned_checkpoint(dataset_name, backbone_name, protocol, fold)
+        if not weights.is_file():
+            raise BenchError(f"no fine-tuned checkpoint {weights}: fine-tune {backbone_name} on {dataset_name} "
+                             f"for protocol {protocol}, fold {fold} first (`bench train`)")
+    model = export_onnx(backbone, weights)
+    key = paths.feature_key(protocol, fold)
+    attrs = {
+        "model_sha256": model.sha256,
+        "preprocessing": model.preprocessing.to_dict(),
+        "dataset_fingerprint": fingerprint(manifest),
+        "dataset": dataset_name,
+        "backbone": backbone_name,
+        "key": key,
+        "weights": str(weights) if weights else "initial weights",
+        "dataset_options": options or {},
+        "bench_version": bench.__version__,
+    }
+    writer = FeatureStore(store).open_for_write(
+        dataset_name, backbone_name, key, image_ids=manifest["image_id"].astype(str).to_numpy(),
+        dim=backbone.feature_dim, chunk_rows=chunk_rows(backbone.feature_dim, batch_size), attrs=attrs,
+        overwrite=overwrite,
+    )
+    return Extraction(dataset_name, backbone_name, key, manifest, model, writer, batch_size, skip_bad,
+                      todo=writer.missing_chunks())
+
+
+def extract(backbone_name: str, dataset_name: str, root: Path | None, *, store: Path | str, **kwargs) -> Extraction:
+    """Fill the feature set of (dataset, backbone, frozen | ft-{protocol}-{fold}); see `prepare` for the options."""
+    job = prepare(backbone_name, dataset_name, root, store=store, **kwargs)
+    job.run()
+    return job
+
