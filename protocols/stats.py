@@ -24,6 +24,7 @@ from protocols.errors import ProtocolError
 N_BOOT = 2000
 REFERRAL_FRACTIONS = (0.1, 0.2, 0.3, 0.5)
 REFERRAL_TARGETS = (0.9, 0.95)
+DIFFICULTY_ORDER = ("low", "medium", "high")
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,8 @@ def auc_by_difficulty(predictions: pd.DataFrame, difficulty: pd.Series) -> pd.Da
     """Mean fold AUC per difficulty level (the paper's Table 4); `difficulty` is indexed by image_id."""
     level = predictions["image_id"].map(difficulty)
     rows = []
-    for name, part in predictions.assign(difficulty=level).dropna(subset=["difficulty"]).groupby("difficulty"):
+    parts = predictions.assign(difficulty=level).dropna(subset=["difficulty"]).groupby("difficulty", sort=False)
+    for name, part in sorted(parts, key=lambda item: _level_order(item[0])):
         aucs = [_fold_auc(f, None) for _, f in part.groupby("fold") if _scorable(f)]
         if aucs:
             rows.append({"difficulty": name, "auc": float(np.mean(aucs)), "images": part["image_id"].nunique(),
@@ -90,16 +92,21 @@ def referral(predictions: pd.DataFrame, positive: int = 1, fractions: tuple[floa
 
     The paper's policy refers the confident positives (score > m) and the low-confidence cases (|score| < m);
     their union is every case scoring above -m, so sweeping the margin m refers cases in order of decreasing
-    score. Rows: the sensitivity reached at fixed fractions referred, then the fraction needed for target
-    sensitivities; both averaged over folds.
+    score. The curve (sensitivity against fraction referred) is averaged over folds; rows give the sensitivity
+    at fixed fractions referred (`target` False), then the fraction needed for target sensitivities (True).
     """
-    curves = [_referral_curve(f["label"].to_numpy() == positive, f["score"].to_numpy())
-              for _, f in predictions.groupby("fold")]
-    rows = [{"referred": fr, "sensitivity": float(np.mean([np.interp(fr, x, y) for x, y in curves]))}
-            for fr in fractions]
-    rows += [{"referred": float(np.mean([x[np.argmax(y >= t)] for x, y in curves])), "sensitivity": t}
+    grid = np.linspace(0, 1, 1001)
+    curve = np.mean([np.interp(grid, *_referral_curve(f["label"].to_numpy() == positive, f["score"].to_numpy()))
+                     for _, f in predictions.groupby("fold")], axis=0)
+    rows = [{"referred": fr, "sensitivity": float(np.interp(fr, grid, curve)), "target": False} for fr in fractions]
+    rows += [{"referred": float(grid[np.argmax(curve >= t - 1e-12)]), "sensitivity": t, "target": True}
              for t in targets]
     return pd.DataFrame(rows)
+
+
+def _level_order(level: str) -> tuple[int, str]:
+    """low, medium, high first and in that order; any other level after them, alphabetically."""
+    return (DIFFICULTY_ORDER.index(level) if level in DIFFICULTY_ORDER else len(DIFFICULTY_ORDER), level)
 
 
 def _referral_curve(truth: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

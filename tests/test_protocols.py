@@ -270,7 +270,9 @@ def test_auc_by_difficulty_separates_easy_from_hard_images():
     easy = p["image_id"].str[1:].astype(int) < 200
     p.loc[easy, "score"] = p.loc[easy, "label"] + 0.01 * np.arange(easy.sum()) % 1  # perfectly ranked
     difficulty = pd.Series(np.where(np.arange(400) < 200, "low", "high"), index=[f"i{i}" for i in range(400)])
-    table = stats.auc_by_difficulty(p, difficulty).set_index("difficulty")
+    table = stats.auc_by_difficulty(p, difficulty)
+    assert table["difficulty"].tolist() == ["low", "high"]  # the Atlas' order, not alphabetical
+    table = table.set_index("difficulty")
     assert table.loc["low", "auc"] == 1.0 and abs(table.loc["high", "auc"] - 0.5) < 0.15
     assert table.loc["low", "images"] == 200 and table.loc["low", "folds"] == 2
 
@@ -281,4 +283,4 @@ def test_referral_sensitivity_against_fraction_referred():
                       "score": np.linspace(1, -1, 10)})
     table = stats.referral(p, fractions=(0.1, 0.4), targets=(1.0,))
     assert table["sensitivity"].tolist() == [0.5, 1.0, 1.0]
-    assert table["referred"].tolist() == [0.1, 0.4, 0.4]
+    assert table["referred"].tolist() == [0.1, 0.4, 0.4] and table["target"].tolist() == [False, False, True]

@@ -1,0 +1,169 @@
+"""Score a feature set under a protocol: manifest -> folds (on the full manifest) -> design -> SVM per fold.
+
+The result is a per-fold table (the rows of `leaderboard/results.csv`) and a per-image table of test scores (what
+the statistics, `bench compare` and the ROC curves are computed from).
+"""
+
+from __future__ import annotations
+
+import shlex
+import warnings
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import bench
+from bench import paths, plugins
+from bench.dataset import fingerprint
+from bench.errors import BenchError
+from bench.leaderboard import KEY
+from featurestore import FeatureSet, FeatureStore
+from protocols.designs import Design, apply_design, get_design
+from protocols.metrics import fold_metrics, positive_scores
+from protocols.splits import make_folds
+from protocols.stats import bootstrap_auc
+from protocols.svm import run_fold
+
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything that decides an evaluation's numbers (and so goes into its regenerating command)."""
+
+    dataset: str
+    backbone: str
+    protocol: str
+    split: str = "5x2"
+    finetuned: bool = False
+    seed: int = 0
+    root: Path | None = None
+    store: Path | None = None
+    reference_dir: Path | None = None
+    keep_duplicate_folds: bool = False
+    options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def store_path(self) -> Path:
+        return self.store or paths.default_store()
+
+    def command(self) -> str:
+        """The `bench evaluate` command line that regenerates this evaluation's rows."""
+        args = ["bench", "evaluate", "--protocol", self.protocol, "--dataset", self.dataset,
+                "--backbone", self.backbone, "--split", self.split]
+        args += ["--finetuned"] * self.finetuned + ["--keep-duplicate-folds"] * self.keep_duplicate_folds
+        args += ["--seed", str(self.seed)] if self.seed else []
+        args += ["--root", str(self.root)] if self.root else []
+        args += ["--store", str(self.store)] if self.store else []
+        args += ["--reference-dir", str(self.reference_dir)] if self.reference_dir else []
+        for key, value in self.options:
+            args += ["--option", f"{key}={value}"]
+        return shlex.join(args)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The labelled manifest rows of the design, the folds over the full manifest, and where features come from."""
+
+    request: Request
+    design: Design
+    manifest: pd.DataFrame  # the full manifest (for difficulty and fingerprints)
+    labels: pd.Series  # image_id -> int label, only the rows the design keeps
+    folds: dict[str, tuple[np.ndarray, np.ndarray]]
+    notes: tuple[str, ...]  # what the user should know (repeated reference folds, skipped images)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    inputs: Inputs
+    results: pd.DataFrame  # one row per fold
+    predictions: pd.DataFrame  # one row per fold and test image
+
+
+def prepare(request: Request) -> Inputs:
+    """Manifest, design and folds; warnings from the fold files become notes."""
+    design = get_design(request.protocol)
+    manifest = plugins.get_dataset(request.dataset).manifest(request.root, **dict(request.options))
+    labelled = apply_design(manifest, request.protocol)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folds = make_folds(manifest, request.split, seed=request.seed, reference_dir=request.reference_dir,
+                           protocol=request.protocol, keep_duplicates=request.keep_duplicate_folds)
+    labels = labelled.set_index("image_id")["label"]
+    return Inputs(request, design, manifest, labels, folds, tuple(str(w.message) for w in caught))
+
+
+def evaluate(request: Request) -> Evaluation:
+    return run(prepare(request))
+
+
+def run(inputs: Inputs) -> Evaluation:
+    """The SVM protocol on every fold; features are read once (frozen) or per fold (fine-tuned)."""
+    request = inputs.request
+    read = _reader(request)
+    results, predictions = [], []
+    notes = list(inputs.notes)
+    for fold, (train_ids, test_ids) in inputs.folds.items():
+        features = read(paths.feature_key(request.protocol, fold) if request.finetuned else "frozen")
+        train, test = _rows(train_ids, inputs.labels, features, notes), _rows(test_ids, inputs.labels, features, notes)
+        fit = run_fold(features.features[train.position], train.label.to_numpy(),
+                       features.features[test.position], seed=request.seed)
+        metrics = fold_metrics(test.label.to_numpy(), fit.scores, inputs.design.positive)
+        results.append({"fold": fold, **metrics, "n_train": len(train), "n_test": len(test), "c": fit.c,
+                        "model_sha256": features.attrs.get("model_sha256", "")})
+        predictions.append(_predictions(fold, test, fit.scores, inputs.design))
+    provenance = {"seed": request.seed, "dataset_fingerprint": fingerprint(inputs.manifest),
+                  "bench_version": bench.__version__, "command": request.command(),
+                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    identity = {"dataset": request.dataset, "protocol": request.protocol, "backbone": request.backbone,
+                "finetuned": request.finetuned, "split": request.split}
+    prediction_frame = pd.concat(predictions, ignore_index=True)
+    ci = bootstrap_auc(prediction_frame, seed=request.seed)
+    results_frame = pd.DataFrame(results).assign(auc_ci_low=ci.low, auc_ci_high=ci.high, **identity, **provenance)
+    columns = KEY + [c for c in results_frame.columns if c not in KEY]
+    prediction_frame = prediction_frame.assign(**identity)
+    pred_columns = KEY + [c for c in prediction_frame.columns if c not in KEY]
+    return Evaluation(replace(inputs, notes=tuple(dict.fromkeys(notes))), results_frame[columns],
+                      prediction_frame[pred_columns])
+
+
+def _reader(request: Request):
+    """key -> FeatureSet, each set read from the store once."""
+    store = FeatureStore(request.store_path)
+
+    @cache
+    def read(key: str) -> FeatureSet:
+        return store.read(request.dataset, request.backbone, key)
+
+    return read
+
+
+def _rows(ids: np.ndarray, labels: pd.Series, features: FeatureSet, notes: list[str]) -> pd.DataFrame:
+    """The fold part's images the design keeps, with their label and row in the feature set."""
+    kept = labels.reindex(ids).dropna().astype(int)
+    position = pd.Index(features.image_ids).get_indexer(kept.index)
+    skipped = set(features.attrs.get("skipped", []))
+    missing = kept.index[position < 0]
+    unreadable = [i for i in missing if i in skipped]
+    if unreadable:
+        notes.append(f"{len(unreadable)} image(s) left out because extraction could not read them")
+    absent = [i for i in missing if i not in skipped]
+    if absent:
+        raise BenchError(f"{len(absent)} image(s) of this dataset have no features in the store (e.g. "
+                         f"{', '.join(absent[:5])}): the set was extracted from fewer images (--limit?) or another "
+                         "manifest; re-run `bench extract` for this dataset and backbone")
+    return pd.DataFrame({"image_id": kept.index, "label": kept.to_numpy(), "position": position}).query(
+        "position >= 0").reset_index(drop=True)
+
+
+def _predictions(fold: str, test: pd.DataFrame, scores: np.ndarray, design: Design) -> pd.DataFrame:
+    """One row per test image: `score` is the positive (melanoma) decision value; 3 classes add `score_<class>`."""
+    frame = pd.DataFrame({"fold": fold, "image_id": test.image_id, "label": test.label,
+                          "score": positive_scores(scores, design.positive)})
+    if scores.ndim == 2:
+        for k, name in enumerate(design.classes):
+            frame[f"score_{name}"] = scores[:, k]
+    return frame

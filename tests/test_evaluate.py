@@ -1,0 +1,192 @@
+"""`bench evaluate`, `bench compare`, `bench perf evaluate` end to end on a feature store the tests write."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from bench import paths, plugins
+from bench.cli import app
+from bench.dataset import fingerprint
+from bench.errors import BenchError
+from bench.evaluate import Request, evaluate, prepare
+from bench.leaderboard import read_table
+from featurestore import FeatureStore, StoreError
+
+OPTIONS = {"n": "120", "size": "32"}
+DATA = ["--dataset", "synthetic", "--option", "n=120", "--option", "size=32"]
+runner = CliRunner()
+
+
+def manifest() -> pd.DataFrame:
+    return plugins.get_dataset("synthetic").manifest(None, **OPTIONS)
+
+
+def write_set(store: Path, backbone: str, key: str = "frozen", signal: float = 2.0, seed: int = 0,
+              keep: slice = slice(None), sha: str = "sha-frozen") -> np.ndarray:
+    """Features carrying the diagnosis with strength `signal`; returns them in manifest order."""
+    m = manifest()
+    rng = np.random.default_rng(seed)
+    codes = m["diagnosis"].astype("category").cat.codes.to_numpy()
+    x = rng.normal(size=(len(m), 16)).astype(np.float32)
+    x[np.arange(len(m)), codes] += signal
+    write_features(store, backbone, key, m["image_id"].to_numpy()[keep], np.abs(x)[keep], sha, fingerprint(m))
+    return np.abs(x)
+
+
+def write_features(store: Path, backbone: str, key: str, ids: np.ndarray, x: np.ndarray, sha: str,
+                   dataset_fingerprint: str) -> None:
+    writer = FeatureStore(store).open_for_write(
+        "synthetic", backbone, key, image_ids=ids, dim=x.shape[1], chunk_rows=64, overwrite=True,
+        attrs={"model_sha256": sha, "preprocessing": {}, "dataset_fingerprint": dataset_fingerprint})
+    for chunk in writer.missing_chunks():
+        rows = writer.chunk_rows_of(chunk)
+        writer.write_chunk(chunk, x[rows.start:rows.stop])
+
+
+def cli(*args: str):
+    result = runner.invoke(app, list(args))
+    if result.exception and not isinstance(result.exception, (BenchError, StoreError, SystemExit)):
+        raise result.exception
+    return result
+
+
+def test_evaluate_writes_one_row_per_fold_and_one_per_test_image(tmp_path):
+    store, results, predictions = tmp_path / "store", tmp_path / "results.csv", tmp_path / "pred.csv.gz"
+    write_set(store, "good")
+    out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "good", *DATA, "--store", str(store),
+              "--results", str(results), "--predictions", str(predictions))
+    assert out.exit_code == 0, out.output
+    assert "mean" in out.output and "95% CI" in out.output and "difficulty" in out.output
+    rows = read_table(results)
+    assert rows["fold"].tolist() == [f"r{r}f{f}" for r in range(5) for f in range(2)]
+    for column in ("auc", "map", "acc", "se", "sp", "n_train", "n_test", "c", "model_sha256",
+                   "dataset_fingerprint", "bench_version", "command", "created", "auc_ci_low", "auc_ci_high"):
+        assert rows[column].notna().all(), column
+    assert rows["auc"].mean() > 0.8 and (rows["model_sha256"] == "sha-frozen").all()
+    m = manifest()
+    kept = (m["diagnosis"] != "basal_cell_carcinoma").sum()  # mela-vs-ben drops carcinomas
+    assert (rows["n_train"] + rows["n_test"] == kept).all()
+    scores = read_table(predictions)
+    assert len(scores) == rows["n_test"].sum() == 5 * kept
+    assert set(scores.columns) >= {"dataset", "protocol", "backbone", "finetuned", "split", "fold", "image_id",
+                                   "label", "score"}
+    lesion = m.set_index("image_id")["lesion_id"]
+    folds = prepare(Request("synthetic", "good", "mela-vs-ben", options=tuple(OPTIONS.items()))).folds
+    for fold, part in scores.groupby("fold"):
+        train = set(lesion[folds[fold][0]])
+        assert not train & set(lesion[part["image_id"]]), fold  # no lesion in both train and test
+
+
+def test_the_stored_command_regenerates_the_rows(tmp_path):
+    store, results = tmp_path / "store", tmp_path / "results.csv"
+    write_set(store, "good")
+    cli("evaluate", "--protocol", "mal-vs-ben", "--backbone", "good", *DATA, "--store", str(store),
+        "--seed", "3", "--results", str(results))
+    first = read_table(results)
+    command = first["command"].iloc[0].split()
+    assert command[:2] == ["bench", "evaluate"] and "--seed" in command
+    again = tmp_path / "again.csv"
+    assert cli(*command[1:], "--results", str(again)).exit_code == 0
+    pd.testing.assert_series_equal(read_table(again)["auc"], first["auc"])
+
+
+def test_results_are_appended_or_replaced_by_key(tmp_path):
+    store, results = tmp_path / "store", tmp_path / "results.csv"
+    write_set(store, "good")
+    base = ["evaluate", "--backbone", "good", *DATA, "--store", str(store), "--results", str(results)]
+    cli(*base, "--protocol", "mela-vs-ben")
+    cli(*base, "--protocol", "mal-vs-ben")
+    assert len(read_table(results)) == 20
+    write_set(store, "good", signal=0.0, sha="sha-new")  # re-extracted: a rerun must replace, not duplicate
+    cli(*base, "--protocol", "mela-vs-ben")
+    table = read_table(results)
+    assert len(table) == 20
+    assert set(table.loc[table["protocol"] == "mela-vs-ben", "model_sha256"]) == {"sha-new"}
+    assert set(table.loc[table["protocol"] == "mal-vs-ben", "model_sha256"]) == {"sha-frozen"}
+
+
+def test_no_test_image_influences_c_end_to_end(tmp_path):
+    """Scrambling the features of r0f0's test images leaves r0f0's chosen C (and validation) untouched."""
+    store_a, store_b = tmp_path / "a", tmp_path / "b"
+    x = write_set(store_a, "good")
+    m = manifest()
+    request = Request("synthetic", "good", "mela-vs-carc-vs-ben", store=store_a, options=tuple(OPTIONS.items()))
+    test_ids = set(prepare(request).folds["r0f0"][1])
+    scrambled = x.copy()
+    rows = m["image_id"].isin(test_ids).to_numpy()
+    scrambled[rows] = np.random.default_rng(9).permutation(scrambled[rows]) * 5
+    write_features(store_b, "good", "frozen", m["image_id"].to_numpy(), scrambled, "sha-b", fingerprint(m))
+    a = evaluate(request).results.set_index("fold")
+    b = evaluate(Request(**{**request.__dict__, "store": store_b})).results.set_index("fold")
+    assert a.loc["r0f0", "c"] == b.loc["r0f0", "c"]
+    assert a.loc["r0f0", "auc"] != b.loc["r0f0", "auc"]  # the scrambled test features did change the scores
+
+
+def test_finetuned_reads_each_folds_own_set(tmp_path):
+    store, results = tmp_path / "store", tmp_path / "results.csv"
+    request = Request("synthetic", "tuned", "mela-vs-ben", options=tuple(OPTIONS.items()))
+    folds = list(prepare(request).folds)
+    for k, fold in enumerate(folds):
+        write_set(store, "tuned", paths.feature_key("mela-vs-ben", fold), seed=k, sha=f"sha-{fold}")
+    out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "tuned", "--finetuned", *DATA,
+              "--store", str(store), "--results", str(results))
+    assert out.exit_code == 0, out.output
+    rows = read_table(results)
+    assert rows["finetuned"].all() and rows["model_sha256"].tolist() == [f"sha-{f}" for f in folds]
+    assert "--finetuned" in rows["command"].iloc[0]
+    missing = cli("evaluate", "--protocol", "mal-vs-ben", "--backbone", "tuned", "--finetuned", *DATA,
+                  "--store", str(store), "--results", str(results))
+    assert isinstance(missing.exception, StoreError) and "--protocol mal-vs-ben --fold r0f0" in str(missing.exception)
+
+
+def test_features_for_fewer_images_than_the_dataset_are_refused(tmp_path):
+    store = tmp_path / "store"
+    write_set(store, "partial", keep=slice(0, 50))
+    out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "partial", *DATA, "--store", str(store),
+              "--results", str(tmp_path / "r.csv"))
+    assert isinstance(out.exception, BenchError) and "no features in the store" in str(out.exception)
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_compare_from_predictions_and_recomputed(tmp_path):
+    store, predictions = tmp_path / "store", tmp_path / "pred.csv"
+    write_set(store, "good", signal=3.0)
+    write_set(store, "noise", signal=0.0, seed=1)
+    for backbone in ("good", "noise"):
+        cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", backbone, *DATA, "--store", str(store),
+            "--results", str(tmp_path / "r.csv"), "--predictions", str(predictions))
+    stored = cli("compare", "good", "noise", "--protocol", "mela-vs-ben", *DATA[:2],
+                 "--predictions", str(predictions))
+    recomputed = cli("compare", "good", "noise", "--protocol", "mela-vs-ben", *DATA, "--store", str(store))
+    assert stored.exit_code == 0, stored.output
+    assert "AUC(good) - AUC(noise) = +" in stored.output and "10 folds" in stored.output
+    assert stored.output == recomputed.output
+    absent = cli("compare", "good", "other", "--protocol", "mela-vs-ben", *DATA[:2], "--predictions", str(predictions))
+    assert isinstance(absent.exception, BenchError) and "no predictions for other" in str(absent.exception)
+
+
+def test_perf_evaluate_prints_seconds(tmp_path):
+    store = tmp_path / "store"
+    write_set(store, "good")
+    out = cli("perf", "evaluate", "--protocol", "mela-vs-ben", "--backbone", "good", *DATA, "--store", str(store))
+    assert out.exit_code == 0, out.output
+    assert "whole evaluation" in out.output and " s" in out.output
+
+
+def test_reference_split_on_fold_files(tmp_path):
+    """--split reference reads a fold file naming this dataset's images, and notes the repeated partition."""
+    store = tmp_path / "store"
+    write_set(store, "good")
+    m = manifest()
+    ids = m["image_id"].tolist()
+    halves = [[f"{i}.tiff" for i in ids[0::2]], [f"{i}.tiff" for i in ids[1::2]]]
+    (tmp_path / "folds.yml").write_text(f"Fold_1: {halves}\nFold_2: {halves[::-1]}\n".replace("'", ""))
+    out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "good", *DATA, "--store", str(store),
+              "--split", "reference", "--reference-dir", str(tmp_path / "folds.yml"),
+              "--results", str(tmp_path / "r.csv"))
+    assert out.exit_code == 0, out.output
+    assert "Fold_2 repeats Fold_1" in out.output
+    assert read_table(tmp_path / "r.csv")["fold"].tolist() == ["ref1x1", "ref1x2"]
