@@ -15,6 +15,7 @@ from bench import paths, plugins
 from bench.backbone import Backbone, Preprocessing, SourceStage, read_checkpoint
 from bench.cli import app
 from bench.errors import BenchError
+from bench.export import export_onnx
 from bench.hookspecs import hookimpl
 from bench.recipes import get_recipe, recipes
 from bench.stages import finetune_job, source_stage_job
@@ -48,12 +49,6 @@ class TinyPlugin:
     def bench_register_backbones(register) -> None:
         for backbone in (TINY, TINY_START, TINY_SOURCE):
             register(backbone)
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
 
 
 @pytest.fixture
@@ -188,6 +183,23 @@ def test_train_last_freezes_the_early_layers(tmp_path):
     assert changed and changed <= {"4.weight", "4.bias", "4.running_mean", "4.running_var", "4.num_batches_tracked",
                                    "8.weight", "8.bias"}
     assert {"8.weight", "4.weight"} <= changed
+
+
+def test_exported_onnx_matches_the_fine_tuned_network():
+    import onnxruntime as ort
+
+    job = _job()
+    train.fit(job)
+    exported = export_onnx(TINY, weights=job.out)
+    assert exported.preprocessing == job.preprocessing  # the size the network was trained at travels with it
+    net = TINY.create(job.out)
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    x = exported.preprocessing.normalise(images)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x})
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_network_input_matches_the_declared_preprocessing():
