@@ -220,8 +220,10 @@ def _differences(group: zarr.Group, attrs: dict, image_ids: np.ndarray) -> list[
         shown = ", ".join(f"{k} {old.get(k)} stored, {new.get(k)} now" for k in changed)
         differences.append(f"other preprocessing ({shown})")
     stored_ids = _image_ids(group)
-    if len(stored_ids) != len(image_ids) or not np.array_equal(stored_ids, image_ids):
-        differences.append(f"other images ({len(stored_ids)} ids stored, {len(image_ids)} now, or in another order)")
+    if len(stored_ids) != len(image_ids):
+        differences.append(f"other images ({len(stored_ids)} stored, {len(image_ids)} now)")
+    elif not np.array_equal(stored_ids, image_ids):
+        differences.append("other images (the same number, other ids or order)")
     elif stored.get("dataset_fingerprint") != attrs["dataset_fingerprint"]:
         differences.append("another dataset fingerprint (image files or labels changed since)")
     return differences

@@ -1,0 +1,99 @@
+"""ONNX export: parity with torch at any batch size, the sidecar, the content cache, checkpoint preprocessing."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+import tiny_extraction as tiny
+from bench import export
+from bench.backbone import Preprocessing, save_checkpoint
+from bench.errors import BenchError
+from bench.export import export_onnx, file_sha256, sample_images
+
+
+def torch_features(net: nn.Module, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return net(torch.from_numpy(images)).numpy()
+
+
+def onnx_features(path, images: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: images})[0]
+
+
+def test_export_matches_torch_at_any_batch_size_and_records_its_provenance(bench_home):
+    backbone = tiny.backbone()
+    model = export_onnx(backbone)
+
+    assert model.path.parent == bench_home / "onnx" and model.sha256 == file_sha256(model.path)
+    assert not model.cached and model.preprocessing == backbone.preprocessing
+    net = backbone.create()
+    for n in (1, 5):
+        x = backbone.preprocessing.normalise(sample_images(n, 32, seed=n))
+        np.testing.assert_allclose(onnx_features(model.path, x), torch_features(net, x), atol=1e-5)
+    assert 0 <= model.parity_max_abs_diff < 1e-5
+
+    sidecar = json.loads(model.path.with_suffix(".json").read_text())
+    assert sidecar["backbone"] == tiny.NAME and sidecar["sha256"] == model.sha256
+    assert sidecar["preprocessing"]["size"] == 32 and sidecar["source"] == "initial weights"
+    assert sidecar["opset"] == export.OPSET and sidecar["torch"] == torch.__version__ and sidecar["onnx"]
+
+
+def test_the_same_weights_are_exported_once(monkeypatch):
+    first = export_onnx(tiny.backbone())
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: pytest.fail("exported again"))
+    again = export_onnx(tiny.backbone())
+    assert again.cached and (again.path, again.sha256) == (first.path, first.sha256)
+
+    monkeypatch.setattr(tiny, "SEED", 1)  # other weights under the same backbone name
+    with pytest.raises(pytest.fail.Exception, match="exported again"):
+        export_onnx(tiny.backbone())
+
+
+def test_a_damaged_cache_entry_is_exported_again():
+    first = export_onnx(tiny.backbone())
+    first.path.write_bytes(b"truncated")
+    again = export_onnx(tiny.backbone())
+    assert not again.cached and again.sha256 == first.sha256 == file_sha256(again.path)
+
+
+def test_a_checkpoint_brings_its_weights_and_preprocessing(tmp_path):
+    backbone = tiny.backbone()
+    net = backbone.create()
+    with torch.no_grad():
+        net[0].weight.mul_(2)
+    checkpoint = save_checkpoint(tmp_path / "ft.pt", net, tiny.NAME, Preprocessing(size=48))
+
+    model = export_onnx(backbone, checkpoint)
+    assert model.preprocessing.size == 48 and model.sha256 != export_onnx(backbone).sha256
+    x = model.preprocessing.normalise(sample_images(2, 48))
+    np.testing.assert_allclose(onnx_features(model.path, x), torch_features(net, x), atol=1e-5)
+    source = json.loads(model.path.with_suffix(".json").read_text())["source"]
+    assert source == {"weights": str(checkpoint), "sha256": file_sha256(checkpoint)}
+
+
+class ExportsDifferently(nn.Module):
+    """Computes something else while being exported: the parity check must catch it."""
+
+    def forward(self, x):
+        pooled = x.mean(dim=(2, 3))
+        return pooled * 2 if torch.compiler.is_exporting() else pooled
+
+
+def test_an_export_that_differs_from_torch_is_refused(bench_home):
+    backbone = dataclasses.replace(tiny.backbone(), feature_dim=3, build=ExportsDifferently, load_initial=None)
+    with pytest.raises(BenchError, match=r"does not match torch \(max \|onnx - torch\| = "):
+        export_onnx(backbone)
+    assert not list((bench_home / "onnx").glob("*.onnx"))
+
+
+def test_a_wrong_feature_dim_is_reported():
+    with pytest.raises(BenchError, match=r"features of shape \(3, 16\), not \(3, 8\)"):
+        export_onnx(dataclasses.replace(tiny.backbone(), feature_dim=8))
