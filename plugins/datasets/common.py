@@ -118,9 +118,10 @@ def generated(name: str, params: Mapping[str, object], write: Callable[[Path], p
             if folder.exists():  # left without its manifest by hand: not ours to trust
                 shutil.rmtree(folder)
             os.rename(scratch, folder)
-        except OSError:
+        except OSError as exc:
             if not (folder / MANIFEST_FILE).is_file():  # another process finishing first is fine
-                raise
+                raise BenchError(f"cannot write the {name} images under {folder.parent}: {exc}. Free some space "
+                                 "or point BENCH_HOME at a writable folder") from exc
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     manifest = pd.read_csv(folder / MANIFEST_FILE, dtype={"image_id": str, "lesion_id": str})

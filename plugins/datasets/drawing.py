@@ -71,5 +71,5 @@ def branching_line(draw: ImageDraw.ImageDraw, rng: np.random.Generator, place: P
 def downsample(image: Image.Image, size: int, rng: np.random.Generator, noise: float = 3.0) -> Image.Image:
     """Shrink the over-sized drawing (smooth edges) and add sensor-like noise."""
     pixels = np.asarray(image.resize((size, size), Image.LANCZOS), dtype=np.float32)
-    pixels += rng.normal(0, noise, pixels.shape)
+    pixels += noise * rng.standard_normal(pixels.shape, dtype=np.float32)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
