@@ -10,6 +10,8 @@ where it stopped, an unchanged one finishes at once, and a changed setting rerun
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -25,8 +27,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from bench import paths, plugins
+from bench.backbone import Backbone, SourceStage, load_state_dict_file
 from bench.errors import BenchError
-from bench.study import Stage
+from bench.hookspecs import hookimpl
+from bench.study import SourceSpec, Stage, Study, plan
 
 KINDS = ("source", "finetune", "extract", "evaluate", "report")
 KIND_TITLES = {"source": "source training", "finetune": "fine-tuning", "extract": "export + extraction",
@@ -148,6 +153,8 @@ def execute(stages: list[Stage], ledger: Ledger, actions: dict[str, Action], ide
             view.finish(stage, seconds)
             console.print(f"[green]done[/green] {stage.key} [dim]({_clock(seconds)})[/dim]", highlight=False)
             counts["ran"] += 1
+    if not console.is_terminal:
+        console.line()  # a terminal gets its line from Live; a log file would run on into the next line
     _log(log, event="end", **counts)
     return counts
 
@@ -251,3 +258,250 @@ def bench_home(home: Path) -> Iterator[None]:
             os.environ.pop("BENCH_HOME", None)
         else:
             os.environ["BENCH_HOME"] = before
+
+
+# --- running a study ------------------------------------------------------------------------------------------
+
+def reproduce(study: Study, out: Path, console: Console) -> Workspace:
+    """Run every stage of `study` not already done in `out`; the report ends up in `out/report.md`."""
+    ws = Workspace(Path(out).resolve())
+    ws.out.mkdir(parents=True, exist_ok=True)
+    user_home = paths.home()
+    with bench_home(ws.home), study_backbones(study):
+        _share_caches(user_home, ws.home, study)
+        data = StudyData.load(study)
+        stages = plan(study, data.fold_keys)
+        ledger = Ledger(ws.ledger)
+        counts = execute(stages, ledger, actions(study, ws, data), data.identity, ws.log, console)
+    console.print(f"{counts['ran']} stage(s) run, {counts['skipped']} unchanged and skipped", highlight=False)
+    return ws
+
+
+@dataclass(frozen=True)
+class StudyData:
+    """The manifests of the study's datasets, loaded once: their content fingerprints and the fold keys."""
+
+    study: Study
+    manifests: dict[str, Any]
+    fingerprints: dict[str, str]
+    fold_keys: dict[int, list[str]]
+    imported: dict[str, str]  # weights linked from the user's BENCH_HOME: name -> size and modification time
+
+    @classmethod
+    def load(cls, study: Study) -> StudyData:
+        from bench.dataset import fingerprint as dataset_fingerprint
+        from protocols.splits import make_folds
+
+        manifests = {name: plugins.get_dataset(spec.adapter).manifest(spec.root, **spec.options)
+                     for name, spec in study.datasets.items()}
+        fold_keys = {}
+        for i, evaluation in enumerate(study.evaluations):
+            folds = make_folds(manifests[evaluation.dataset], evaluation.split, seed=study.seed,
+                               reference_dir=evaluation.reference, protocol=evaluation.protocols[0])
+            unknown = [f for f in evaluation.folds or () if f not in folds]
+            if unknown:
+                raise BenchError(f"{study.path}: evaluate[{i}].folds: {unknown} are not folds of split "
+                                 f"{evaluation.split!r}; it has {', '.join(folds)}")
+            fold_keys[i] = list(evaluation.folds or folds)
+        fingerprints = {name: dataset_fingerprint(m) for name, m in manifests.items()}
+        linked = [f for f in paths.weights_dir().glob("*") if f.is_symlink()]
+        imported = {f.name: f"{f.stat().st_size}-{f.stat().st_mtime_ns}" for f in linked if f.exists()}
+        return cls(study, manifests, fingerprints, fold_keys, imported)
+
+    def identity(self, stage: Stage) -> dict[str, Any]:
+        """What a stage depends on beyond its parameters: the data it reads and the code that reads it."""
+        import bench
+
+        dataset = stage.params.get("dataset", {}).get("name")
+        identity = {"bench": bench.__version__, "data": self.fingerprints.get(dataset)}
+        if stage.kind in ("source", "finetune", "extract"):  # the stages that load initial weights
+            identity["imported_weights"] = self.imported
+        return identity
+
+
+def actions(study: Study, ws: Workspace, data: StudyData) -> dict[str, Action]:
+    """The real stage functions: training, extraction and evaluation of the other parts of bench."""
+    from bench import report
+
+    return {
+        "source": Action(run=lambda s: _train_source(study, s), present=lambda s: _source_file(s).is_file()),
+        "finetune": Action(run=lambda s: _finetune(study, s), present=lambda s: _checkpoint(s).is_file()),
+        "extract": Action(run=lambda s: _extract(study, ws, s), present=_StoreSnapshot(ws.store).has),
+        "evaluate": Action(run=lambda s: _evaluate(study, ws, s), present=lambda s: _has_results(ws, s)),
+        "report": Action(run=lambda s: report.write(study, ws, data), present=lambda s: ws.report.is_file()),
+    }
+
+
+def _source_file(stage: Stage) -> Path:
+    return paths.weights_dir() / _training_backbone(stage).source_stages[0].output
+
+
+def _training_backbone(stage: Stage) -> Backbone:
+    """The backbone with its source stage pointed at the study's source dataset (e.g. retino on
+    synthetic-fundus rather than kaggle-dr): the stage's start and output stay the backbone's own."""
+    backbone = plugins.get_backbone(stage.params["backbone"])
+    stage_ = backbone.source_stages[0]
+    return dataclasses.replace(backbone, source_stages=(
+        dataclasses.replace(stage_, dataset=stage.params["dataset"]["adapter"]),))
+
+
+def _train_source(study: Study, stage: Stage) -> str:
+    from bench.export import file_sha256
+    from bench.stages import source_stage_job
+    from bench.train import fit
+
+    spec = study.datasets[stage.params["dataset"]["name"]]
+    job = source_stage_job(_training_backbone(stage), spec.adapter, spec.root, study.recipe, options=spec.options,
+                           limit=spec.limit, seed=study.seed)
+    fit(job)
+    return file_sha256(job.out)
+
+
+def _checkpoint(stage: Stage) -> Path:
+    p = stage.params
+    return paths.finetuned_checkpoint(p["dataset"]["adapter"], p["backbone"], p["protocol"], p["fold"])
+
+
+def _finetune(study: Study, stage: Stage) -> str:
+    from bench.export import file_sha256
+    from bench.stages import finetune_job
+    from bench.train import fit
+
+    p = stage.params
+    spec = study.datasets[p["dataset"]["name"]]
+    job = finetune_job(plugins.get_backbone(p["backbone"]), spec.adapter, spec.root, study.recipe,
+                       protocol=p["protocol"], fold=p["fold"], split=p["split"],
+                       reference_dir=Path(p["reference"]) if p["reference"] else None, options=spec.options,
+                       seed=study.seed)
+    fit(job)
+    return file_sha256(job.out)
+
+
+def _extract(study: Study, ws: Workspace, stage: Stage) -> str:
+    from bench.extract import extract
+
+    p = stage.params
+    spec = study.datasets[p["dataset"]["name"]]
+    job = extract(p["backbone"], spec.adapter, spec.root, store=ws.store, protocol=p["protocol"], fold=p["fold"],
+                  options=spec.options)
+    return job.model.sha256
+
+
+class _StoreSnapshot:
+    """Which complete feature sets the store held when the run began (listing it once keeps a rerun instant)."""
+
+    def __init__(self, store: Path):
+        self.store = store
+        self.sets: set[tuple[str, str, str]] | None = None
+
+    def has(self, stage: Stage) -> bool:
+        from featurestore import FeatureStore
+
+        if self.sets is None:
+            self.sets = {(i.dataset, i.backbone, i.key) for i in FeatureStore(self.store).list() if i.complete}
+        p = stage.params
+        return (p["dataset"]["adapter"], p["backbone"], paths.feature_key(p["protocol"], p["fold"])) in self.sets
+
+
+def _evaluation_rows(table: Any, stage: Stage) -> Any:
+    p = stage.params
+    return table[(table["dataset"] == p["dataset"]["adapter"]) & (table["protocol"] == p["protocol"])
+                 & (table["backbone"] == p["backbone"]) & (table["finetuned"] == p["finetuned"])
+                 & (table["split"] == p["split"])]
+
+
+def _has_results(ws: Workspace, stage: Stage) -> bool:
+    from bench.leaderboard import read_table
+
+    if not (ws.results.is_file() and ws.predictions.is_file()):
+        return False
+    return set(_evaluation_rows(read_table(ws.results), stage)["fold"]) == set(stage.params["folds"])
+
+
+def _evaluate(study: Study, ws: Workspace, stage: Stage) -> str:
+    from bench.evaluate import Request, prepare, run
+    from bench.leaderboard import EVALUATION, upsert
+
+    p = stage.params
+    spec = study.datasets[p["dataset"]["name"]]
+    request = Request(dataset=spec.adapter, backbone=p["backbone"], protocol=p["protocol"], split=p["split"],
+                      finetuned=p["finetuned"], seed=study.seed, root=spec.root, store=ws.store,
+                      reference_dir=Path(p["reference"]) if p["reference"] else None,
+                      options=tuple(sorted(spec.options.items())))
+    inputs = prepare(request)
+    done = run(dataclasses.replace(inputs, folds={k: inputs.folds[k] for k in p["folds"]}))
+    # keyed by the evaluation, not the fold: a study run on fewer folds than before leaves no stale fold rows
+    upsert(ws.results, done.results, EVALUATION)
+    upsert(ws.predictions, done.predictions, EVALUATION)
+    metrics = done.results[["fold", "auc", "map", "acc", "se", "sp", "c"]].to_csv(index=False)
+    return hashlib.sha256(metrics.encode()).hexdigest()
+
+
+# --- study-defined backbones and the study's home -------------------------------------------------------------
+
+class _StudyBackbones:
+    """A plugin, registered for the run, providing the backbones the study defines (e.g. double over
+    EfficientNet-Lite0): built like `start`, with weights from the study's source stage."""
+
+    def __init__(self, study: Study):
+        self.backbones = [derived_backbone(s, study.datasets[s.dataset].adapter, study.recipe.image_size)
+                          for s in study.sources.values() if s.start]
+
+    @hookimpl
+    def bench_register_backbones(self, register: Callable[[Backbone], None]) -> None:
+        for backbone in self.backbones:
+            register(backbone)
+
+
+def derived_backbone(source: SourceSpec, dataset: str, image_size: int) -> Backbone:
+    """`source.start` fine-tuned on `dataset` as a new backbone: the paper's double transfer over any backbone."""
+    start = plugins.get_backbone(source.start)
+    output = f"{source.backbone}.pt"
+    return dataclasses.replace(
+        start, name=source.backbone,
+        initial_weights=f"{start.name}'s, fine-tuned on {dataset} by the study's source stage",
+        # its features come from the image size it was fine-tuned at
+        preprocessing=start.preprocessing.with_size(image_size),
+        load_initial=functools.partial(_load_source_output, output, source.backbone),
+        source_stages=(SourceStage(dataset=dataset, task=f"fine-tune on {dataset}", start=start.name,
+                                   output=output),),
+    )
+
+
+def _load_source_output(output: str, backbone: str, net: Any) -> None:
+    path = paths.weights_dir() / output
+    if not path.is_file():
+        raise BenchError(f"{path} not found: {backbone} is made by its study's source stage; run the study")
+    load_state_dict_file(net, path)
+
+
+@contextmanager
+def study_backbones(study: Study) -> Iterator[None]:
+    manager = plugins.plugin_manager()
+    name = f"study {study.name}"
+    manager.register(_StudyBackbones(study), name=name)
+    try:
+        yield
+    finally:
+        manager.unregister(name=name)
+
+
+def _share_caches(user_home: Path, home: Path, study: Study) -> None:
+    """Link what is a cache or an import, not a result, from the user's BENCH_HOME: generated and downloaded
+    datasets (keyed by their parameters) and imported weights (e.g. ImageNet VGG-M); the study's own source
+    stages write theirs here."""
+    if user_home.resolve() == home.resolve():
+        return
+    home.mkdir(parents=True, exist_ok=True)
+    datasets = home / "datasets"
+    if not datasets.exists() and not datasets.is_symlink():
+        (user_home / "datasets").mkdir(parents=True, exist_ok=True)
+        datasets.symlink_to((user_home / "datasets").resolve(), target_is_directory=True)
+    made_here = {f"{b}.pt" for b in study.sources} | {s.output for b in study.sources if b in plugins.backbones()
+                                                        for s in plugins.get_backbone(b).source_stages}
+    weights = home / "weights"
+    for file in sorted((user_home / "weights").glob("*")) if (user_home / "weights").is_dir() else []:
+        link = weights / file.name
+        if file.is_file() and file.name not in made_here and not link.exists():
+            weights.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(file.resolve())

@@ -1,0 +1,74 @@
+"""`bench reproduce` and `bench studies`: whole studies from one study file."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from bench.cli.app import app, console
+from bench.errors import BenchError
+
+DEFAULT_OUT = Path("bench-studies")
+
+
+@app.command()
+def reproduce(
+    study: Annotated[str, typer.Argument(help="A study file (.toml) or a built-in study's name (`bench studies`).")],
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Folder for everything the study makes [default: bench-studies/NAME].")] = None,
+    root: Annotated[list[str], typer.Option(
+        "--root", help="Dataset root NAME=PATH for a dataset the study names (repeatable).")] = [],  # noqa: B006
+) -> None:
+    """Run every stage of a study (source training, fine-tuning, extraction, evaluation, report) in order.
+
+    A stage already done with the same inputs is skipped, so an interrupted study resumes where it stopped and
+    an unchanged one finishes at once. The report lands in OUT/report.md.
+    """
+    from bench.reproduce import reproduce as run
+    from bench.study import load_study
+
+    loaded = load_study(study, _roots(root))
+    folder = out or DEFAULT_OUT / loaded.name
+    console.print(f"[bold]study {loaded.name}[/bold] ({loaded.path}) -> {folder}", highlight=False)
+    try:
+        ws = run(loaded, folder, console)
+    except KeyboardInterrupt:
+        raise BenchError(f"interrupted: finished stages are kept in {folder}; run the same command to resume") \
+            from None
+    console.print(f"[bold green]report:[/bold green] {ws.report}", highlight=False)
+
+
+def _roots(pairs: list[str]) -> dict[str, Path]:
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise BenchError(f"--root takes NAME=PATH (NAME: a dataset of the study), got {bad}")
+    return {name: Path(path) for name, path in (p.split("=", 1) for p in pairs)}
+
+
+@app.command()
+def studies(
+    name: Annotated[Optional[str], typer.Argument(help="Print this built-in study's file (to copy and edit).")] = None,
+) -> None:
+    """List the built-in studies `bench reproduce NAME` runs, or print one's study file."""
+    from bench.study import builtin_studies, find_study
+
+    if name is not None:
+        print(find_study(name).read_text(), end="")
+        return
+    table = Table(title="Built-in studies (bench reproduce NAME; bench studies NAME prints the file)")
+    table.add_column("name")
+    table.add_column("description")
+    for study, path in builtin_studies().items():
+        table.add_row(study, _description(path))
+    console.print(table)
+
+
+def _description(path: Path) -> str:
+    """The study's description, read without checking the rest (a study needing data roots is still listed)."""
+    import tomllib
+
+    try:
+        return str(tomllib.loads(path.read_text()).get("description", ""))
+    except tomllib.TOMLDecodeError as exc:
+        return f"(unreadable: {exc})"

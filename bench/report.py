@@ -1,0 +1,276 @@
+"""A study's report, `DIR/report.md`: the results laid out like the paper's tables, with the paper's numbers
+beside ours, bootstrap intervals, the paired test behind each "A beats B" claim, and the ROC curves.
+
+The tables, statistics and curves come from `bench.leaderboard` and `protocols.stats`; this module only chooses
+which rows answer which of the paper's questions.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from bench.leaderboard import read_table, render, summarise
+from protocols import stats
+from protocols.designs import DESIGNS
+
+if TYPE_CHECKING:
+    from bench.reproduce import StudyData, Workspace
+    from bench.study import Study
+
+# Menegola et al. 2017 (DESIGN section 4), AUC in %
+PAPER_TABLE1 = {  # design -> Table 1 column -> AUC
+    "mal-vs-ben": {"none FT": 76.0, "retino no FT": 72.8, "retino FT": 76.0, "imagenet no FT": 79.1,
+                   "imagenet FT": 82.5, "double FT": 78.8},
+    "mela-vs-ben": {"none FT": 75.7, "retino no FT": 73.5, "retino FT": 75.3, "imagenet no FT": 77.9,
+                    "imagenet FT": 80.9, "double FT": 80.9},
+    "mela-vs-carc-vs-ben": {"none FT": 73.0, "retino no FT": 71.4, "retino FT": 72.8, "imagenet no FT": 79.4,
+                            "imagenet FT": 83.6, "double FT": 81.8},
+}
+PAPER_TABLE2 = {  # ISIC 2016 official test split, in %
+    "1st place (challenge)": (80.4, 63.7, 85.5, 50.7, 94.1),
+    "2nd place (challenge)": (80.2, 61.9, 83.1, 57.3, 87.2),
+    "3rd place (challenge)": (82.6, 59.8, 83.4, 32.0, 96.1),
+    "paper: VGG-16, ImageNet + FT": (80.7, 54.9, 79.2, 47.6, 88.1),
+}
+PAPER_TABLE3 = {"VGG-M": (82.5, 80.9, 83.6), "VGG-16": (83.8, 83.5, 84.5)}  # mal / mela / mela-carc
+PAPER_TABLE4 = {"mal-vs-ben": (93.7, 82.5, 58.8, 82.5), "mela-vs-ben": (93.0, 79.6, 56.6, 80.9)}  # low/med/high/all
+COLUMNS = [("none", True), ("retino", False), ("retino", True), ("imagenet", False), ("imagenet", True),
+           ("double", True)]
+COLUMN_TITLES = {"none": "no transfer", "retino": "retino", "imagenet": "ImageNet", "double": "double"}
+# The paper's claims as (A, B): "A beats B", each a pair of Table 1 columns
+CLAIMS = [
+    (("imagenet", True), ("imagenet", False), "fine-tuning helps (ImageNet)"),
+    (("retino", True), ("retino", False), "fine-tuning helps (Retinopathy)"),
+    (("imagenet", True), ("none", True), "transfer from ImageNet beats no transfer"),
+    (("imagenet", True), ("retino", True), "ImageNet beats Retinopathy as a source"),
+    (("imagenet", True), ("double", True), "ImageNet alone beats double transfer"),
+    (("retino", True), ("none", True), "Retinopathy transfer beats no transfer (the paper: it does not)"),
+]
+LEVELS = ("low", "medium", "high")
+
+
+def write(study: Study, ws: Workspace, data: StudyData) -> str:
+    """Render `ws.leaderboard` (with its ROC PNGs) and `ws.report`; returns a digest of the report text."""
+    import hashlib
+
+    results, predictions = read_table(ws.results), read_table(ws.predictions)
+    note = _synthetic_note(study) if study.synthetic else ""
+    render(results, ws.leaderboard, predictions, note=note)
+    report = Report(study, data, summarise(results), predictions)
+    text = report.markdown()
+    ws.report.write_text(text)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _synthetic_note(study: Study) -> str:
+    names = ", ".join(sorted({study.datasets[e.dataset].adapter for e in study.evaluations
+                              if study.datasets[e.dataset].synthetic}))
+    return (f"**SYNTHETIC DATA.** The target images ({names}) are procedurally drawn, not photographs of lesions: "
+            "these numbers show that the whole pipeline runs and that its comparisons work, and say nothing about "
+            "melanoma screening. The paper's numbers are shown for layout only.")
+
+
+class Report:
+    def __init__(self, study: Study, data: StudyData, summary: pd.DataFrame, predictions: pd.DataFrame):
+        self.study, self.data, self.summary, self.predictions = study, data, summary, predictions
+
+    def markdown(self) -> str:
+        study = self.study
+        lines = [f"# Study `{study.name}`", ""]
+        lines += [f"> {_synthetic_note(study)}", ""] if study.synthetic else []
+        lines += [study.description, ""] if study.description else []
+        lines += self.setup()
+        for i, evaluation in enumerate(study.evaluations):
+            dataset = study.datasets[evaluation.dataset].adapter
+            lines += self.table1(i, dataset) + self.claims(i, dataset) + self.table3(dataset)
+            lines += self.table4(i, dataset) + self.table2(i, dataset) + self.curves(i, dataset)
+        lines += ["The full leaderboard (every evaluation, mAP/ACC/SE/SP, the commands that regenerate each row): "
+                  "[leaderboard.md](leaderboard.md). Per-fold rows: `results.csv`; per-image scores: "
+                  "`predictions.csv`.", ""]
+        return "\n".join(lines).rstrip() + "\n"
+
+    # --- parts
+
+    def setup(self) -> list[str]:
+        study, recipe = self.study, self.study.recipe
+        trains = "the whole network" if recipe.train_last is None else f"the last {recipe.train_last} layers"
+        lines = ["## Setup", "",
+                 f"- Training recipe `{recipe.name}`: {recipe.epochs} epoch(s), lr {recipe.lr:g}, momentum "
+                 f"{recipe.momentum:g}, L2 {recipe.weight_decay:g}, {recipe.image_size} px, batch "
+                 f"{recipe.batch_size}, training {trains}; seed {study.seed}."]
+        for name, spec in study.datasets.items():
+            n = len(self.data.manifests[name])
+            limit = f", first {spec.limit} used for training" if spec.limit else ""
+            lines.append(f"- Dataset `{name}`: adapter `{spec.adapter}`, {n} images{limit}"
+                         + (f", options {spec.options}" if spec.options else "") + ".")
+        for source in study.sources.values():
+            start = f"{source.start} (its initial weights)" if source.start else "its own start"
+            lines.append(f"- Source stage: `{source.backbone}` trained from {start} on `{source.dataset}`.")
+        for i, evaluation in enumerate(study.evaluations):
+            folds = self.data.fold_keys[i]
+            lines.append(f"- Evaluated on `{evaluation.dataset}` with split `{evaluation.split}`, folds "
+                         f"{', '.join(folds)}: linear SVM on L2-normalised features, C chosen on 10% of each "
+                         "training fold by AUC.")
+        if study.transfer:
+            roles = ", ".join(f"{COLUMN_TITLES[c]} = `{b}`" for c, b in study.transfer.items())
+            lines.append(f"- Transfer sources (Table 1 columns): {roles}.")
+        return lines + ["", "AUC in %, mean over folds, with its 95% bootstrap interval (test images resampled); "
+                        "the paper's figure in brackets.", ""]
+
+    def row(self, dataset: str, protocol: str, backbone: str | None, finetuned: bool) -> pd.Series | None:
+        if backbone is None:
+            return None
+        s = self.summary
+        hit = s[(s["dataset"] == dataset) & (s["protocol"] == protocol) & (s["backbone"] == backbone)
+                & (s["finetuned"] == finetuned)]
+        return hit.iloc[0] if len(hit) else None
+
+    def table1(self, i: int, dataset: str) -> list[str]:
+        transfer = self.study.transfer
+        evaluation = self.study.evaluations[i]
+        if not transfer or not any(self.row(dataset, p, transfer.get(c), ft) is not None
+                                   for p in evaluation.protocols for c, ft in COLUMNS):
+            return []
+        header = [f"{COLUMN_TITLES[c]} {'FT' if ft else 'no FT'}" for c, ft in COLUMNS]
+        lines = [f"## Table 1 · {dataset}: transfer source × fine-tuning (AUC %)", "",
+                 "| design | " + " | ".join(header) + " |", "|---|" + "---|" * len(COLUMNS)]
+        for protocol in evaluation.protocols:
+            cells = []
+            for column, ft in COLUMNS:
+                r = self.row(dataset, protocol, transfer.get(column), ft)
+                paper = PAPER_TABLE1.get(protocol, {}).get(f"{column} {'FT' if ft else 'no FT'}")
+                cells.append(_auc_cell(r, paper))
+            lines.append(f"| {protocol} | " + " | ".join(cells) + " |")
+        backbones = ", ".join(f"{COLUMN_TITLES[c]}: `{b}`" for c, b in transfer.items())
+        return lines + ["", f"Backbones: {backbones}. The paper used VGG-M throughout. Empty: not run in this "
+                        "study.", ""]
+
+    def claims(self, i: int, dataset: str) -> list[str]:
+        """The paired bootstrap test behind each of the paper's "A beats B" claims, per design."""
+        transfer = self.study.transfer
+        rows = []
+        for protocol in self.study.evaluations[i].protocols:
+            for a, b, claim in CLAIMS:
+                if a[0] in transfer and b[0] in transfer:
+                    rows += self._claim_row(dataset, protocol, (transfer[a[0]], a[1]), (transfer[b[0]], b[1]),
+                                            claim)
+        if not rows:
+            return []
+        return ["### The paper's claims, tested (paired bootstrap on the same folds and test images)", "",
+                "| design | claim | A | B | AUC A − B (95% CI) | p | verdict |", "|---|---|---|---|---|---|---|",
+                *rows, "", "Verdict: A beats B (or B beats A) when the interval excludes 0; otherwise the "
+                "difference may be chance, as the paper itself warns for some of its own.", ""]
+
+    def _claim_row(self, dataset: str, protocol: str, a: tuple[str, bool], b: tuple[str, bool],
+                   claim: str) -> list[str]:
+        pa, pb = self._predictions(dataset, protocol, *a), self._predictions(dataset, protocol, *b)
+        if pa is None or pb is None:
+            return []
+        result = stats.paired_comparison(pa, pb, seed=self.study.seed)
+        d = result.difference
+        if d.low > 0:
+            verdict = "**A beats B**"
+        elif d.high < 0:
+            verdict = "**B beats A**"
+        else:
+            verdict = "no clear difference"
+        return [f"| {protocol} | {claim} | {_name(*a)} | {_name(*b)} | {100 * d.estimate:+.1f} "
+                f"({100 * d.low:+.1f} to {100 * d.high:+.1f}) | {result.p_value:.3f} | {verdict} |"]
+
+    def _predictions(self, dataset: str, protocol: str, backbone: str, finetuned: bool) -> pd.DataFrame | None:
+        p = self.predictions
+        rows = p[(p["dataset"] == dataset) & (p["protocol"] == protocol) & (p["backbone"] == backbone)
+                 & (p["finetuned"] == finetuned)]
+        # one CSV holds every design: the 3-class score columns are empty on the binary designs' rows
+        return rows.dropna(axis=1, how="all").reset_index(drop=True) if len(rows) else None
+
+    def table2(self, i: int, dataset: str) -> list[str]:
+        """Every metric on an official train/test split (the paper's Table 2 is ISIC 2016's)."""
+        evaluation = self.study.evaluations[i]
+        if evaluation.split != "official":
+            return []
+        s = self.summary[(self.summary["dataset"] == dataset) & (self.summary["split"] == "official")]
+        lines = [f"## Table 2 · {dataset}: official test split (%)", "",
+                 "| model | design | AUC | mAP | ACC | SE | SP |", "|---|---|---|---|---|---|---|"]
+        for r in s.sort_values("auc", ascending=False).itertuples():
+            cells = [f"{100 * getattr(r, m):.1f}" for m in ("auc", "map", "acc", "se", "sp")]
+            lines.append(f"| {_name(r.backbone, r.finetuned)} | {r.protocol} | " + " | ".join(cells) + " |")
+        for name, values in PAPER_TABLE2.items():
+            lines.append(f"| *{name}* | mela-vs-ben | " + " | ".join(f"*{v:.1f}*" for v in values) + " |")
+        return lines + ["", "Italic rows: the paper's Table 2 (ISIC 2016 test set), for reference.", ""]
+
+    def table3(self, dataset: str) -> list[str]:
+        """Architectures compared, all with ImageNet transfer and fine-tuning."""
+        protocols = [p for p in DESIGNS if self.row(dataset, p, next(iter(self.study.architectures), None), True)
+                     is not None]
+        if len(self.study.architectures) < 2 or not protocols:
+            return []
+        lines = [f"## Table 3 · {dataset}: architecture (ImageNet + FT, AUC %)", "",
+                 "| architecture | " + " | ".join(protocols) + " |", "|---|" + "---|" * len(protocols)]
+        for backbone in self.study.architectures:
+            cells = [_auc_cell(self.row(dataset, p, backbone, True), None) for p in protocols]
+            lines.append(f"| {backbone} | " + " | ".join(cells) + " |")
+        order = list(DESIGNS)
+        for name, values in PAPER_TABLE3.items():
+            lines.append(f"| *paper: {name}* | " + " | ".join(f"*{values[order.index(p)]:.1f}*" for p in protocols)
+                         + " |")
+        tests = []
+        first, *others = self.study.architectures
+        for other in others:
+            for protocol in protocols:
+                tests += self._claim_row(dataset, protocol, (other, True), (first, True), f"{other} vs {first}")
+        if tests:
+            lines += ["", "| design | comparison | A | B | AUC A − B (95% CI) | p | verdict |",
+                      "|---|---|---|---|---|---|---|", *tests]
+        return lines + [""]
+
+    def table4(self, i: int, dataset: str) -> list[str]:
+        """AUC by the dataset's own difficulty grading, for ImageNet + FT (the paper's Table 4)."""
+        manifest = self.data.manifests[self.study.evaluations[i].dataset]
+        backbone = self.study.transfer.get("imagenet")
+        if "difficulty" not in manifest or manifest["difficulty"].isna().all() or backbone is None:
+            return []
+        difficulty = manifest.set_index("image_id")["difficulty"].astype(str)
+        rows = []
+        for protocol in self.study.evaluations[i].protocols:
+            predictions = self._predictions(dataset, protocol, backbone, True)
+            r = self.row(dataset, protocol, backbone, True)
+            if predictions is None or r is None:
+                continue
+            by_level = stats.auc_by_difficulty(predictions, difficulty).set_index("difficulty")["auc"]
+            paper = PAPER_TABLE4.get(protocol)
+            cells = [_percent(by_level.get(level), paper[k] if paper else None) for k, level in enumerate(LEVELS)]
+            cells.append(_percent(r["auc"], paper[3] if paper else None))
+            rows.append(f"| {protocol} | " + " | ".join(cells) + " |")
+        if not rows:
+            return []
+        return [f"## Table 4 · {dataset}: AUC by diagnostic difficulty ({_name(backbone, True)}, %)", "",
+                "| design | low | medium | high | all |", "|---|---|---|---|---|", *rows, "",
+                "Paper's figures (VGG-M, ImageNet + FT, Atlas) in brackets.", ""]
+
+    def curves(self, i: int, dataset: str) -> list[str]:
+        lines = []
+        for protocol in self.study.evaluations[i].protocols:
+            png = f"roc-{dataset}-{protocol}.png"
+            lines += [f"![ROC curves, {dataset} {protocol}]({png})", ""]
+        return ([f"## ROC curves · {dataset} (melanoma vs. rest, averaged over folds)", ""] + lines) if lines else []
+
+
+def _name(backbone: str, finetuned: bool) -> str:
+    return f"{backbone} {'FT' if finetuned else 'no FT'}"
+
+
+def _percent(value: float | None, paper: float | None) -> str:
+    text = "–" if value is None or np.isnan(value) else f"{100 * value:.1f}"
+    return text + (f" [{paper:.1f}]" if paper is not None else "")
+
+
+def _auc_cell(r: pd.Series | None, paper: float | None) -> str:
+    paper_text = f" [{paper:.1f}]" if paper is not None else ""
+    if r is None:
+        return f"–{paper_text}" if paper is not None else ""
+    ci = "" if np.isnan(r["auc_ci_low"]) else f" ({100 * r['auc_ci_low']:.1f}–{100 * r['auc_ci_high']:.1f})"
+    return f"{100 * r['auc']:.1f}{ci}{paper_text}"
