@@ -1,0 +1,41 @@
+"""`bench perf extract`: images/s of the extraction pipeline, the naive loop and the model alone."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from bench.cli.app import console, perf_app
+from bench.cli.catalogue import DatasetOptions, RootOption, parse_options
+
+
+@perf_app.command("extract")
+def perf_extract(
+    backbone: Annotated[str, typer.Option("--backbone", help="Backbone name (see `bench backbones`).")],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset adapter (see `bench datasets`).")],
+    root: RootOption = None,
+    limit: Annotated[Optional[int], typer.Option(help="Measure on the first N manifest rows.")] = 500,
+    batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    option: DatasetOptions = [],  # noqa: B006 (typer reads it)
+) -> None:
+    """Measure extraction: naive torch loop vs onnxruntime alone (the ceiling) vs the `bench extract` pipeline."""
+    from bench.perf_extract import measure
+
+    figures = measure(backbone, dataset, root, limit=limit, batch_size=batch_size, options=parse_options(option))
+    if as_json:
+        print(json.dumps(figures))
+        return
+    table = Table(title=f"extraction of {figures['images']} {dataset} images with {backbone} "
+                        f"({figures['cpus']} CPUs, load {figures['load_average_1min_before']})")
+    for column in ("", "images/s", "what it runs"):
+        table.add_column(column)
+    table.add_row("naive", f"{figures['naive_ips']:.1f}", "torch eager, one image at a time, decoding in the loop")
+    table.add_row("ceiling", f"{figures['ceiling_ips']:.1f}", "onnxruntime alone on pre-decoded batches")
+    table.add_row("pipeline", f"{figures['pipeline_ips']:.1f}", "bench extract (decode overlapped, store writes)")
+    console.print(table)
+    console.print(f"pipeline = {figures['pipeline_vs_naive']:.2f} x naive, {figures['pipeline_vs_ceiling']:.0%} of "
+                  f"the ceiling; start-up {figures['pipeline_startup_s']:.1f} s; peak RSS {figures['peak_rss_mb']:.0f} MB")

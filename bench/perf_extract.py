@@ -1,0 +1,72 @@
+"""`bench perf extract`: the extraction pipeline's images/s against a naive loop and against the model alone."""
+
+from __future__ import annotations
+
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench import plugins
+from bench.extract import BATCH_SIZE, create_session, prepare
+from bench.images import load_image
+
+
+def measure(backbone_name: str, dataset_name: str, root: Path | None, *, limit: int | None = 500,
+            batch_size: int = BATCH_SIZE, options: dict[str, str] | None = None) -> dict:
+    """images/s of (a) torch eager one image at a time, decoding in the loop, (b) onnxruntime alone on pre-decoded
+    batches, the ceiling, (c) `bench extract`'s run into a temporary store; all on the same images, in one process."""
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-perf-") as store:
+        start = time.perf_counter()
+        job = prepare(backbone_name, dataset_name, root, store=store, batch_size=batch_size, limit=limit,
+                      options=options)
+        startup = time.perf_counter() - start  # manifest, model (from the ONNX cache), store set: paid once a run
+        files = job.manifest["path"].tolist()
+        preprocessing = job.model.preprocessing
+
+        decoded = [load_image(f, preprocessing.size) for f in files]  # also puts the files in the page cache
+        ceiling_seconds = _ceiling(job.model.path, decoded, preprocessing, batch_size)
+        pipeline_seconds = _seconds(job.run)
+        net = plugins.get_backbone(backbone_name).create()
+        naive_seconds = _seconds(lambda: _naive(net, files, preprocessing))
+    n = len(files)
+    pipeline, ceiling, naive = n / pipeline_seconds, n / ceiling_seconds, n / naive_seconds
+    return {
+        "images": n,
+        "batch_size": batch_size,
+        "naive_ips": round(naive, 1),
+        "ceiling_ips": round(ceiling, 1),
+        "pipeline_ips": round(pipeline, 1),
+        "pipeline_vs_naive": round(pipeline / naive, 2),
+        "pipeline_vs_ceiling": round(pipeline / ceiling, 3),
+        "pipeline_startup_s": round(startup, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
+        "cpus": os.cpu_count(),
+        "load_average_1min_before": round(load, 2),
+    }
+
+
+def _seconds(work) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+def _ceiling(model: Path, images: list[np.ndarray], preprocessing, batch_size: int) -> float:
+    """Seconds of onnxruntime alone over the images, decoded and normalised beforehand."""
+    session = create_session(model)
+    name = session.get_inputs()[0].name
+    batches = [preprocessing.normalise(np.stack(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
+    return _seconds(lambda: [session.run(None, {name: batch}) for batch in batches])
+
+
+def _naive(net: torch.nn.Module, files: list[str], preprocessing) -> None:
+    """What one writes first: decode, normalise and run one image at a time in torch."""
+    with torch.inference_mode():
+        for f in files:
+            net(torch.from_numpy(preprocessing.normalise(load_image(f, preprocessing.size)[None])))
