@@ -26,7 +26,7 @@ from protocols.designs import Design, apply_design, get_design
 from protocols.metrics import fold_metrics, positive_scores
 from protocols.splits import make_folds
 from protocols.stats import bootstrap_auc
-from protocols.svm import run_fold
+from protocols.svm import run_folds
 
 
 
@@ -104,30 +104,40 @@ def run(inputs: Inputs) -> Evaluation:
     """The SVM protocol on every fold; features are read once (frozen) or per fold (fine-tuned)."""
     request = inputs.request
     read = _reader(request)
-    results, predictions = [], []
     notes = list(inputs.notes)
+    parts = []
     for fold, (train_ids, test_ids) in inputs.folds.items():
         features = read(paths.feature_key(request.protocol, fold) if request.finetuned else "frozen")
-        train, test = _rows(train_ids, inputs.labels, features, notes), _rows(test_ids, inputs.labels, features, notes)
-        fit = run_fold(features.features[train.position], train.label.to_numpy(),
-                       features.features[test.position], seed=request.seed)
+        parts.append((fold, features, _rows(train_ids, inputs.labels, features, notes),
+                      _rows(test_ids, inputs.labels, features, notes)))
+    fits = run_folds([(f.features[train.position], train.label.to_numpy(), f.features[test.position])
+                      for _, f, train, test in parts], seed=request.seed)
+    results, predictions = [], []
+    for (fold, features, train, test), fit in zip(parts, fits):
         metrics = fold_metrics(test.label.to_numpy(), fit.scores, inputs.design.positive)
         results.append({"fold": fold, **metrics, "n_train": len(train), "n_test": len(test), "c": fit.c,
                         "model_sha256": features.attrs.get("model_sha256", "")})
         predictions.append(_predictions(fold, test, fit.scores, inputs.design))
-    provenance = {"seed": request.seed, "dataset_fingerprint": fingerprint(inputs.manifest),
-                  "bench_version": bench.__version__, "command": request.command(),
-                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return _tables(replace(inputs, notes=tuple(dict.fromkeys(notes))), pd.DataFrame(results),
+                   pd.concat(predictions, ignore_index=True))
+
+
+def _tables(inputs: Inputs, results: pd.DataFrame, predictions: pd.DataFrame) -> Evaluation:
+    """Add identity, the AUC interval and provenance; key columns first."""
+    request = inputs.request
+    ci = bootstrap_auc(predictions, seed=request.seed)
     identity = {"dataset": request.dataset, "protocol": request.protocol, "backbone": request.backbone,
                 "finetuned": request.finetuned, "split": request.split}
-    prediction_frame = pd.concat(predictions, ignore_index=True)
-    ci = bootstrap_auc(prediction_frame, seed=request.seed)
-    results_frame = pd.DataFrame(results).assign(auc_ci_low=ci.low, auc_ci_high=ci.high, **identity, **provenance)
-    columns = KEY + [c for c in results_frame.columns if c not in KEY]
-    prediction_frame = prediction_frame.assign(**identity)
-    pred_columns = KEY + [c for c in prediction_frame.columns if c not in KEY]
-    return Evaluation(replace(inputs, notes=tuple(dict.fromkeys(notes))), results_frame[columns],
-                      prediction_frame[pred_columns])
+    provenance = {"seed": request.seed, "auc_ci_low": ci.low, "auc_ci_high": ci.high,
+                  "dataset_fingerprint": fingerprint(inputs.manifest), "bench_version": bench.__version__,
+                  "command": request.command(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    results = results.assign(**identity, **provenance)
+    predictions = predictions.assign(**identity)
+    return Evaluation(inputs, _key_first(results), _key_first(predictions))
+
+
+def _key_first(table: pd.DataFrame) -> pd.DataFrame:
+    return table[KEY + [c for c in table.columns if c not in KEY]]
 
 
 def _reader(request: Request):

@@ -1,5 +1,9 @@
-"""The paper's SVM protocol for one fold: L2-normalise, pick C by validation AUC inside the training fold, refit,
-score the test fold. Only the training fold ever reaches `choose_c`, so no test image can influence C.
+"""The paper's SVM protocol per fold: L2-normalise, pick C by validation AUC inside the training fold, refit on
+the whole training fold, score the test fold with the decision function (threshold 0).
+
+Only a fold's training part reaches the validation fits, so no test image can influence C. All the fits of an
+evaluation (every fold x every C, then every refit) are independent, and liblinear trains without the GIL, so
+they run on a thread pool over all cores, sharing the fold arrays without copies.
 """
 
 from __future__ import annotations
@@ -7,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from joblib import Parallel, delayed
 from sklearn.model_selection import StratifiedShuffleSplit
 from sklearn.preprocessing import normalize
 from sklearn.svm import LinearSVC
@@ -27,27 +32,57 @@ class FoldFit:
     scores: np.ndarray  # (n_test,) for two classes, (n_test, k) one-vs-rest for k > 2
 
 
+@dataclass(frozen=True)
+class _Fold:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    fit: np.ndarray  # indices into the training part: the 90% the validation fits train on
+    val: np.ndarray  # the stratified 10% they are scored on
+
+
 def linear_svm(c: float) -> LinearSVC:
-    # primal liblinear: with n_samples > n_features it beats the dual by far and needs no iteration cap
+    # primal liblinear: with more images than feature dimensions it beats the dual by far at every C
     return LinearSVC(C=c, dual=False, tol=1e-3)
 
 
-def choose_c(x: np.ndarray, y: np.ndarray, *, seed: int = 0, grid: tuple[float, ...] = C_GRID) -> dict[float, float]:
-    """Validation AUC of each C on a stratified 10% split of the (normalised) training fold."""
-    _check_classes(y)
-    split = StratifiedShuffleSplit(n_splits=1, test_size=VALIDATION_FRACTION, random_state=seed)
-    fit, val = next(split.split(x, y))
-    return {c: auc(y[val], linear_svm(c).fit(x[fit], y[fit]).decision_function(x[val])) for c in grid}
+def run_folds(folds: list[tuple[np.ndarray, np.ndarray, np.ndarray]], *, seed: int = 0,
+              grid: tuple[float, ...] = C_GRID, n_jobs: int = -1) -> list[FoldFit]:
+    """(x_train, y_train, x_test) per fold -> the fold's chosen C, validation AUCs and test decision values."""
+    prepared = [_prepare(*fold, seed) for fold in folds]
+    parallel = Parallel(n_jobs=n_jobs, prefer="threads")
+    aucs = parallel(delayed(_validation_auc)(fold, c) for fold in prepared for c in grid)
+    validation = [dict(zip(grid, aucs[i * len(grid):(i + 1) * len(grid)])) for i in range(len(prepared))]
+    best = [max(v, key=v.get) for v in validation]  # the first (smallest) C among equals: the most regularised
+    scores = parallel(delayed(_refit_and_score)(fold, c) for fold, c in zip(prepared, best))
+    return [FoldFit(c, v, s) for c, v, s in zip(best, validation, scores)]
 
 
 def run_fold(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *, seed: int = 0,
              grid: tuple[float, ...] = C_GRID) -> FoldFit:
-    """Choose C on the training fold, refit on all of it, return the test fold's decision values."""
-    x_train, x_test = normalize(x_train), normalize(x_test)
-    validation = choose_c(x_train, y_train, seed=seed, grid=grid)
-    best = max(validation, key=validation.get)  # the first (smallest) C among equals: the most regularised
-    model = linear_svm(best).fit(x_train, y_train)
-    return FoldFit(best, validation, model.decision_function(x_test))
+    """One fold of `run_folds`."""
+    return run_folds([(x_train, y_train, x_test)], seed=seed, grid=grid)[0]
+
+
+def _prepare(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int) -> _Fold:
+    """Normalise once, in float64 (what liblinear takes, so no fit converts again), and split off validation."""
+    _check_classes(y_train)
+    split = StratifiedShuffleSplit(n_splits=1, test_size=VALIDATION_FRACTION, random_state=seed)
+    fit, val = next(split.split(np.zeros(len(y_train)), y_train))
+    return _Fold(_unit_rows(x_train), np.asarray(y_train), _unit_rows(x_test), fit, val)
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return normalize(np.asarray(x, dtype=np.float64))
+
+
+def _validation_auc(fold: _Fold, c: float) -> float:
+    model = linear_svm(c).fit(fold.x_train[fold.fit], fold.y_train[fold.fit])
+    return auc(fold.y_train[fold.val], model.decision_function(fold.x_train[fold.val]))
+
+
+def _refit_and_score(fold: _Fold, c: float) -> np.ndarray:
+    return linear_svm(c).fit(fold.x_train, fold.y_train).decision_function(fold.x_test)
 
 
 def _check_classes(y: np.ndarray) -> None:
