@@ -1,21 +1,31 @@
 """Built-in backbones: forward shapes, weight loading and conversion, and proof that the ImageNet weights are real."""
 
+from pathlib import Path
+from urllib.error import URLError
+
 import numpy as np
 import pytest
+import scipy.io
 import torch
 from PIL import Image
 from skimage import data
+from typer.testing import CliRunner
 
-from bench import plugins
-from plugins.backbones import efficientnet
+from bench import paths, plugins
+from bench.backbone import checkpoint_preprocessing, load_state_dict_file, save_checkpoint
+from bench.cli import app
+from bench.cli.app import console
+from bench.errors import BenchError
+from plugins.backbones import efficientnet, vggm
+from plugins.backbones.vggm import VGGM
 
+BUILTIN = ["vgg-m", "vgg16", "scratch", "retino", "double", "efficientnet-lite0", "efficientnet-lite2"]
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 IMAGENET_COFFEE = range(967, 969)  # espresso, cup
+SMALL = (8, 16, 16, 16, 16)  # VGG-M conv widths for tests (the geometry is the real one)
+SMALL_FC = 32
 
-
-def _features(net: torch.nn.Module, images: np.ndarray, backbone) -> torch.Tensor:
-    with torch.no_grad():
-        return net(torch.from_numpy(backbone.preprocessing.normalise(images)))
+runner = CliRunner()
 
 
 def _resized(image: np.ndarray, size: int) -> np.ndarray:
@@ -23,14 +33,225 @@ def _resized(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 
+def test_bench_backbones_lists_the_seven_builtins(monkeypatch):
+    monkeypatch.setattr(console, "width", 250)  # one line per backbone
+    result = runner.invoke(app, ["backbones"])
+    assert result.exit_code == 0, result.output
+    for name in BUILTIN:
+        assert f" {name} " in result.output
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_forward_gives_finite_features_of_the_declared_size(name):
+    backbone = plugins.get_backbone(name)
+    net = backbone.build().eval()  # the VGG backbones' initial weights are files the user makes; see below
+    size = 64 if name in ("vgg-m", "vgg16", "scratch", "retino", "double") else backbone.preprocessing.size
+    with torch.no_grad():
+        features = net(torch.randn(2, 3, size, size))
+    assert features.shape == (2, backbone.feature_dim)
+    assert torch.isfinite(features).all()
+
+
 @pytest.mark.parametrize("variant", ["lite0", "lite2"])
 def test_efficientnet_weights_are_the_real_imagenet_ones(variant):
     backbone = plugins.get_backbone(f"efficientnet-{variant}")
     net = backbone.create()
-    head = efficientnet.imagenet_classifier(variant)
     size = backbone.preprocessing.size
     images = np.stack([_resized(data.chelsea(), size), _resized(data.coffee(), size)])
-    features = _features(net, images, backbone)
+    with torch.no_grad():
+        features = net(torch.from_numpy(backbone.preprocessing.normalise(images)))
+        top1 = efficientnet.imagenet_classifier(variant)(features).argmax(1).tolist()
     assert features.shape == (2, 1280) and torch.isfinite(features).all()
-    top1 = head(features).argmax(1).tolist()
     assert top1[0] in IMAGENET_CATS and top1[1] in IMAGENET_COFFEE, top1
+
+
+def test_scratch_initial_weights_are_seeded_orthogonal_with_biases_005():
+    load_initial = plugins.get_backbone("scratch").load_initial
+    nets = [VGGM(SMALL, SMALL_FC), VGGM(SMALL, SMALL_FC)]
+    for net in nets:
+        torch.manual_seed(3)
+        load_initial(net)
+    fc7, conv2 = nets[0].fc.fc7, nets[0].features.conv2
+    assert torch.allclose(fc7.weight @ fc7.weight.T, torch.eye(SMALL_FC), atol=1e-5)
+    rows = conv2.weight.flatten(1)  # 16 filters of 8 * 25 weights: orthonormal rows
+    assert torch.allclose(rows @ rows.T, torch.eye(16), atol=1e-5)
+    assert (fc7.bias == 0.05).all() and (conv2.bias == 0.05).all()
+    assert torch.equal(nets[0].fc.fc6.weight, nets[1].fc.fc6.weight)
+
+
+@pytest.mark.parametrize("name, file, command", [
+    ("vgg-m", "vgg-m-imagenet.pt", "bench weights import-matconvnet imagenet-vgg-m.mat"),
+    ("retino", "retino.pt", "bench train --backbone retino --dataset kaggle-dr --root PATH"),
+    ("double", "double.pt", "bench train --backbone double --dataset kaggle-dr --root PATH"),
+])
+def test_vggm_initial_weights_come_from_the_weights_folder(name, file, command):
+    backbone = plugins.get_backbone(name)
+    with pytest.raises(BenchError, match=command.replace("[", r"\[")) as error:
+        backbone.load_initial(VGGM(SMALL, SMALL_FC))
+    assert str(paths.weights_dir() / file) in str(error.value)
+    saved = VGGM(SMALL, SMALL_FC)
+    save_checkpoint(paths.weights_dir() / file, saved, name, backbone.preprocessing)
+    net = VGGM(SMALL, SMALL_FC)
+    backbone.load_initial(net)
+    assert torch.equal(net.fc.fc7.weight, saved.fc.fc7.weight)
+
+
+def test_source_stages_name_their_dataset_and_start():
+    stages = {name: plugins.get_backbone(name).source_stages for name in ("retino", "double", "scratch", "vgg-m")}
+    assert [(s.dataset, s.start, s.output) for s in stages["retino"]] == [("kaggle-dr", "scratch", "retino.pt")]
+    assert [(s.dataset, s.start, s.output) for s in stages["double"]] == [("kaggle-dr", "vgg-m", "double.pt")]
+    assert stages["scratch"] == stages["vgg-m"] == ()
+
+
+# --- MatConvNet import -------------------------------------------------------------------------------------------
+
+
+def _cell(*items) -> np.ndarray:
+    cell = np.empty((1, len(items)), dtype=object)
+    for i, item in enumerate(items):
+        cell[0, i] = item
+    return cell
+
+
+def write_vggm_mat(path: Path, rng: np.random.Generator, pool2_pad=(0, 1, 0, 1), old_format: bool = False) -> dict:
+    """A MatConvNet SimpleNN VGG-M with the real geometry, narrower layers and random weights; returns its arrays."""
+    c1, c2, c3, c4, c5 = SMALL
+    shapes = {"conv1": (7, 7, 3, c1), "conv2": (5, 5, c1, c2), "conv3": (3, 3, c2, c3), "conv4": (3, 3, c3, c4),
+              "conv5": (3, 3, c4, c5), "fc6": (6, 6, c5, SMALL_FC), "fc7": (1, 1, SMALL_FC, SMALL_FC),
+              "fc8": (1, 1, SMALL_FC, 10)}
+    # conv1 strong enough that LRN's alpha matters: a mapping error there shows
+    arrays = {name: (rng.normal(0, 0.05 if name == "conv1" else 0.1, shape).astype(np.float32),
+                     rng.normal(0, 0.1, (1, shape[3])).astype(np.float32)) for name, shape in shapes.items()}
+
+    def conv(name, stride=1, pad=0):
+        weight, bias = arrays[name]
+        params = {"filters": weight, "biases": bias} if old_format else {"weights": _cell(weight, bias)}
+        return {"type": "conv", "name": name, "stride": np.array([stride, stride], float), "pad": pad, **params}
+
+    def relu(i):
+        return {"type": "relu", "name": f"relu{i}"}
+
+    def norm(i):
+        return {"type": "normalize", "name": f"norm{i}", "param": np.array([5, 2, 1e-4, 0.75])}
+
+    def pool(i, pad=0):
+        return {"type": "pool", "name": f"pool{i}", "method": "max", "pool": np.array([3.0, 3.0]),
+                "stride": np.array([2.0, 2.0]), "pad": np.asarray(pad, float)}
+
+    layers = [conv("conv1", 2), relu(1), norm(1), pool(1), conv("conv2", 2, 1), relu(2), norm(2), pool(2, pool2_pad),
+              conv("conv3", pad=1), relu(3), conv("conv4", pad=1), relu(4), conv("conv5", pad=1), relu(5), pool(5),
+              conv("fc6"), relu(6), conv("fc7"), relu(7), conv("fc8"), {"type": "softmax", "name": "prob"}]
+    average = (np.array([120.0, 110.0, 100.0]) + rng.normal(0, 20, (224, 224, 3))).astype(np.float32)
+    normalization = {"averageImage": average, "imageSize": np.array([224.0, 224.0, 3.0])}
+    meta = {"normalization": normalization} if old_format else {"meta": {"normalization": normalization}}
+    scipy.io.savemat(path, {"layers": _cell(*layers), **meta})
+    arrays["mean"] = average.reshape(-1, 3).mean(axis=0)
+    return arrays
+
+
+@pytest.mark.parametrize("old_format", [False, True])
+def test_matconvnet_import_reproduces_hand_computed_layers(tmp_path, old_format):
+    rng = np.random.default_rng(0)
+    arrays = write_vggm_mat(tmp_path / "imagenet-vgg-m.mat", rng, old_format=old_format)
+    result = runner.invoke(app, ["weights", "import-matconvnet", str(tmp_path / "imagenet-vgg-m.mat")])
+    assert result.exit_code == 0, result.output
+    checkpoint = paths.weights_dir() / "vgg-m-imagenet.pt"  # the default --out is where `vgg-m` looks
+    preprocessing = checkpoint_preprocessing(checkpoint, vggm.PREPROCESSING)
+    assert np.allclose(preprocessing.mean, arrays["mean"], atol=1e-3)
+    assert (preprocessing.value_range, preprocessing.std, preprocessing.channel_order) == (255, (1, 1, 1), "RGB")
+    net = VGGM(SMALL, SMALL_FC)
+    plugins.get_backbone("vgg-m").load_initial(net)
+    net.eval()
+
+    image = rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    x = torch.from_numpy(preprocessing.normalise(image[None]))
+    with torch.no_grad():
+        conv1 = net.features.conv1(x)[0].numpy()
+        norm1 = net.features[:3](x)[0].numpy()
+        pool5 = net.pool(net.features(x))[0].numpy()
+        fc6 = net.fc.fc6(torch.from_numpy(pool5).flatten()[None])[0].numpy()
+        features = net(x)
+
+    # conv1 by hand: MatConvNet's H x W x in x out filters on RGB 0-255 minus the mean, stride 2, no padding
+    w1, b1 = arrays["conv1"]
+    centred = image.astype(np.float64) - arrays["mean"]
+    for o, y, x_ in [(0, 0, 0), (3, 50, 7), (7, 108, 108)]:
+        expected = b1[0, o] + np.sum(w1[..., o] * centred[2 * y:2 * y + 7, 2 * x_:2 * x_ + 7])
+        assert conv1[o, y, x_] == pytest.approx(expected, rel=1e-4, abs=1e-3)
+    # norm1 by hand: MatConvNet's LRN, x / (kappa + alpha * sum over 5 channels of x^2)^beta, no division by 5
+    relu = np.maximum(conv1, 0)
+    y, x_ = np.unravel_index(np.argmax((relu ** 2).sum(axis=0)), relu.shape[1:])  # where LRN matters most
+    a = relu[:, y, x_].astype(np.float64)
+    for o in range(len(a)):
+        scale = 2 + 1e-4 * np.sum(a[max(0, o - 2):o + 3] ** 2)
+        assert norm1[o, y, x_] == pytest.approx(a[o] / scale ** 0.75, rel=1e-4)
+    assert 1e-4 * np.sum(a ** 2) > 1  # large enough that a wrong alpha would show
+    # fc6 by hand: the 6 x 6 x c5 x fc filter bank applied to pool5 (channel, row, column)
+    w6, b6 = arrays["fc6"]
+    assert np.allclose(fc6, b6[0] + np.einsum("hwco,chw->o", w6, pool5), rtol=1e-4, atol=1e-4)
+    assert features.shape == (1, SMALL_FC) and torch.isfinite(features).all()
+
+
+def test_matconvnet_import_refuses_a_different_geometry(tmp_path):
+    write_vggm_mat(tmp_path / "other.mat", np.random.default_rng(0), pool2_pad=0)
+    out = tmp_path / "out.pt"
+    result = runner.invoke(app, ["weights", "import-matconvnet", str(tmp_path / "other.mat"), "--out", str(out)])
+    assert isinstance(result.exception, BenchError)
+    assert "pool2" in str(result.exception) and "pad" in str(result.exception)
+    assert not out.exists()
+
+
+def test_matconvnet_import_names_an_unreadable_file(tmp_path):
+    bad = tmp_path / "imagenet-vgg-m.mat"
+    bad.write_text("not a mat file")
+    result = runner.invoke(app, ["weights", "import-matconvnet", str(bad)])
+    assert isinstance(result.exception, BenchError) and str(bad) in str(result.exception)
+
+
+# --- VGG-16 ------------------------------------------------------------------------------------------------------
+
+
+def _offline(*args, **kwargs):
+    raise URLError("no network in tests")
+
+
+@pytest.fixture(scope="module")
+def torchvision_vgg16_file(tmp_path_factory) -> Path:
+    """Random VGG-16 weights in torchvision's layout (features.*, classifier.0/3/6.*) at the torch hub cache path."""
+    from torchvision.models import vgg16
+
+    torch.manual_seed(0)
+    hub = tmp_path_factory.mktemp("torch-home") / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    path = hub / "vgg16-397923af.pth"
+    torch.save(vgg16().state_dict(), path)
+    return path
+
+
+@pytest.mark.slow
+def test_vgg16_loads_torchvision_weights_from_the_cache_or_a_file(torchvision_vgg16_file, monkeypatch):
+    saved = torch.load(torchvision_vgg16_file, weights_only=True)
+    backbone = plugins.get_backbone("vgg16")
+    monkeypatch.setenv("TORCH_HOME", str(torchvision_vgg16_file.parents[2]))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)  # the cached file must be enough
+    for net in (backbone.create(), backbone.create(weights=torchvision_vgg16_file)):
+        assert torch.equal(net.classifier[3].weight, saved["classifier.3.weight"])
+        assert torch.equal(net.features[0].weight, saved["features.0.weight"])
+        with torch.no_grad():
+            assert net(torch.zeros(1, 3, 64, 64)).shape == (1, 4096)
+
+
+def test_vgg16_without_cached_weights_offline_says_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
+    backbone = plugins.get_backbone("vgg16")
+    with pytest.raises(BenchError, match="--weights PATH") as error:
+        backbone.load_initial(backbone.build())
+    assert str(tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth") in str(error.value)
+
+
+def test_vgg16_refuses_a_file_of_another_architecture(tmp_path):
+    path = save_checkpoint(tmp_path / "vggm.pt", VGGM(SMALL, SMALL_FC), "vgg-m", vggm.PREPROCESSING)
+    backbone = plugins.get_backbone("vgg16")
+    with pytest.raises(BenchError, match="does not fit"):
+        backbone.load_file(backbone.build(), path)

@@ -4,10 +4,13 @@ from typing import Callable
 
 from bench.backbone import Backbone
 from bench.hookspecs import hookimpl
-from plugins.backbones import efficientnet
+from plugins.backbones import efficientnet, vgg16, vggm
 
 
 @hookimpl
 def bench_register_backbones(register: Callable[[Backbone], None]) -> None:
+    for backbone in vggm.backbones():
+        register(backbone)
+    register(vgg16.backbone())
     register(efficientnet.backbone("lite0"))
     register(efficientnet.backbone("lite2"))

