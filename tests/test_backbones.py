@@ -113,7 +113,8 @@ def _cell(*items) -> np.ndarray:
     return cell
 
 
-def write_vggm_mat(path: Path, rng: np.random.Generator, pool2_pad=(0, 1, 0, 1), old_format: bool = False) -> dict:
+def write_vggm_mat(path: Path, rng: np.random.Generator, pool2_pad=(0, 1, 0, 1), old_format: bool = False,
+                   drop: str = "") -> dict:
     """A MatConvNet SimpleNN VGG-M with the real geometry, narrower layers and random weights; returns its arrays."""
     c1, c2, c3, c4, c5 = SMALL
     shapes = {"conv1": (7, 7, 3, c1), "conv2": (5, 5, c1, c2), "conv3": (3, 3, c2, c3), "conv4": (3, 3, c3, c4),
@@ -144,7 +145,7 @@ def write_vggm_mat(path: Path, rng: np.random.Generator, pool2_pad=(0, 1, 0, 1),
     average = (np.array([120.0, 110.0, 100.0]) + rng.normal(0, 20, (224, 224, 3))).astype(np.float32)
     normalization = {"averageImage": average, "imageSize": np.array([224.0, 224.0, 3.0])}
     meta = {"normalization": normalization} if old_format else {"meta": {"normalization": normalization}}
-    scipy.io.savemat(path, {"layers": _cell(*layers), **meta})
+    scipy.io.savemat(path, {"layers": _cell(*[layer for layer in layers if layer["name"] != drop]), **meta})
     arrays["mean"] = average.reshape(-1, 3).mean(axis=0)
     return arrays
 
@@ -192,12 +193,13 @@ def test_matconvnet_import_reproduces_hand_computed_layers(tmp_path, old_format)
     assert features.shape == (1, SMALL_FC) and torch.isfinite(features).all()
 
 
-def test_matconvnet_import_refuses_a_different_geometry(tmp_path):
-    write_vggm_mat(tmp_path / "other.mat", np.random.default_rng(0), pool2_pad=0)
+@pytest.mark.parametrize("change, words", [({"pool2_pad": 0}, ["pool2", "pad"]), ({"drop": "norm2"}, ["norm2"])])
+def test_matconvnet_import_refuses_a_network_that_computes_something_else(tmp_path, change, words):
+    write_vggm_mat(tmp_path / "other.mat", np.random.default_rng(0), **change)
     out = tmp_path / "out.pt"
     result = runner.invoke(app, ["weights", "import-matconvnet", str(tmp_path / "other.mat"), "--out", str(out)])
     assert isinstance(result.exception, BenchError)
-    assert "pool2" in str(result.exception) and "pad" in str(result.exception)
+    assert all(word in str(result.exception) for word in [str(tmp_path / "other.mat"), *words])
     assert not out.exists()
 
 

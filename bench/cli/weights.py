@@ -12,8 +12,8 @@ from plugins.backbones import matconvnet, vggm
 @weights_app.command("import-matconvnet")
 def import_matconvnet(
     file: Annotated[Path, typer.Argument(help="imagenet-vgg-m.mat from MatConvNet's model zoo.")],
-    out: Annotated[Optional[Path], typer.Option(help="Where to write the checkpoint [default: the weights folder's "
-                                                     "vgg-m-imagenet.pt, where `vgg-m` looks].")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the checkpoint (default: vgg-m-imagenet.pt in "
+                                                     "bench's weights folder, where `vgg-m` looks for it).")] = None,
 ) -> None:
     """Convert a MatConvNet VGG-M (SimpleNN .mat) into a bench checkpoint for the vgg-m backbone."""
     path = matconvnet.import_vggm(file, out or vggm.imagenet_path())

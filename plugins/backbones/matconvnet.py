@@ -20,6 +20,7 @@ from bench.errors import BenchError
 from plugins.backbones.vggm import LRN, PREPROCESSING, VGGM
 
 PASSIVE = {"relu", "dropout", "softmax", "softmaxloss"}  # layers without parameters or geometry to carry over
+REQUIRED = ("conv1", "norm1", "pool1", "conv2", "norm2", "pool2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7")
 DEFAULTS = {"stride": 1, "pad": 0}  # what MatConvNet assumes when a layer omits them
 
 
@@ -33,10 +34,10 @@ def convert_vggm(mat: Path) -> tuple[VGGM, Preprocessing]:
     """The VGG-M in `mat` (widths taken from the file) and the preprocessing it expects."""
     model = _load(mat)
     layers = model["layers"]
-    convs = {layer["name"]: _filters(layer) for layer in layers if layer["type"] == "conv"}
-    missing = [name for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7") if name not in convs]
+    missing = [name for name in REQUIRED if name not in {layer["name"] for layer in layers}]
     if missing:
         raise BenchError(f"{mat} is not a VGG-M: it has no layer(s) {', '.join(missing)}")
+    convs = {layer["name"]: _filters(layer) for layer in layers if layer["type"] == "conv"}
     channels = tuple(convs[f"conv{i}"][0].shape[3] for i in range(1, 6))
     net = VGGM(channels, fc=convs["fc6"][0].shape[3])
     modules = {key.rsplit(".", 1)[-1]: (key, module) for key, module in net.named_modules() if key}
