@@ -18,8 +18,7 @@ from bench.backbone import Backbone, Preprocessing
 from bench.errors import BenchError
 
 FEATURE_DIM = 1280
-# timm's pretrained cfg for tf_efficientnet_lite*: TF's Lite preprocessing (x - 127.5) / 127.5 on RGB
-INPUT_SIZE = {"lite0": 224, "lite2": 260}
+INPUT_SIZE = {"lite0": 224, "lite2": 260}  # timm's pretrained cfg for tf_efficientnet_lite*
 
 
 def weights_file(variant: str) -> Path:
@@ -70,6 +69,7 @@ def backbone(variant: str) -> Backbone:
     return Backbone(
         name=f"efficientnet-{variant}",
         architecture=f"EfficientNet-{variant.capitalize()} (timm)",
+        # TF's Lite preprocessing, (x - 127.5) / 127.5 on RGB, as timm's pretrained cfg says
         preprocessing=Preprocessing(size=INPUT_SIZE[variant], mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
         feature_layer="global avg pool",
         feature_dim=FEATURE_DIM,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 from torch import nn
 
@@ -62,7 +63,7 @@ def orthogonal_init(net: nn.Module) -> None:
             nn.init.constant_(module.bias, 0.05)
 
 
-def _weights_loader(file: str, how: str):
+def _weights_loader(file: str, how: str) -> Callable[[nn.Module], None]:
     """A `load_initial` that reads `weights_dir()/file`, or says how to make it."""
 
     def load(net: nn.Module) -> None:
