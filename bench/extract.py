@@ -54,6 +54,7 @@ class Extraction:
     skip_bad: bool = False
     todo: list[int] = field(default_factory=list)  # chunks still to compute
     skipped: list[str] = field(default_factory=list)  # paths of the unreadable images this run left out
+    threads: int = 0  # onnxruntime's intra-op threads; 0: one per core (a Ray task sets the CPUs it was given)
 
     @property
     def todo_images(self) -> int:
@@ -61,7 +62,7 @@ class Extraction:
 
     def run(self, advance: Callable[[int], None] = lambda n: None) -> None:
         """Compute and store every missing chunk; `advance(k)` after each batch of k images."""
-        session = create_session(self.model.path)
+        session = create_session(self.model.path, self.threads)
         paths_ = self.manifest["path"].to_numpy()
         chunk, buffer, readable = -1, None, None
         for batch in prefetch(self._batches(paths_), self._load):
@@ -129,13 +130,15 @@ def run_model(session, batch: Batch) -> np.ndarray:
     return features
 
 
-def create_session(model: Path):
-    """An onnxruntime session on the GPU where one is really usable, else on the CPU, without log noise."""
+def create_session(model: Path, threads: int = 0):
+    """An onnxruntime session on the GPU where one is really usable, else on the CPU (`threads` of it, 0: all
+    cores), without log noise."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)  # errors only: a GPU-less machine must not print provider warnings
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = threads
     return ort.InferenceSession(str(model), options, providers=providers())
 
 
@@ -168,8 +171,12 @@ def prepare(
     skip_bad: bool = False,
     overwrite: bool = False,
     options: dict[str, str] | None = None,
+    rows_per_chunk: int | None = None,
 ) -> Extraction:
-    """Load the manifest, export (or find) the model and open the store set; nothing is computed yet."""
+    """Load the manifest, export (or find) the model and open the store set; nothing is computed yet.
+
+    `rows_per_chunk` sets a new set's chunk length (default: about CHUNK_BYTES of features); a chunk is also the
+    unit of work a Ray worker takes."""
     if batch_size < 1 or (limit is not None and limit < 1):
         raise BenchError("--batch-size and --limit must be at least 1")
     if (protocol is None) != (fold is None):
@@ -199,8 +206,8 @@ def prepare(
     }
     writer = FeatureStore(store).open_for_write(
         dataset_name, backbone_name, key, image_ids=manifest["image_id"].astype(str).to_numpy(),
-        dim=backbone.feature_dim, chunk_rows=chunk_rows(backbone.feature_dim, batch_size), attrs=attrs,
-        overwrite=overwrite,
+        dim=backbone.feature_dim, chunk_rows=rows_per_chunk or chunk_rows(backbone.feature_dim, batch_size),
+        attrs=attrs, overwrite=overwrite,
     )
     return Extraction(dataset_name, backbone_name, key, manifest, model, writer, batch_size, skip_bad,
                       todo=writer.missing_chunks())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,6 +14,7 @@ from rich.text import Text
 from bench import paths
 from bench.cli.app import app, console
 from bench.cli.catalogue import DatasetOptions, RootOption, parse_options
+from bench.cli.executor import AddressOption, ExecutorOption
 
 StoreOption = Annotated[Optional[Path], typer.Option("--store", help="Feature store (default ./bench-store or $BENCH_STORE).")]
 
@@ -30,6 +32,8 @@ def extract(
     skip_bad: Annotated[bool, typer.Option(help="Leave unreadable images out (listed) instead of failing.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a feature set made by another model or for other images.")] = False,
     option: DatasetOptions = [],  # noqa: B006 (typer reads it)
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
 ) -> None:
     """Run a backbone (frozen, or fine-tuned with --protocol/--fold) over a dataset into the feature store.
 
@@ -37,6 +41,10 @@ def extract(
     """
     from bench.extract import prepare  # torch and onnxruntime load only when a command needs them
 
+    if executor == "ray":  # before any work: a missing Ray or an unreachable cluster is said at once
+        from bench.cluster import connect, extract_on_ray
+
+        connect(address)
     store = store or paths.default_store()
     job = prepare(backbone, dataset, root, store=store, protocol=protocol, fold=fold, batch_size=batch_size,
                   limit=limit, skip_bad=skip_bad, overwrite=overwrite, options=parse_options(option))
@@ -50,11 +58,12 @@ def extract(
     done = job.writer.n_chunks - len(job.todo)
     if done:
         console.print(f"resuming {target}: {done} of {job.writer.n_chunks} chunks already done", highlight=False)
+    run = job.run if executor == "local" else functools.partial(extract_on_ray, job)
     start = time.perf_counter()
     try:
         with progress_bar() as bar:
             task = bar.add_task(f"{dataset}/{backbone}/{job.key}", total=job.todo_images)
-            job.run(lambda n: bar.advance(task, n))
+            run(lambda n: bar.advance(task, n))
     except KeyboardInterrupt:
         kept = job.writer.n_chunks - len(job.writer.missing_chunks())
         console.print(f"interrupted: {kept} of {job.writer.n_chunks} chunks are kept; run the same command to resume")
