@@ -10,6 +10,7 @@ from rich.table import Table
 
 from bench.cli.app import console, perf_app
 from bench.cli.catalogue import DatasetOptions, RootOption, parse_options
+from bench.cli.executor import AddressOption, ExecutorOption
 
 
 @perf_app.command("extract")
@@ -21,10 +22,22 @@ def perf_extract(
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 32,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     option: DatasetOptions = [],  # noqa: B006 (typer reads it)
+    executor: ExecutorOption = "local",
+    workers: Annotated[int, typer.Option(help="With --executor ray: measure 1..N Ray workers.")] = 2,
+    address: AddressOption = None,
 ) -> None:
-    """Measure extraction: naive torch loop vs onnxruntime alone (the ceiling) vs the `bench extract` pipeline."""
-    from bench.perf_extract import measure
+    """Measure extraction: naive torch loop vs onnxruntime alone (the ceiling) vs the `bench extract` pipeline;
+    with --executor ray, the pipeline here vs on Ray with 1..N workers."""
+    from bench.perf_extract import measure, measure_on_ray
 
+    if executor == "ray":
+        figures = measure_on_ray(backbone, dataset, root, workers=workers, limit=limit, batch_size=batch_size,
+                                 options=parse_options(option), address=address)
+        if as_json:
+            print(json.dumps(figures))
+        else:
+            print_ray(figures, dataset, backbone)
+        return
     figures = measure(backbone, dataset, root, limit=limit, batch_size=batch_size, options=parse_options(option))
     if as_json:
         print(json.dumps(figures))
@@ -39,3 +52,17 @@ def perf_extract(
     console.print(table)
     console.print(f"pipeline = {figures['pipeline_vs_naive']:.2f} x naive, {figures['pipeline_vs_ceiling']:.0%} of "
                   f"the ceiling; start-up {figures['pipeline_startup_s']:.1f} s; peak RSS {figures['peak_rss_mb']:.0f} MB")
+
+
+def print_ray(figures: dict, dataset: str, backbone: str) -> None:
+    table = Table(title=f"extraction of {figures['images']} {dataset} images with {backbone} in {figures['shards']} "
+                        f"shards ({figures['cpus']} CPUs, load {figures['load_average_1min_before']})")
+    for column in ("", "images/s", "what it runs"):
+        table.add_column(column)
+    table.add_row("local", f"{figures['local_ips']:.1f}", "bench extract in this process (onnxruntime on all cores)")
+    table.add_row("ray, cold", f"{figures['ray_cold_ips']:.1f}", "first Ray run: worker processes start, import torch")
+    for key in sorted(k for k in figures if k.endswith("_workers_ips")):
+        workers = int(key.split("_")[1])
+        table.add_row(f"ray, {workers} worker(s)", f"{figures[key]:.1f}", f"{workers} task(s) at a time, one CPU or GPU each")
+    console.print(table)
+    console.print(f"Ray start-up {figures['ray_start_s']:.1f} s", highlight=False)
