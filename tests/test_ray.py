@@ -121,3 +121,13 @@ def test_without_ray_the_option_says_how_to_install_it(images, tmp_path, monkeyp
     out = run_extract(images, tmp_path / "store", "--executor", "ray", ok=False)
     assert type(out.exception) is BenchError and "pip install 'bench[ray]'" in str(out.exception)
     assert not (tmp_path / "store").exists()  # said before any work
+
+
+def test_perf_extract_on_ray_measures_each_worker_count(images):
+    args = ["perf", "extract", "--backbone", tiny.NAME, "--dataset", tiny.DATASET, "--root", str(images),
+            "--limit", "16", "--batch-size", "4", "--executor", "ray", "--workers", "2", "--json"]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output + repr(out.exception)
+    figures = json.loads(out.stdout)
+    assert (figures["images"], figures["shards"]) == (16, 4)  # 2 x 2 workers shards of whole batches
+    assert all(figures[k] > 0 for k in ("local_ips", "ray_cold_ips", "ray_1_workers_ips", "ray_2_workers_ips"))
