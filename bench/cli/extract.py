@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import time
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -16,7 +15,9 @@ from bench.cli.app import app, console
 from bench.cli.catalogue import DatasetOptions, RootOption, parse_options
 from bench.cli.executor import AddressOption, ExecutorOption
 
-StoreOption = Annotated[Optional[Path], typer.Option("--store", help="Feature store (default ./bench-store or $BENCH_STORE).")]
+StoreOption = Annotated[Optional[str], typer.Option(  # str: a Path would turn s3://bucket into s3:/bucket
+    "--store", help="Feature store: a folder or an fsspec URL such as s3://bucket/store (default ./bench-store or "
+                    "$BENCH_STORE).")]
 
 
 @app.command()
