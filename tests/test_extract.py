@@ -126,16 +126,16 @@ def test_a_killed_extraction_resumes_to_the_same_bytes(tmp_path, images, store, 
                "--dataset", tiny.DATASET, "--root", str(images), "--store", str(store), "--batch-size", str(BATCH)]
     process = subprocess.Popen(command, env=os.environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        done = wait_for_a_finished_chunk(store, process)
+        wait_for_a_finished_chunk(store, process)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    assert 1 <= done < 3, process.stderr.read().decode()
-    writer_before = FeatureStore(store).list()[0]
+    killed = FeatureStore(store).list()[0]
+    assert 1 <= killed.chunks_done < killed.chunks == 3
     first_chunk = (store / tiny.DATASET / tiny.NAME / "frozen" / "features" / "c" / "0" / "0").read_bytes()
 
     job = extract.extract(tiny.NAME, tiny.DATASET, images, store=store, batch_size=BATCH)
-    assert len(job.todo) == writer_before.chunks - writer_before.chunks_done  # only the missing chunks ran
+    assert len(job.todo) == killed.chunks - killed.chunks_done  # only the missing chunks ran
     assert (store / tiny.DATASET / tiny.NAME / "frozen" / "features" / "c" / "0" / "0").read_bytes() == first_chunk
 
     extract.extract(tiny.NAME, tiny.DATASET, images, store=tmp_path / "uninterrupted", batch_size=BATCH)
@@ -144,12 +144,12 @@ def test_a_killed_extraction_resumes_to_the_same_bytes(tmp_path, images, store, 
     assert resumed.image_ids.tolist() == uninterrupted.image_ids.tolist()
 
 
-def wait_for_a_finished_chunk(store: Path, process: subprocess.Popen, timeout: float = 120) -> int:
+def wait_for_a_finished_chunk(store: Path, process: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         infos = FeatureStore(store).list() if (store / "zarr.json").exists() else []
         if infos and infos[0].chunks_done:
-            return infos[0].chunks_done
+            return
         time.sleep(0.05)
     raise AssertionError(f"no chunk finished (exit code {process.poll()}): {process.stderr.read().decode()}")
 
@@ -216,6 +216,17 @@ def test_store_ls_and_rm(images, store):
     assert "holds no feature sets" in bench("store", "ls", "--store", store).output
     out = bench("store", "rm", tiny.DATASET, tiny.NAME, "frozen", "--store", store, ok=False)
     assert isinstance(out.exception, StoreError)
+
+
+def test_perf_extract_reports_the_three_rates_as_json(images):
+    out = bench("perf", "extract", "--backbone", tiny.NAME, "--dataset", tiny.DATASET, "--root", images,
+                "--limit", 12, "--json")
+    figures = json.loads(out.output)
+    assert figures["images"] == 12
+    for key in ("naive_ips", "ceiling_ips", "pipeline_ips", "peak_rss_mb"):
+        assert figures[key] > 0
+    assert figures["pipeline_vs_naive"] == pytest.approx(figures["pipeline_ips"] / figures["naive_ips"], rel=0.02)
+    assert figures["pipeline_vs_ceiling"] == pytest.approx(figures["pipeline_ips"] / figures["ceiling_ips"], rel=0.02)
 
 
 @pytest.mark.slow
