@@ -8,37 +8,43 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from bench import plugins
+from bench.backbone import Preprocessing
 from bench.extract import BATCH_SIZE, create_session, prepare
 from bench.images import load_image
 
 
 def measure(backbone_name: str, dataset_name: str, root: Path | None, *, limit: int | None = 500,
-            batch_size: int = BATCH_SIZE, options: dict[str, str] | None = None) -> dict:
-    """images/s of (a) torch eager one image at a time, decoding in the loop, (b) onnxruntime alone on pre-decoded
-    batches, the ceiling, (c) `bench extract`'s run into a temporary store; all on the same images, in one process."""
-    load = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="bench-perf-") as store:
-        start = time.perf_counter()
-        job = prepare(backbone_name, dataset_name, root, store=store, batch_size=batch_size, limit=limit,
-                      options=options)
-        startup = time.perf_counter() - start  # manifest, model (from the ONNX cache), store set: paid once a run
-        files = job.manifest["path"].tolist()
-        preprocessing = job.model.preprocessing
+            batch_size: int = BATCH_SIZE, repeat: int = 3, options: dict[str, str] | None = None) -> dict:
+    """images/s, on the same images in one process, of (a) torch eager one image at a time decoding in the loop,
+    (b) onnxruntime alone on pre-decoded batches, the ceiling, (c) `bench extract`'s run into a temporary store.
 
-        decoded = [load_image(f, preprocessing.size) for f in files]  # also puts the files in the page cache
-        ceiling_seconds = _ceiling(job.model.path, decoded, preprocessing, batch_size)
-        pipeline_seconds = _seconds(job.run)
+    The three take turns `repeat` times and each keeps its best round, so a burst of load from other processes
+    on a shared machine skews one round rather than the comparison.
+    """
+    load = os.getloadavg()[0]
+    job = lambda store: prepare(backbone_name, dataset_name, root, store=store, batch_size=batch_size,  # noqa: E731
+                                limit=limit, options=options)
+    with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
+        start = time.perf_counter()
+        first = job(Path(tmp) / "0")
+        startup = time.perf_counter() - start  # manifest, model (from the ONNX cache), store set: once per run
+        files, model = first.manifest["path"].tolist(), first.model
+        decoded = [load_image(f, model.preprocessing.size) for f in files]  # also puts the files in the page cache
         net = plugins.get_backbone(backbone_name).create()
-        naive_seconds = _seconds(lambda: _naive(net, files, preprocessing))
-    n = len(files)
-    pipeline, ceiling, naive = n / pipeline_seconds, n / ceiling_seconds, n / naive_seconds
+        seconds = {"naive": [], "ceiling": [], "pipeline": []}
+        for i in range(repeat):
+            seconds["ceiling"].append(_ceiling(model.path, decoded, model.preprocessing, batch_size))
+            seconds["pipeline"].append(_seconds((first if i == 0 else job(Path(tmp) / str(i))).run))
+            seconds["naive"].append(_seconds(lambda: _naive(net, files, model.preprocessing)))
+    naive, ceiling, pipeline = (len(files) / min(seconds[k]) for k in ("naive", "ceiling", "pipeline"))
     return {
-        "images": n,
+        "images": len(files),
         "batch_size": batch_size,
         "naive_ips": round(naive, 1),
         "ceiling_ips": round(ceiling, 1),
@@ -47,18 +53,19 @@ def measure(backbone_name: str, dataset_name: str, root: Path | None, *, limit: 
         "pipeline_vs_ceiling": round(pipeline / ceiling, 3),
         "pipeline_startup_s": round(startup, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
+        "repeat": repeat,
         "cpus": os.cpu_count(),
         "load_average_1min_before": round(load, 2),
     }
 
 
-def _seconds(work) -> float:
+def _seconds(work: Callable[[], object]) -> float:
     start = time.perf_counter()
     work()
     return time.perf_counter() - start
 
 
-def _ceiling(model: Path, images: list[np.ndarray], preprocessing, batch_size: int) -> float:
+def _ceiling(model: Path, images: list[np.ndarray], preprocessing: Preprocessing, batch_size: int) -> float:
     """Seconds of onnxruntime alone over the images, decoded and normalised beforehand."""
     session = create_session(model)
     name = session.get_inputs()[0].name
@@ -66,7 +73,7 @@ def _ceiling(model: Path, images: list[np.ndarray], preprocessing, batch_size: i
     return _seconds(lambda: [session.run(None, {name: batch}) for batch in batches])
 
 
-def _naive(net: torch.nn.Module, files: list[str], preprocessing) -> None:
+def _naive(net: torch.nn.Module, files: list[str], preprocessing: Preprocessing) -> None:
     """What one writes first: decode, normalise and run one image at a time in torch."""
     with torch.inference_mode():
         for f in files:

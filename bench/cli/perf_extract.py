@@ -20,6 +20,7 @@ def perf_extract(
     root: RootOption = None,
     limit: Annotated[Optional[int], typer.Option(help="Measure on the first N manifest rows.")] = 500,
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 32,
+    repeat: Annotated[int, typer.Option(help="Rounds; each figure is its best round (robust to others' load).")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
     option: DatasetOptions = [],  # noqa: B006 (typer reads it)
     executor: ExecutorOption = "local",
@@ -38,12 +39,13 @@ def perf_extract(
         else:
             print_ray(figures, dataset, backbone)
         return
-    figures = measure(backbone, dataset, root, limit=limit, batch_size=batch_size, options=parse_options(option))
+    figures = measure(backbone, dataset, root, limit=limit, batch_size=batch_size, repeat=repeat,
+                      options=parse_options(option))
     if as_json:
         print(json.dumps(figures))
         return
     table = Table(title=f"extraction of {figures['images']} {dataset} images with {backbone} "
-                        f"({figures['cpus']} CPUs, load {figures['load_average_1min_before']})")
+                        f"({figures['cpus']} CPUs, load {figures['load_average_1min_before']}, best of {repeat})")
     for column in ("", "images/s", "what it runs"):
         table.add_column(column)
     table.add_row("naive", f"{figures['naive_ips']:.1f}", "torch eager, one image at a time, decoding in the loop")
