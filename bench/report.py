@@ -106,9 +106,12 @@ class Report:
             limit = f", first {spec.limit} used for training" if spec.limit else ""
             lines.append(f"- Dataset `{name}`: adapter `{spec.adapter}`, {n} images{limit}"
                          + (f", options {spec.options}" if spec.options else "") + ".")
-        for source in study.sources.values():
-            start = f"{source.start} (its initial weights)" if source.start else "its own start"
-            lines.append(f"- Source stage: `{source.backbone}` trained from {start} on `{source.dataset}`.")
+        for backbone, dataset in study.sources.items():
+            lines.append(f"- Source stage: `{backbone}` trained on `{dataset}` (its own start, see `bench backbones`).")
+        for spec in study.backbones.values():
+            weights = f"random weights in {spec.like}'s architecture" if spec.random else f"{spec.like}'s weights"
+            trained = f", trained on `{spec.source}`" if spec.source else ""
+            lines.append(f"- Backbone `{spec.name}`, defined by the study: {weights}{trained}.")
         for i, evaluation in enumerate(study.evaluations):
             folds = self.data.fold_keys[i]
             lines.append(f"- Evaluated on `{evaluation.dataset}` with split `{evaluation.split}`, folds "
@@ -178,7 +181,7 @@ class Report:
         else:
             verdict = "no clear difference"
         return [f"| {protocol} | {claim} | {_name(*a)} | {_name(*b)} | {100 * d.estimate:+.1f} "
-                f"({100 * d.low:+.1f} to {100 * d.high:+.1f}) | {result.p_value:.3f} | {verdict} |"]
+                f"({100 * d.low:+.1f} to {100 * d.high:+.1f}) | {_p(result.p_value)} | {verdict} |"]
 
     def _predictions(self, dataset: str, protocol: str, backbone: str, finetuned: bool) -> pd.DataFrame | None:
         p = self.predictions
@@ -257,6 +260,11 @@ class Report:
             png = f"roc-{dataset}-{protocol}.png"
             lines += [f"![ROC curves, {dataset} {protocol}]({png})", ""]
         return ([f"## ROC curves · {dataset} (melanoma vs. rest, averaged over folds)", ""] + lines) if lines else []
+
+
+def _p(value: float) -> str:
+    """A bootstrap p-value is resolved only to 1 / the number of draws."""
+    return f"< {1 / stats.N_BOOT:.4f}" if value == 0 else f"{value:.3f}"
 
 
 def _name(backbone: str, finetuned: bool) -> str:

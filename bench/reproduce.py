@@ -11,7 +11,6 @@ where it stopped, an unchanged one finishes at once, and a changed setting rerun
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -28,10 +27,11 @@ from rich.table import Table
 from rich.text import Text
 
 from bench import paths, plugins
-from bench.backbone import Backbone, SourceStage, load_state_dict_file
+from bench.backbone import Backbone
 from bench.errors import BenchError
 from bench.hookspecs import hookimpl
-from bench.study import SourceSpec, Stage, Study, plan
+from bench.recipes import Recipe
+from bench.study import Stage, Study, defined_backbones, plan
 
 KINDS = ("source", "finetune", "extract", "evaluate", "report")
 KIND_TITLES = {"source": "source training", "finetune": "fine-tuning", "extract": "export + extraction",
@@ -262,8 +262,9 @@ def bench_home(home: Path) -> Iterator[None]:
 
 # --- running a study ------------------------------------------------------------------------------------------
 
-def reproduce(study: Study, out: Path, console: Console) -> Workspace:
-    """Run every stage of `study` not already done in `out`; the report ends up in `out/report.md`."""
+def reproduce(study: Study, out: Path, console: Console) -> Counter:
+    """Run every stage of `study` not already done in `out` (the report: `Workspace(out).report`); returns how
+    many stages ran and how many were skipped."""
     ws = Workspace(Path(out).resolve())
     ws.out.mkdir(parents=True, exist_ok=True)
     user_home = paths.home()
@@ -274,7 +275,7 @@ def reproduce(study: Study, out: Path, console: Console) -> Workspace:
         ledger = Ledger(ws.ledger)
         counts = execute(stages, ledger, actions(study, ws, data), data.identity, ws.log, console)
     console.print(f"{counts['ran']} stage(s) run, {counts['skipped']} unchanged and skipped", highlight=False)
-    return ws
+    return counts
 
 
 @dataclass(frozen=True)
@@ -333,16 +334,7 @@ def actions(study: Study, ws: Workspace, data: StudyData) -> dict[str, Action]:
 
 
 def _source_file(stage: Stage) -> Path:
-    return paths.weights_dir() / _training_backbone(stage).source_stages[0].output
-
-
-def _training_backbone(stage: Stage) -> Backbone:
-    """The backbone with its source stage pointed at the study's source dataset (e.g. retino on
-    synthetic-fundus rather than kaggle-dr): the stage's start and output stay the backbone's own."""
-    backbone = plugins.get_backbone(stage.params["backbone"])
-    stage_ = backbone.source_stages[0]
-    return dataclasses.replace(backbone, source_stages=(
-        dataclasses.replace(stage_, dataset=stage.params["dataset"]["adapter"]),))
+    return paths.weights_dir() / plugins.get_backbone(stage.params["backbone"]).source_stages[0].output
 
 
 def _train_source(study: Study, stage: Stage) -> str:
@@ -350,8 +342,13 @@ def _train_source(study: Study, stage: Stage) -> str:
     from bench.stages import source_stage_job
     from bench.train import fit
 
-    spec = study.datasets[stage.params["dataset"]["name"]]
-    job = source_stage_job(_training_backbone(stage), spec.adapter, spec.root, study.recipe, options=spec.options,
+    p = stage.params
+    spec = study.datasets[p["dataset"]["name"]]
+    backbone = plugins.get_backbone(p["backbone"])
+    # the backbone's own stage (start, output), run on the study's dataset: e.g. retino on synthetic-fundus
+    trained = dataclasses.replace(backbone, source_stages=(
+        dataclasses.replace(backbone.source_stages[0], dataset=spec.adapter),))
+    job = source_stage_job(trained, spec.adapter, spec.root, Recipe(**p["recipe"]), options=spec.options,
                            limit=spec.limit, seed=study.seed)
     fit(job)
     return file_sha256(job.out)
@@ -369,7 +366,7 @@ def _finetune(study: Study, stage: Stage) -> str:
 
     p = stage.params
     spec = study.datasets[p["dataset"]["name"]]
-    job = finetune_job(plugins.get_backbone(p["backbone"]), spec.adapter, spec.root, study.recipe,
+    job = finetune_job(plugins.get_backbone(p["backbone"]), spec.adapter, spec.root, Recipe(**p["recipe"]),
                        protocol=p["protocol"], fold=p["fold"], split=p["split"],
                        reference_dir=Path(p["reference"]) if p["reference"] else None, options=spec.options,
                        seed=study.seed)
@@ -378,12 +375,17 @@ def _finetune(study: Study, stage: Stage) -> str:
 
 
 def _extract(study: Study, ws: Workspace, stage: Stage) -> str:
-    from bench.extract import extract
+    from bench.extract import prepare
+    from featurestore import StoreError
 
     p = stage.params
     spec = study.datasets[p["dataset"]["name"]]
-    job = extract(p["backbone"], spec.adapter, spec.root, store=ws.store, protocol=p["protocol"], fold=p["fold"],
-                  options=spec.options)
+    arguments = dict(store=ws.store, protocol=p["protocol"], fold=p["fold"], options=spec.options)
+    try:  # a set this study began with the same model resumes where it stopped
+        job = prepare(p["backbone"], spec.adapter, spec.root, **arguments)
+    except StoreError:  # one the study made from an earlier model (a changed setting upstream) is replaced
+        job = prepare(p["backbone"], spec.adapter, spec.root, overwrite=True, **arguments)
+    job.run()
     return job.model.sha256
 
 
@@ -440,39 +442,15 @@ def _evaluate(study: Study, ws: Workspace, stage: Stage) -> str:
 # --- study-defined backbones and the study's home -------------------------------------------------------------
 
 class _StudyBackbones:
-    """A plugin, registered for the run, providing the backbones the study defines (e.g. double over
-    EfficientNet-Lite0): built like `start`, with weights from the study's source stage."""
+    """A plugin, registered for the run, providing the backbones the study defines."""
 
     def __init__(self, study: Study):
-        self.backbones = [derived_backbone(s, study.datasets[s.dataset].adapter, study.recipe.image_size)
-                          for s in study.sources.values() if s.start]
+        self.backbones = defined_backbones(study)
 
     @hookimpl
     def bench_register_backbones(self, register: Callable[[Backbone], None]) -> None:
         for backbone in self.backbones:
             register(backbone)
-
-
-def derived_backbone(source: SourceSpec, dataset: str, image_size: int) -> Backbone:
-    """`source.start` fine-tuned on `dataset` as a new backbone: the paper's double transfer over any backbone."""
-    start = plugins.get_backbone(source.start)
-    output = f"{source.backbone}.pt"
-    return dataclasses.replace(
-        start, name=source.backbone,
-        initial_weights=f"{start.name}'s, fine-tuned on {dataset} by the study's source stage",
-        # its features come from the image size it was fine-tuned at
-        preprocessing=start.preprocessing.with_size(image_size),
-        load_initial=functools.partial(_load_source_output, output, source.backbone),
-        source_stages=(SourceStage(dataset=dataset, task=f"fine-tune on {dataset}", start=start.name,
-                                   output=output),),
-    )
-
-
-def _load_source_output(output: str, backbone: str, net: Any) -> None:
-    path = paths.weights_dir() / output
-    if not path.is_file():
-        raise BenchError(f"{path} not found: {backbone} is made by its study's source stage; run the study")
-    load_state_dict_file(net, path)
 
 
 @contextmanager
@@ -497,8 +475,8 @@ def _share_caches(user_home: Path, home: Path, study: Study) -> None:
     if not datasets.exists() and not datasets.is_symlink():
         (user_home / "datasets").mkdir(parents=True, exist_ok=True)
         datasets.symlink_to((user_home / "datasets").resolve(), target_is_directory=True)
-    made_here = {f"{b}.pt" for b in study.sources} | {s.output for b in study.sources if b in plugins.backbones()
-                                                        for s in plugins.get_backbone(b).source_stages}
+    made_here = {f"{b}.pt" for b in study.backbones} | {plugins.get_backbone(b).source_stages[0].output
+                                                        for b in study.sources}
     weights = home / "weights"
     for file in sorted((user_home / "weights").glob("*")) if (user_home / "weights").is_dir() else []:
         link = weights / file.name

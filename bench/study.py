@@ -14,17 +14,21 @@ A study file (see `bench/studies/*.toml`, listed by `bench studies`):
     root = "../shared/data/ham10000"   # relative to where bench runs, like --root
     limit = 2000                    # optional: the first N manifest rows only
 
-    [sources.retino]                # backbones trained on a source task first, and on which dataset
-    dataset = "fundus"
-    [sources.double-lite0]          # `start` defines a new backbone: `start` fine-tuned on the source dataset
-    dataset = "fundus"
-    start = "efficientnet-lite0"
+    [sources]                       # installed backbones with a source stage, and the dataset it trains on
+    retino = "fundus"
+
+    [backbones.lite0-scratch]       # backbones the study defines from an installed one (`like`):
+    like = "efficientnet-lite0"     #   its architecture and preprocessing,
+    weights = "random"              #   "random": its architecture's own initialisation; default: like's weights
+    [backbones.lite0-double]
+    like = "efficientnet-lite0"
+    source = "fundus"               #   trained on this dataset first (a source stage), starting from like's weights
 
     [transfer]                      # Table 1: the backbone that plays each source of transfer
     none = "scratch"
     retino = "retino"
     imagenet = "efficientnet-lite0"
-    double = "double-lite0"
+    double = "lite0-double"
 
     [[evaluate]]                    # a target dataset, its split, protocols and what is evaluated on it
     dataset = "skin"
@@ -32,27 +36,33 @@ A study file (see `bench/studies/*.toml`, listed by `bench studies`):
     folds = ["r0f0", "r0f1"]        # optional: a subset of the split's folds
     protocols = ["mal-vs-ben", "mela-vs-ben", "mela-vs-carc-vs-ben"]
     frozen = ["retino", "efficientnet-lite0"]          # features of the backbone as it is (no FT)
-    finetuned = ["scratch", "retino", "efficientnet-lite0", "double-lite0"]   # fine-tuned per fold (FT)
+    finetuned = ["scratch", "retino", "efficientnet-lite0", "lite0-double"]   # fine-tuned per fold (FT)
+
+A training run that starts from random weights trains every layer, whatever the recipe's `train_last` says:
+freezing random layers would not be training from scratch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import tomllib
 from dataclasses import dataclass, fields
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from bench import plugins
+from bench import paths, plugins
+from bench.backbone import Backbone, SourceStage, load_state_dict_file
 from bench.errors import BenchError
 from bench.paths import feature_key
 from bench.recipes import Recipe, get_recipe
 
 TRANSFER_COLUMNS = ("none", "retino", "imagenet", "double")
-TOP_KEYS = {"description", "recipe", "seed", "overrides", "architectures", "datasets", "sources", "transfer",
-            "evaluate"}
+TOP_KEYS = {"description", "recipe", "seed", "overrides", "architectures", "datasets", "sources", "backbones",
+            "transfer", "evaluate"}
 DATASET_KEYS = {"adapter", "root", "options", "limit"}
-SOURCE_KEYS = {"dataset", "start"}
+BACKBONE_KEYS = {"like", "weights", "source"}
 EVALUATE_KEYS = {"dataset", "split", "folds", "protocols", "frozen", "finetuned", "reference"}
 
 
@@ -70,10 +80,14 @@ class DatasetSpec:
 
 
 @dataclass(frozen=True)
-class SourceSpec:
-    backbone: str
-    dataset: str  # a DatasetSpec name
-    start: str | None  # set when the study defines `backbone` itself: `start` fine-tuned on `dataset`
+class BackboneSpec:
+    """A backbone the study defines: `like`'s architecture and preprocessing, with `like`'s initial weights or
+    (random) the architecture's own initialisation, optionally trained on dataset `source` first."""
+
+    name: str
+    like: str
+    random: bool
+    source: str | None  # a DatasetSpec name
 
 
 @dataclass(frozen=True)
@@ -95,7 +109,8 @@ class Study:
     recipe: Recipe
     seed: int
     datasets: dict[str, DatasetSpec]
-    sources: dict[str, SourceSpec]
+    sources: dict[str, str]  # installed backbone with a source stage -> the DatasetSpec name it trains on
+    backbones: dict[str, BackboneSpec]  # in definition order: each `like` is installed or defined before
     transfer: dict[str, str]
     architectures: tuple[str, ...]
     evaluations: tuple[Evaluation, ...]
@@ -104,6 +119,29 @@ class Study:
     def synthetic(self) -> bool:
         """Whether any target dataset is synthetic, which the report must say loudly."""
         return any(self.datasets[e.dataset].synthetic for e in self.evaluations)
+
+    def source_dataset(self, backbone: str) -> str | None:
+        """The dataset the study trains `backbone`'s source stage on, if it has one."""
+        spec = self.backbones.get(backbone)
+        return spec.source if spec else self.sources.get(backbone)
+
+    def weights_from(self, backbone: str) -> str | None:
+        """The backbone whose source stage makes `backbone`'s initial weights, if the study trains them."""
+        if self.source_dataset(backbone):
+            return backbone
+        spec = self.backbones.get(backbone)
+        return self.weights_from(spec.like) if spec and not spec.random else None
+
+    def random_init(self, backbone: str) -> bool:
+        """Whether `backbone` starts from random weights the study knows of (installed backbones: never assumed)."""
+        spec = self.backbones.get(backbone)
+        if spec is None or spec.source:
+            return False
+        return spec.random or self.random_init(spec.like)
+
+    def recipe_for(self, start: str) -> Recipe:
+        """The recipe of a training run starting from `start`'s weights: every layer trains from random weights."""
+        return dataclasses.replace(self.recipe, train_last=None) if self.random_init(start) else self.recipe
 
 
 @dataclass(frozen=True)
@@ -170,12 +208,20 @@ class _Reader:
         if unknown_roots:
             raise self.fail("--root", f"no dataset(s) {unknown_roots} in this study; it has {', '.join(datasets)}")
         sources = {name: self.source(name, value, datasets) for name, value in self.table(raw, "sources").items()}
-        known = set(plugins.backbones()) | set(sources)
+        backbones: dict[str, BackboneSpec] = {}
+        for name, value in self.table(raw, "backbones").items():
+            backbones[name] = self.defined_backbone(name, value, datasets, backbones)
+        known = set(plugins.backbones()) | set(backbones)
         evaluations = tuple(self.evaluation(i, value, datasets, known)
                             for i, value in enumerate(self.array(raw, "evaluate")))
         if not evaluations:
             raise self.fail("evaluate", "the study evaluates nothing: add an [[evaluate]] table")
         self.check_sources_needed(evaluations, sources)
+        targets = {e.dataset for e in evaluations}
+        limited = sorted(n for n in targets if datasets[n].limit)
+        if limited:
+            raise self.fail(f"datasets.{limited[0]}.limit", "a target dataset is evaluated whole; `limit` is for "
+                            "source datasets (the first N rows their source stage trains on)")
         transfer = self.table(raw, "transfer")
         self.check_keys(transfer, set(TRANSFER_COLUMNS), "transfer")
         for column, backbone in transfer.items():
@@ -183,7 +229,8 @@ class _Reader:
         architectures = tuple(self.backbone("architectures", b, known) for b in self.strings(raw, "architectures"))
         return Study(
             name=self.path.stem, path=self.path, description=str(raw.get("description", "")), recipe=recipe,
-            seed=self.integer(raw, "seed", 0), datasets=datasets, sources=sources, transfer=dict(transfer),
+            seed=self.integer(raw, "seed", 0), datasets=datasets, sources=sources, backbones=backbones,
+            transfer=dict(transfer),
             architectures=architectures, evaluations=evaluations,
         )
 
@@ -235,26 +282,37 @@ class _Reader:
         return DatasetSpec(name, adapter_name, Path(root) if root else None,
                            {k: str(v) for k, v in options.items()}, limit)
 
-    def source(self, name: str, value: Any, datasets: dict[str, DatasetSpec]) -> SourceSpec:
-        key = f"sources.{name}"
-        if not isinstance(value, dict):
-            raise self.fail(key, "must be a table with dataset (and start for a backbone this study defines)")
-        self.check_keys(value, SOURCE_KEYS, key)
-        dataset = self.dataset_ref(f"{key}.dataset", value.get("dataset"), datasets)
+    def source(self, name: str, value: Any, datasets: dict[str, DatasetSpec]) -> str:
         backbones = plugins.backbones()
-        start = value.get("start")
-        if start is None:
-            if name not in backbones:
-                raise self.fail(key, f"unknown backbone {name!r}; to define it here give `start`, the backbone it is "
-                                "fine-tuned from")
-            if not backbones[name].source_stages:
-                raise self.fail(key, f"backbone {name!r} has no source stage; give `start` to define a new backbone")
-        else:
-            if name in backbones:
-                raise self.fail(f"{key}.start", f"backbone {name!r} already exists; name the new one differently")
-            if not isinstance(start, str) or start not in backbones:
-                raise self.fail(f"{key}.start", f"unknown backbone {start!r}; available: {', '.join(backbones)}")
-        return SourceSpec(name, dataset, start)
+        if name not in backbones or not backbones[name].source_stages:
+            having = [b.name for b in backbones.values() if b.source_stages]
+            raise self.fail(f"sources.{name}", f"{name!r} is no installed backbone with a source stage (those are: "
+                            f"{', '.join(having) or 'none'}); define new ones under [backbones]")
+        return self.dataset_ref(f"sources.{name}", value, datasets)
+
+    def defined_backbone(self, name: str, value: Any, datasets: dict[str, DatasetSpec],
+                         defined: dict[str, BackboneSpec]) -> BackboneSpec:
+        key = f"backbones.{name}"
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a table with like (and weights, source)")
+        self.check_keys(value, BACKBONE_KEYS, key)
+        installed = plugins.backbones()
+        if name in installed:
+            raise self.fail(key, f"an installed backbone is called {name!r}; name the study's own differently")
+        like = value.get("like")
+        if like not in installed and like not in defined:
+            raise self.fail(f"{key}.like", f"unknown backbone {like!r}: name an installed one (see `bench "
+                            "backbones`) or one defined above in this file")
+        weights = value.get("weights", "initial")
+        if weights not in ("initial", "random"):
+            raise self.fail(f"{key}.weights", f"{weights!r}: use \"initial\" ({like}'s weights) or \"random\"")
+        source = value.get("source")
+        if source is not None:
+            self.dataset_ref(f"{key}.source", source, datasets)
+            if weights == "random":
+                raise self.fail(key, "a source stage starts from `like`'s weights: to train from random weights, "
+                                "define the random backbone first and name it as `like`")
+        return BackboneSpec(name, like, weights == "random", source)
 
     def evaluation(self, index: int, value: Any, datasets: dict[str, DatasetSpec], known: set[str]) -> Evaluation:
         from protocols.designs import DESIGNS
@@ -285,7 +343,7 @@ class _Reader:
         return Evaluation(dataset, split, folds, tuple(protocols), frozen, finetuned,
                           Path(reference) if reference else None)
 
-    def check_sources_needed(self, evaluations: tuple[Evaluation, ...], sources: dict[str, SourceSpec]) -> None:
+    def check_sources_needed(self, evaluations: tuple[Evaluation, ...], sources: dict[str, str]) -> None:
         """A backbone whose weights come from a source task cannot run before the study trains it."""
         backbones = plugins.backbones()
         for i, evaluation in enumerate(evaluations):
@@ -293,7 +351,8 @@ class _Reader:
                 if name in backbones and backbones[name].source_stages and name not in sources:
                     stage = backbones[name].source_stages[0]
                     raise self.fail(f"evaluate[{i}]", f"backbone {name!r} is first trained on {stage.task} "
-                                    f"({stage.dataset}): add [sources.{name}] with the study's dataset for it")
+                                    f"({stage.dataset}): name the study's dataset for it under [sources], e.g. "
+                                    f"{name} = \"{stage.dataset}\"")
 
     # --- values
 
@@ -305,7 +364,7 @@ class _Reader:
     def backbone(self, key: str, value: Any, known: set[str]) -> str:
         if value not in known:
             raise self.fail(key, f"unknown backbone {value!r}; available: {', '.join(sorted(known))} "
-                            "(see `bench backbones`; a study defines its own under [sources])")
+                            "(see `bench backbones`; a study defines its own under [backbones])")
         return value
 
     def table(self, raw: dict, key: str) -> dict:
@@ -343,8 +402,10 @@ class _Reader:
 def plan(study: Study, fold_keys: dict[int, list[str]]) -> list[Stage]:
     """Every stage of the study in dependency order. `fold_keys[i]` are the folds evaluation i runs on."""
     stages: dict[str, Stage] = {}
-    for source in _source_order(study):
-        stages[_source_key(source.backbone)] = _source_stage(study, source)
+    # installed backbones' sources first: a study-defined backbone may start from one (`like = "retino"`)
+    for backbone in [*study.sources, *(b for b, spec in study.backbones.items() if spec.source)]:
+        stage = _source_stage(study, backbone)
+        stages[stage.key] = stage
     evaluations = []
     for i, evaluation in enumerate(study.evaluations):
         spec = study.datasets[evaluation.dataset]
@@ -367,46 +428,40 @@ def plan(study: Study, fold_keys: dict[int, list[str]]) -> list[Stage]:
     return list(stages.values())
 
 
-def _source_order(study: Study) -> list[SourceSpec]:
-    """Sources whose `start` is another source of the study come after it."""
-    ordered: list[SourceSpec] = []
-    pending = list(study.sources.values())
-    while pending:
-        ready = [s for s in pending if s.start not in {p.backbone for p in pending}]
-        if not ready:
-            raise BenchError(f"{study.path}: sources: {', '.join(s.backbone for s in pending)} start from each other")
-        ordered += ready
-        pending = [s for s in pending if s not in ready]
-    return ordered
-
-
-def _source_key(backbone: str) -> str:
+def source_key(backbone: str) -> str:
     return f"source {backbone}"
+
+
+def _weights_stage(study: Study, backbone: str) -> tuple[str, ...]:
+    """The source stage that makes `backbone`'s initial weights, as a dependency, if the study trains them."""
+    made_by = study.weights_from(backbone)
+    return (source_key(made_by),) if made_by else ()
 
 
 def _dataset_params(spec: DatasetSpec) -> dict[str, Any]:
     return {"name": spec.name, "adapter": spec.adapter, "options": spec.options, "limit": spec.limit}
 
 
-def _upstream(study: Study, backbone: str) -> tuple[str, ...]:
-    return (_source_key(backbone),) if backbone in study.sources else ()
+def source_start(study: Study, backbone: str) -> str:
+    """The backbone a source stage starts from: a defined backbone's `like`, an installed one's stage start."""
+    spec = study.backbones.get(backbone)
+    return spec.like if spec else plugins.get_backbone(backbone).source_stages[0].start
 
 
-def _source_stage(study: Study, source: SourceSpec) -> Stage:
-    params = {"backbone": source.backbone, "start": source.start,
-              "dataset": _dataset_params(study.datasets[source.dataset]),
-              "recipe": study.recipe.to_dict(), "seed": study.seed}
-    deps = _upstream(study, source.start) if source.start else ()
-    return Stage(_source_key(source.backbone), "source", params, deps)
+def _source_stage(study: Study, backbone: str) -> Stage:
+    start = source_start(study, backbone)
+    params = {"backbone": backbone, "start": start, "dataset": _dataset_params(study.datasets[
+              study.source_dataset(backbone)]), "recipe": study.recipe_for(start).to_dict(), "seed": study.seed}
+    return Stage(source_key(backbone), "source", params, _weights_stage(study, start))
 
 
 def _finetune_stage(stages: dict[str, Stage], study: Study, evaluation: Evaluation, spec: DatasetSpec,
                     backbone: str, protocol: str, fold: str) -> str:
     key = f"finetune {spec.name}/{backbone}/{feature_key(protocol, fold)}"
     params = {"backbone": backbone, "dataset": _dataset_params(spec), "protocol": protocol, "split": evaluation.split,
-              "fold": fold, "recipe": study.recipe.to_dict(), "seed": study.seed,
+              "fold": fold, "recipe": study.recipe_for(backbone).to_dict(), "seed": study.seed,
               "reference": str(evaluation.reference) if evaluation.reference else None}
-    stages.setdefault(key, Stage(key, "finetune", params, _upstream(study, backbone)))
+    stages.setdefault(key, Stage(key, "finetune", params, _weights_stage(study, backbone)))
     return key
 
 
@@ -415,7 +470,8 @@ def _extract_stage(stages: dict[str, Stage], study: Study, spec: DatasetSpec, ba
     """Shared by every evaluation that reads the same feature set."""
     key = f"extract {spec.name}/{backbone}/{feature_key(protocol, fold)}"
     params = {"backbone": backbone, "dataset": _dataset_params(spec), "protocol": protocol, "fold": fold}
-    stages.setdefault(key, Stage(key, "extract", params, (finetune,) if finetune else _upstream(study, backbone)))
+    stages.setdefault(key, Stage(key, "extract", params,
+                                 (finetune,) if finetune else _weights_stage(study, backbone)))
     return key
 
 
@@ -423,7 +479,39 @@ def _evaluate_stage(study: Study, evaluation: Evaluation, spec: DatasetSpec, bac
                     folds: list[str], finetuned: bool, extracts: list[str]) -> Stage:
     key = f"evaluate {spec.name}/{backbone}/{protocol}/{'ft' if finetuned else 'frozen'}"
     params = {"backbone": backbone, "dataset": _dataset_params(spec), "protocol": protocol,
-              "split": evaluation.split, "folds": list(folds),
-              "finetuned": finetuned, "seed": study.seed,
+              "split": evaluation.split, "folds": list(folds), "finetuned": finetuned, "seed": study.seed,
               "reference": str(evaluation.reference) if evaluation.reference else None}
     return Stage(key, "evaluate", params, tuple(extracts))
+
+
+# --- the backbones a study defines ----------------------------------------------------------------------------
+
+def defined_backbones(study: Study) -> list[Backbone]:
+    """The study's own backbones as plugin objects, in definition order (each `like` exists before it)."""
+    made: dict[str, Backbone] = {}
+    for spec in study.backbones.values():
+        like = made.get(spec.like) or plugins.get_backbone(spec.like)
+        if spec.random:
+            backbone = dataclasses.replace(like, name=spec.name, load_initial=None,
+                                           initial_weights=f"random ({like.architecture}'s own initialisation)")
+        elif spec.source:
+            adapter = study.datasets[spec.source].adapter
+            output = f"{spec.name}.pt"
+            backbone = dataclasses.replace(
+                like, name=spec.name, initial_weights=f"{like.name}'s, trained on {adapter} by the study",
+                # its features come from the image size it was trained at
+                preprocessing=like.preprocessing.with_size(study.recipe_for(like.name).image_size),
+                load_initial=functools.partial(_load_source_output, output, spec.name),
+                source_stages=(SourceStage(dataset=adapter, task=f"{adapter} labels", start=like.name,
+                                           output=output),))
+        else:
+            backbone = dataclasses.replace(like, name=spec.name)
+        made[spec.name] = backbone
+    return list(made.values())
+
+
+def _load_source_output(output: str, backbone: str, net: Any) -> None:
+    path = paths.weights_dir() / output
+    if not path.is_file():
+        raise BenchError(f"{path} not found: {backbone} is made by its study's source stage; run the study")
+    load_state_dict_file(net, path)

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from rich.console import Console
 
 from bench.errors import BenchError
-from bench.reproduce import Action, Ledger, execute, ran_stages
+from bench.reproduce import Action, Ledger, execute, ran_stages, reproduce
 from bench.study import Stage, load_study, plan
 
 # --- the runner, with fake stage functions -------------------------------------------------------------------
@@ -68,7 +77,7 @@ def test_runner_runs_every_stage_once_then_skips_an_unchanged_study(tmp_path):
     assert ran_stages(tmp_path / "log.jsonl") == [[s.key for s in fake_graph()], []]
 
 
-def test_a_changed_setting_reruns_only_the_stages_it_reaches(tmp_path):
+def test_the_runner_reruns_only_the_stages_a_changed_setting_reaches(tmp_path):
     work = FakeWork(tmp_path)
     work.execute(fake_graph(epochs=2))
     work.ran.clear()
@@ -114,3 +123,202 @@ def test_a_torn_ledger_is_refused_with_the_fix(tmp_path):
     (tmp_path / "ledger.json").write_text("{not json")
     with pytest.raises(BenchError, match="delete it"):
         Ledger(tmp_path / "ledger.json")
+
+
+# --- study files ----------------------------------------------------------------------------------------------
+
+TINY = """
+description = "a tiny study for the tests"
+recipe = "demo"
+seed = 0
+overrides = { epochs = 1, image_size = 32, batch_size = 8 }
+
+[datasets.skin]
+adapter = "synthetic"
+options = { n = 80, size = 48 }
+
+[datasets.fundus]
+adapter = "synthetic-fundus"
+options = { n = 40, size = 32, seed = 0 }
+
+[backbones.lite0-double]
+like = "efficientnet-lite0"
+source = "fundus"
+
+[transfer]
+imagenet = "efficientnet-lite0"
+double = "lite0-double"
+
+[[evaluate]]
+dataset = "skin"
+split = "official"
+protocols = ["mela-vs-ben"]
+frozen = ["efficientnet-lite0", "lite0-double"]
+finetuned = ["efficientnet-lite0"]
+"""
+
+
+def write_study(folder: Path, text: str = TINY, name: str = "tiny") -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (("recipe = \"demo\"", "recipe = \"demo\"\nbogus = 1"), "top level: unknown key(s) ['bogus']"),
+    (("recipe = \"demo\"", ""), "recipe: missing"),
+    (("recipe = \"demo\"", "recipe = \"nope\""), "recipe: unknown recipe 'nope'"),
+    (("adapter = \"synthetic\"", "adapter = \"ham10000\""), "datasets.skin.root: not set"),
+    (("adapter = \"synthetic\"", "adapter = \"nope\""), "datasets.skin.adapter: unknown dataset 'nope'"),
+    (("options = { n = 80, size = 48 }", "options = { n = 80 }\nlimit = 10"), "datasets.skin.limit"),
+    (("protocols = [\"mela-vs-ben\"]", "protocols = [\"mela\"]"), "evaluate[0].protocols: unknown protocol 'mela'"),
+    (("split = \"official\"", "split = \"3x3\""), "evaluate[0].split: unknown split '3x3'"),
+    (("finetuned = [\"efficientnet-lite0\"]", "finetuned = [\"lite1\"]"),
+     "evaluate[0].finetuned: unknown backbone 'lite1'"),
+    (("finetuned = [\"efficientnet-lite0\"]", "finetuned = [\"retino\"]"),
+     "name the study's dataset for it under [sources]"),
+    (("like = \"efficientnet-lite0\"", "like = \"lite9\""), "backbones.lite0-double.like: unknown backbone 'lite9'"),
+    (("source = \"fundus\"", "source = \"eyes\""), "backbones.lite0-double.source: 'eyes' is not a dataset"),
+    (("source = \"fundus\"", "source = \"fundus\"\nweights = \"random\""), "define the random backbone first"),
+    (("imagenet = ", "web = "), "transfer: unknown key(s) ['web']"),
+    (("[[evaluate]]", "[[evaluate]\n"), "not a readable TOML study file"),
+])
+def test_a_bad_study_file_is_refused_naming_the_file_and_the_key(tmp_path, change, message):
+    old, new = change
+    assert old in TINY
+    path = write_study(tmp_path, TINY.replace(old, new, 1))
+    with pytest.raises(BenchError) as error:
+        load_study(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+def test_a_dataset_root_can_be_given_on_the_command_line(tmp_path):
+    path = write_study(tmp_path, TINY.replace('adapter = "synthetic"', 'adapter = "folder"', 1))
+    with pytest.raises(BenchError, match="--root skin=PATH"):
+        load_study(path)
+    assert load_study(path, {"skin": tmp_path}).datasets["skin"].root == tmp_path
+    with pytest.raises(BenchError, match=r"no dataset\(s\) \['eyes'\] in this study"):
+        load_study(path, {"skin": tmp_path, "eyes": tmp_path})
+
+
+def test_the_demo_plans_every_column_of_table_1_in_dependency_order():
+    study = load_study("demo")
+    stages = plan(study, {0: ["r0f0"]})
+    kinds = [s.kind for s in stages]
+    assert kinds.count("source") == 2 and kinds.count("finetune") == 4 * 3 and kinds.count("report") == 1
+    assert kinds.count("evaluate") == (2 + 4) * 3 and kinds.count("extract") == 2 + 12
+    position = {s.key: i for i, s in enumerate(stages)}
+    assert all(position[d] < position[s.key] for s in stages for d in s.deps)
+    # the six columns of Table 1, three designs each
+    evaluated = {(s.params["backbone"], s.params["finetuned"]) for s in stages if s.kind == "evaluate"}
+    columns = [("none", True), ("retino", False), ("retino", True), ("imagenet", False), ("imagenet", True),
+               ("double", True)]
+    assert {(study.transfer[c], ft) for c, ft in columns} <= evaluated
+    by_key = {s.key: s for s in stages}
+    # retino starts from the study's random Lite0, so its source stage trains every layer; ImageNet FT does not
+    assert by_key["source lite0-retino"].params["recipe"]["train_last"] is None
+    assert by_key["source lite0-double"].params["recipe"]["train_last"] == study.recipe.train_last
+    assert by_key["finetune skin/lite0-scratch/ft-mela-vs-ben-r0f0"].params["recipe"]["train_last"] is None
+    assert by_key["finetune skin/lite0-retino/ft-mela-vs-ben-r0f0"].deps == ("source lite0-retino",)
+
+
+def test_every_built_in_study_reads_or_says_which_root_to_fill_in(tmp_path):
+    from bench.study import builtin_studies
+
+    for name in builtin_studies():
+        try:
+            load_study(name)
+        except BenchError as error:
+            assert "root" in str(error), str(error)
+
+
+# --- whole studies --------------------------------------------------------------------------------------------
+
+def bench_command(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from bench.cli import main; main()", *args]
+
+
+def wait_for_finished_stages(ledger: Path, process: subprocess.Popen, count: int, timeout: float = 300) -> set[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if ledger.is_file():
+            finished = set(json.loads(ledger.read_text())["stages"])
+            if len(finished) >= count:
+                return finished
+        time.sleep(0.1)
+    raise AssertionError(f"the study stopped early (exit code {process.poll()}): {process.stderr.read().decode()}")
+
+
+@pytest.fixture(scope="module")
+def killed_then_finished(tmp_path_factory) -> tuple[Path, Path, set[str]]:
+    """The tiny study run in a subprocess, killed once two stages are done, then run again to the end.
+
+    Module-scoped (every real stage costs seconds): the tests below read what it left, and change copies of it.
+    """
+    folder = tmp_path_factory.mktemp("study")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BENCH_HOME", str(folder / "user-home"))
+        path, out = write_study(folder), folder / "out"
+        process = subprocess.Popen(bench_command("reproduce", str(path), "--out", str(out)), env=os.environ,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            finished = wait_for_finished_stages(out / "ledger.json", process, 2)
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        reproduce(load_study(path), out, quiet_console())
+    return path, out, finished
+
+
+def quiet_console() -> Console:
+    return Console(file=io.StringIO(), width=120)
+
+
+def test_a_killed_study_resumes_without_redoing_a_finished_stage(killed_then_finished):
+    path, out, finished_before_kill = killed_then_finished
+    first, second = ran_stages(out / "log.jsonl")
+    assert finished_before_kill <= set(first)
+    assert not finished_before_kill & set(second)  # nothing finished was redone...
+    everything = {s.key for s in plan(load_study(path), {0: ["official"]})}
+    assert set(json.loads((out / "ledger.json").read_text())["stages"]) == everything  # ...and all got done
+
+
+def test_the_report_lays_out_the_papers_tables_from_real_runs(killed_then_finished):
+    _, out, _ = killed_then_finished
+    report = (out / "report.md").read_text()
+    assert "SYNTHETIC DATA" in report
+    row = next(line for line in report.splitlines() if line.startswith("| mela-vs-ben | –"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # Table 1: ImageNet without and with FT measured here (AUC and its interval) beside the paper's figures
+    measured = r"\d+\.\d \(\d+\.\d–\d+\.\d\) \[{}\]"
+    assert re.fullmatch(measured.format(r"77\.9"), cells[4]) and re.fullmatch(measured.format(r"80\.9"), cells[5])
+    assert cells[6] == "– [80.9]"  # double transfer with FT was not run
+    claim = next(line for line in report.splitlines() if "fine-tuning helps (ImageNet)" in line)
+    assert "| efficientnet-lite0 FT | efficientnet-lite0 no FT |" in claim
+    assert "(roc-synthetic-mela-vs-ben.png)" in report
+    assert (out / "roc-synthetic-mela-vs-ben.png").stat().st_size > 0 and (out / "leaderboard.md").is_file()
+    results = pd.read_csv(out / "results.csv")
+    assert set(zip(results["backbone"], results["finetuned"])) == {
+        ("efficientnet-lite0", False), ("efficientnet-lite0", True), ("lite0-double", False)}
+
+
+def test_an_unchanged_study_finishes_at_once(killed_then_finished, monkeypatch):
+    path, out, _ = killed_then_finished
+    from bench import train
+
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained again"))
+    counts = reproduce(load_study(path), out, quiet_console())
+    assert counts["ran"] == 0 and counts["skipped"] == 9
+
+
+def test_a_changed_setting_reruns_only_the_stages_it_reaches(killed_then_finished, tmp_path):
+    path, out, _ = killed_then_finished
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy, symlinks=True)
+    changed = write_study(tmp_path, path.read_text().replace("n = 40, size = 32, seed = 0", "n = 40, size = 32, "
+                                                             "seed = 1"))
+    reproduce(load_study(changed), copy, quiet_console())
+    # the fine-tuned ImageNet chain does not read the fundus images and is left alone
+    assert ran_stages(copy / "log.jsonl")[-1] == [
+        "source lite0-double", "extract skin/lite0-double/frozen", "evaluate skin/lite0-double/mela-vs-ben/frozen",
+        "report"]

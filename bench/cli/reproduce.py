@@ -25,18 +25,18 @@ def reproduce(
     A stage already done with the same inputs is skipped, so an interrupted study resumes where it stopped and
     an unchanged one finishes at once. The report lands in OUT/report.md.
     """
-    from bench.reproduce import reproduce as run
+    from bench.reproduce import Workspace, reproduce as run
     from bench.study import load_study
 
     loaded = load_study(study, _roots(root))
     folder = out or DEFAULT_OUT / loaded.name
     console.print(f"[bold]study {loaded.name}[/bold] ({loaded.path}) -> {folder}", highlight=False)
     try:
-        ws = run(loaded, folder, console)
+        run(loaded, folder, console)
     except KeyboardInterrupt:
         raise BenchError(f"interrupted: finished stages are kept in {folder}; run the same command to resume") \
             from None
-    console.print(f"[bold green]report:[/bold green] {ws.report}", highlight=False)
+    console.print(f"[bold green]report:[/bold green] {Workspace(folder).report}", highlight=False)
 
 
 def _roots(pairs: list[str]) -> dict[str, Path]:
