@@ -220,13 +220,14 @@ def test_store_ls_and_rm(images, store):
 
 def test_perf_extract_reports_the_three_rates_as_json(images):
     out = bench("perf", "extract", "--backbone", tiny.NAME, "--dataset", tiny.DATASET, "--root", images,
-                "--limit", 12, "--json")
+                "--limit", 12, "--repeat", 2, "--json")
     figures = json.loads(out.output)
     assert figures["images"] == 12
     for key in ("naive_ips", "ceiling_ips", "pipeline_ips", "peak_rss_mb"):
         assert figures[key] > 0
-    assert figures["pipeline_vs_naive"] == pytest.approx(figures["pipeline_ips"] / figures["naive_ips"], rel=0.02)
-    assert figures["pipeline_vs_ceiling"] == pytest.approx(figures["pipeline_ips"] / figures["ceiling_ips"], rel=0.02)
+    ratios = {"pipeline_vs_naive": "naive_ips", "pipeline_vs_ceiling": "ceiling_ips"}
+    for ratio, base in ratios.items():  # figures are rounded to 0.1 images/s, ratios to 3 decimals
+        assert figures[ratio] == pytest.approx(figures["pipeline_ips"] / figures[base], rel=0.05, abs=0.002)
 
 
 @pytest.mark.slow
