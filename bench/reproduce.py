@@ -222,8 +222,9 @@ class StudyView:
         if self.running is not None:
             known -= min(time.monotonic() - self.started, self.estimate(self.running) or 0)
         unknown = sorted({s.kind for s, e in zip(self.pending.values(), estimates) if e is None})
-        text = f"about {_clock(max(known, 0))} left"
-        return text + (f" + {', '.join(KIND_TITLES[k] for k in unknown)} (no timing yet)" if unknown else "")
+        if unknown:
+            return f"at least {_clock(max(known, 0))} left (no timing yet for {', '.join(KIND_TITLES[k] for k in unknown)})"
+        return f"about {_clock(max(known, 0))} left"
 
     def __rich__(self) -> Group:
         table = Table(box=None, pad_edge=False)

@@ -159,7 +159,7 @@ class Stage:
 def builtin_studies() -> dict[str, Path]:
     """The studies shipped in `bench/studies/`, by name."""
     folder = files("bench").joinpath("studies")
-    return {Path(p.name).stem: Path(str(p)) for p in sorted(folder.iterdir(), key=lambda p: p.name)
+    return {Path(p.name).stem: Path(str(p)) for p in sorted(folder.iterdir(), key=lambda p: Path(p.name).stem)
             if p.name.endswith(".toml")}
 
 

@@ -8,6 +8,7 @@ from bench.cli import catalogue  # noqa: F401  (each module registers its comman
 from bench.cli import extract, perf_extract, store  # noqa: F401
 from bench.cli import evaluate  # noqa: F401
 from bench.cli import train  # noqa: F401
+from bench.cli import reproduce  # noqa: F401
 from bench.cli import weights  # noqa: F401
 from bench.cli.app import app, err_console
 from bench.errors import BenchError

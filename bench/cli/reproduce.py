@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import get_console
 from rich.table import Table
 
 from bench.cli.app import app, console
@@ -32,7 +33,8 @@ def reproduce(
     folder = out or DEFAULT_OUT / loaded.name
     console.print(f"[bold]study {loaded.name}[/bold] ({loaded.path}) -> {folder}", highlight=False)
     try:
-        run(loaded, folder, console)
+        # rich's global console, which the training progress bars use too: their displays nest in the study's
+        run(loaded, folder, get_console())
     except KeyboardInterrupt:
         raise BenchError(f"interrupted: finished stages are kept in {folder}; run the same command to resume") \
             from None
