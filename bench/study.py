@@ -20,6 +20,7 @@ A study file (see `bench/studies/*.toml`, listed by `bench studies`):
     [backbones.lite0-scratch]       # backbones the study defines from an installed one (`like`):
     like = "efficientnet-lite0"     #   its architecture and preprocessing,
     weights = "random"              #   "random": its architecture's own initialisation; default: like's weights
+                                    #   (it runs at the recipe's image size, frozen and fine-tuned alike)
     [backbones.lite0-double]
     like = "efficientnet-lite0"
     source = "fundus"               #   trained on this dataset first (a source stage), starting from like's weights
@@ -487,25 +488,28 @@ def _evaluate_stage(study: Study, evaluation: Evaluation, spec: DatasetSpec, bac
 # --- the backbones a study defines ----------------------------------------------------------------------------
 
 def defined_backbones(study: Study) -> list[Backbone]:
-    """The study's own backbones as plugin objects, in definition order (each `like` exists before it)."""
+    """The study's own backbones as plugin objects, in definition order (each `like` exists before it).
+
+    They run at the study recipe's image size, frozen as well as fine-tuned, so that a column "without FT" and
+    its "with FT" see the same pixels (an installed backbone's frozen features use its own input size).
+    """
     made: dict[str, Backbone] = {}
     for spec in study.backbones.values():
         like = made.get(spec.like) or plugins.get_backbone(spec.like)
+        common = {"name": spec.name, "preprocessing": like.preprocessing.with_size(study.recipe.image_size)}
         if spec.random:
-            backbone = dataclasses.replace(like, name=spec.name, load_initial=None,
+            backbone = dataclasses.replace(like, **common, load_initial=None,
                                            initial_weights=f"random ({like.architecture}'s own initialisation)")
         elif spec.source:
             adapter = study.datasets[spec.source].adapter
             output = f"{spec.name}.pt"
             backbone = dataclasses.replace(
-                like, name=spec.name, initial_weights=f"{like.name}'s, trained on {adapter} by the study",
-                # its features come from the image size it was trained at
-                preprocessing=like.preprocessing.with_size(study.recipe_for(like.name).image_size),
+                like, **common, initial_weights=f"{like.name}'s, trained on {adapter} by the study",
                 load_initial=functools.partial(_load_source_output, output, spec.name),
                 source_stages=(SourceStage(dataset=adapter, task=f"{adapter} labels", start=like.name,
                                            output=output),))
         else:
-            backbone = dataclasses.replace(like, name=spec.name)
+            backbone = dataclasses.replace(like, **common, initial_weights=f"{like.name}'s")
         made[spec.name] = backbone
     return list(made.values())
 
