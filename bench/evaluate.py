@@ -26,7 +26,7 @@ from protocols.designs import Design, apply_design, get_design
 from protocols.metrics import fold_metrics, positive_scores
 from protocols.splits import make_folds
 from protocols.stats import bootstrap_auc
-from protocols.svm import run_folds
+from protocols.svm import Fold, run_folds
 
 
 
@@ -110,7 +110,7 @@ def run(inputs: Inputs) -> Evaluation:
         features = read(paths.feature_key(request.protocol, fold) if request.finetuned else "frozen")
         parts.append((fold, features, _rows(train_ids, inputs.labels, features, notes),
                       _rows(test_ids, inputs.labels, features, notes)))
-    fits = run_folds([(f.features[train.position], train.label.to_numpy(), f.features[test.position])
+    fits = run_folds([Fold(f.features, train.position.to_numpy(), train.label.to_numpy(), test.position.to_numpy())
                       for _, f, train, test in parts], seed=request.seed)
     results, predictions = [], []
     for (fold, features, train, test), fit in zip(parts, fits):

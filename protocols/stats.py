@@ -6,8 +6,7 @@ and, for the 3-class design, `score_<class>` columns holding every class's decis
 The bootstrap resamples test IMAGES, not rows: one draw of images (with replacement) weights each image's rows
 in every fold, and the statistic is the mean over folds of the weighted fold AUC, so the interval brackets the
 headline figure (the mean fold AUC) and respects that 5x2 tests every image five times. Weighted AUCs are
-computed from one sort per fold for all draws at once, which makes 2000 draws over 10 folds take well under a
-second.
+computed from one sort per fold for all draws at once (1000 draws over ten folds of 5000 images: about a second).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from scipy.special import softmax
 
 from protocols.errors import ProtocolError
 
-N_BOOT = 2000
+N_BOOT = 1000
 REFERRAL_FRACTIONS = (0.1, 0.2, 0.3, 0.5)
 REFERRAL_TARGETS = (0.9, 0.95)
 DIFFICULTY_ORDER = ("low", "medium", "high")
@@ -156,9 +155,10 @@ def _weighted_auc(score: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> 
     """AUC of `score` for each row of `weights` (B, n): weighted Mann-Whitney statistic, ties counted half."""
     order = np.argsort(score, kind="stable")
     score, truth, weights = score[order], truth[order], weights[:, order]
+    pos, neg = weights * truth, weights * ~truth
     starts = np.flatnonzero(np.r_[True, score[1:] != score[:-1]])
-    pos = np.add.reduceat(weights * truth, starts, axis=1)
-    neg = np.add.reduceat(weights * ~truth, starts, axis=1)
+    if len(starts) < len(score):  # ties: compare groups of equal scores instead of single images
+        pos, neg = np.add.reduceat(pos, starts, axis=1), np.add.reduceat(neg, starts, axis=1)
     below = np.cumsum(neg, axis=1) - neg
     total = pos.sum(axis=1) * neg.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -1,9 +1,12 @@
 """The paper's SVM protocol per fold: L2-normalise, pick C by validation AUC inside the training fold, refit on
 the whole training fold, score the test fold with the decision function (threshold 0).
 
-Only a fold's training part reaches the validation fits, so no test image can influence C. All the fits of an
-evaluation (every fold x every C, then every refit) are independent, and liblinear trains without the GIL, so
-they run on a thread pool over all cores, sharing the fold arrays without copies.
+Only a fold's training part reaches the validation fits, so no test image can influence C.
+
+C is searched in decades, starting from 0.1 and 1 and walking outwards only while the best C found is at an edge
+of what has been tried (within 1e-3 to 1e3): the search ends at the validation peak wherever it lies, and skips
+the large-C fits, the slowest ones, when they cannot win. All fits of one round (every fold, every C to try),
+and then all refits, are independent and liblinear trains without the GIL, so they run on a thread pool.
 """
 
 from __future__ import annotations
@@ -19,13 +22,24 @@ from sklearn.svm import LinearSVC
 from protocols.errors import ProtocolError
 from protocols.metrics import auc
 
-C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+C_START = (0.1, 1.0)
+C_RANGE = (1e-3, 1e3)
 VALIDATION_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
+class Fold:
+    """One fold's inputs: rows of `features` (a whole feature set, shared between folds) picked by position."""
+
+    features: np.ndarray  # (n, d)
+    train: np.ndarray  # positions of the training images
+    labels: np.ndarray  # their labels (ints 0..k-1)
+    test: np.ndarray  # positions of the test images
+
+
+@dataclass(frozen=True)
 class FoldFit:
-    """What one fold produced: the chosen C, its validation AUC per C, and the test decision values."""
+    """What one fold produced: the chosen C, the validation AUC of every C tried, the test decision values."""
 
     c: float
     validation_auc: dict[float, float]
@@ -33,56 +47,75 @@ class FoldFit:
 
 
 @dataclass(frozen=True)
-class _Fold:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    fit: np.ndarray  # indices into the training part: the 90% the validation fits train on
+class _Prepared:
+    x: np.ndarray  # unit rows
+    train: np.ndarray
+    labels: np.ndarray
+    test: np.ndarray
+    fit: np.ndarray  # positions within `train` of the 90% the validation fits train on
     val: np.ndarray  # the stratified 10% they are scored on
 
 
 def linear_svm(c: float) -> LinearSVC:
-    # primal liblinear: with more images than feature dimensions it beats the dual by far at every C
-    return LinearSVC(C=c, dual=False, tol=1e-3)
+    """liblinear's squared-hinge L2 SVM. On unit rows dual coordinate descent needs few passes while C <= 1 and
+    many beyond, where the primal Newton solver is faster (measured on HAM10000: 0.5 vs 0.9 s at C = 1, 2.1 vs
+    1.3 s at C = 10); both reach the same optimum, and tol 1e-3 moves test AUCs by < 1e-4."""
+    return LinearSVC(C=c, dual=c <= 1, tol=1e-3, max_iter=1000)
 
 
-def run_folds(folds: list[tuple[np.ndarray, np.ndarray, np.ndarray]], *, seed: int = 0,
-              grid: tuple[float, ...] = C_GRID, n_jobs: int = -1) -> list[FoldFit]:
-    """(x_train, y_train, x_test) per fold -> the fold's chosen C, validation AUCs and test decision values."""
-    prepared = [_prepare(*fold, seed) for fold in folds]
+def run_folds(folds: list[Fold], *, seed: int = 0, n_jobs: int = -1) -> list[FoldFit]:
+    """Choose C on each fold's training part, refit on all of it, return the test decision values."""
+    unit = {id(f.features): normalize(f.features) for f in folds}  # once per feature set, not per fold
+    prepared = [_prepare(f, unit[id(f.features)], seed) for f in folds]
     parallel = Parallel(n_jobs=n_jobs, prefer="threads")
-    aucs = parallel(delayed(_validation_auc)(fold, c) for fold in prepared for c in grid)
-    validation = [dict(zip(grid, aucs[i * len(grid):(i + 1) * len(grid)])) for i in range(len(prepared))]
-    best = [max(v, key=v.get) for v in validation]  # the first (smallest) C among equals: the most regularised
-    scores = parallel(delayed(_refit_and_score)(fold, c) for fold, c in zip(prepared, best))
-    return [FoldFit(c, v, s) for c, v, s in zip(best, validation, scores)]
+    validation = _search_c(prepared, parallel)
+    best = [max(v, key=lambda c: (v[c], -c)) for v in validation]  # among equals the smallest: most regularised
+    scores = parallel(delayed(_refit_and_score)(p, c) for p, c in zip(prepared, best))
+    return [FoldFit(c, dict(sorted(v.items())), s) for c, v, s in zip(best, validation, scores)]
 
 
-def run_fold(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *, seed: int = 0,
-             grid: tuple[float, ...] = C_GRID) -> FoldFit:
-    """One fold of `run_folds`."""
-    return run_folds([(x_train, y_train, x_test)], seed=seed, grid=grid)[0]
+def run_fold(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, *, seed: int = 0) -> FoldFit:
+    """One fold given as arrays (`run_folds` for a single fold)."""
+    features = np.concatenate([x_train, x_test])
+    fold = Fold(features, np.arange(len(x_train)), np.asarray(y_train), np.arange(len(x_train), len(features)))
+    return run_folds([fold], seed=seed)[0]
 
 
-def _prepare(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int) -> _Fold:
-    """Normalise once, in float64 (what liblinear takes, so no fit converts again), and split off validation."""
-    _check_classes(y_train)
+def _search_c(prepared: list[_Prepared], parallel: Parallel) -> list[dict[float, float]]:
+    """Validation AUC per C tried, per fold; rounds of fits until every fold's best C is inside its tried range."""
+    validation: list[dict[float, float]] = [{} for _ in prepared]
+    todo = [(i, c) for i in range(len(prepared)) for c in C_START]
+    while todo:
+        todo.sort(key=lambda task: -task[1])  # large C is slowest: start it first
+        for (i, c), value in zip(todo, parallel(delayed(_validation_auc)(prepared[i], c) for i, c in todo)):
+            validation[i][c] = value
+        todo = [(i, c) for i, v in enumerate(validation) if (c := _next_c(v)) is not None]
+    return validation
+
+
+def _next_c(tried: dict[float, float]) -> float | None:
+    """The decade beyond the best C when that best is the largest or smallest tried (and within C_RANGE)."""
+    best = max(tried, key=lambda c: (tried[c], -c))
+    step = 10.0 if best == max(tried) else 0.1 if best == min(tried) else None
+    if step is None or not C_RANGE[0] <= best * step <= C_RANGE[1]:
+        return None
+    return float(np.round(best * step, 6))  # 0.1 * 10 == 1.0 exactly, so dict keys stay tidy
+
+
+def _prepare(fold: Fold, unit: np.ndarray, seed: int) -> _Prepared:
+    _check_classes(fold.labels)
     split = StratifiedShuffleSplit(n_splits=1, test_size=VALIDATION_FRACTION, random_state=seed)
-    fit, val = next(split.split(np.zeros(len(y_train)), y_train))
-    return _Fold(_unit_rows(x_train), np.asarray(y_train), _unit_rows(x_test), fit, val)
+    fit, val = next(split.split(np.zeros(len(fold.labels)), fold.labels))
+    return _Prepared(unit, np.asarray(fold.train), np.asarray(fold.labels), np.asarray(fold.test), fit, val)
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    return normalize(np.asarray(x, dtype=np.float64))
+def _validation_auc(p: _Prepared, c: float) -> float:
+    model = linear_svm(c).fit(p.x[p.train[p.fit]], p.labels[p.fit])
+    return auc(p.labels[p.val], model.decision_function(p.x[p.train[p.val]]))
 
 
-def _validation_auc(fold: _Fold, c: float) -> float:
-    model = linear_svm(c).fit(fold.x_train[fold.fit], fold.y_train[fold.fit])
-    return auc(fold.y_train[fold.val], model.decision_function(fold.x_train[fold.val]))
-
-
-def _refit_and_score(fold: _Fold, c: float) -> np.ndarray:
-    return linear_svm(c).fit(fold.x_train, fold.y_train).decision_function(fold.x_test)
+def _refit_and_score(p: _Prepared, c: float) -> np.ndarray:
+    return linear_svm(c).fit(p.x[p.train], p.labels).decision_function(p.x[p.test])
 
 
 def _check_classes(y: np.ndarray) -> None:

@@ -1,5 +1,6 @@
 """`bench evaluate`, `bench compare`, `bench leaderboard` and `bench perf evaluate`."""
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -172,7 +173,7 @@ def perf_evaluate(
     """Seconds for a whole evaluation (manifest, folds, features, SVM on every fold, bootstrap); writes nothing."""
     request = Request(dataset, backbone, protocol, split, root=root, store=store,
                       options=tuple(parse_options(option).items()))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     inputs = prepare(request)
     prepared = time.perf_counter()
     done = run(inputs)
@@ -180,4 +181,5 @@ def perf_evaluate(
     n = len(inputs.labels)
     console.print(f"{dataset} · {backbone} · {protocol} · {split}: {len(done.results)} folds over {n} images")
     console.print(f"manifest + folds {prepared - started:.1f} s, features + SVM + bootstrap "
-                  f"{finished - prepared:.1f} s, whole evaluation {finished - started:.1f} s")
+                  f"{finished - prepared:.1f} s, whole evaluation {finished - started:.1f} s "
+                  f"({time.process_time() - cpu:.1f} s of CPU over {os.cpu_count()} cores)")
