@@ -86,7 +86,8 @@ class Report:
         for i, evaluation in enumerate(study.evaluations):
             dataset = study.datasets[evaluation.dataset].adapter
             lines += self.table1(i, dataset) + self.claims(i, dataset) + self.table3(dataset)
-            lines += self.table4(i, dataset) + self.table2(i, dataset) + self.curves(i, dataset)
+            lines += self.table4(i, dataset) + self.table2(i, dataset) + self.referral(i, dataset)
+            lines += self.curves(i, dataset)
         lines += ["The full leaderboard (every evaluation, mAP/ACC/SE/SP, the commands that regenerate each row): "
                   "[leaderboard.md](leaderboard.md). Per-fold rows: `results.csv`; per-image scores: "
                   "`predictions.csv`.", ""]
@@ -253,6 +254,29 @@ class Report:
         return [f"## Table 4 · {dataset}: AUC by diagnostic difficulty ({_name(backbone, True)}, %)", "",
                 "| design | low | medium | high | all |", "|---|---|---|---|---|", *rows, "",
                 "Paper's figures (VGG-M, ImageNet + FT, Atlas) in brackets.", ""]
+
+    def referral(self, i: int, dataset: str) -> list[str]:
+        """The paper's conclusion, measured: refer the confident positives and the uncertain cases; how many
+        melanomas are caught for a given share of cases referred (ImageNet + FT, the paper's best)."""
+        backbone = self.study.transfer.get("imagenet")
+        rows = []
+        for protocol in self.study.evaluations[i].protocols:
+            predictions = self._predictions(dataset, protocol, backbone, True) if backbone else None
+            if predictions is None:
+                continue
+            table = stats.referral(predictions, DESIGNS[protocol].positive)
+            fixed = len(stats.REFERRAL_FRACTIONS)  # rows: SE at fixed shares referred, then shares for target SEs
+            cells = [f"{100 * se:.0f}" for se in table["sensitivity"][:fixed]]
+            cells += [f"{100 * share:.0f}" for share in table["referred"][fixed:]]
+            rows.append(f"| {protocol} | " + " | ".join(cells) + " |")
+        if not rows:
+            return []
+        header = [f"SE, {100 * f:.0f}% referred" for f in stats.REFERRAL_FRACTIONS]
+        header += [f"referred for SE {100 * t:.0f}%" for t in stats.REFERRAL_TARGETS]
+        return [f"## Referral · {dataset}: positives caught against cases referred ({_name(backbone, True)})", "",
+                "| design | " + " | ".join(header) + " |", "|---|" + "---|" * len(header), *rows, "",
+                "Cases are referred in order of decreasing melanoma score, which refers the confident positives and "
+                "the low-confidence cases first, as the paper's conclusion proposes. In %, averaged over folds.", ""]
 
     def curves(self, i: int, dataset: str) -> list[str]:
         lines = []
