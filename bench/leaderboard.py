@@ -8,7 +8,6 @@ The code lives here, in the harness, because rendering is presentation (files, m
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -58,13 +57,12 @@ def read_table(path: Path) -> pd.DataFrame:
 def _write_atomically(path: Path, table: pd.DataFrame) -> None:
     """A crash mid-write leaves the previous file intact, so nothing already computed is lost."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         table.to_csv(tmp, index=False, compression="gzip" if path.suffix == ".gz" else None)
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
@@ -141,7 +139,7 @@ def _pivot(dataset: str, summary: pd.DataFrame) -> list[str]:
 
 def _roc_png(dataset: str, protocol: str, summary: pd.DataFrame, predictions: pd.DataFrame,
              folder: Path) -> Path | None:
-    """Fold-averaged ROC curves (melanoma vs. rest) of every evaluation in this section."""
+    """Fold-averaged ROC curves (the positive class, melanoma or malignant, vs. the rest) of this section."""
     mine = predictions[(predictions["dataset"] == dataset) & (predictions["protocol"] == protocol)]
     if mine.empty:
         return None
@@ -149,15 +147,18 @@ def _roc_png(dataset: str, protocol: str, summary: pd.DataFrame, predictions: pd
 
     matplotlib.use("Agg")  # files only, never a display
     import matplotlib.pyplot as plt
+
+    design = DESIGNS[protocol]
+    auc = "one-vs-one AUC" if len(design.classes) > 2 else "AUC"
     fig, ax = plt.subplots(figsize=(5, 5))
     for r in summary.itertuples():
         rows = mine[(mine["backbone"] == r.backbone) & (mine["finetuned"] == r.finetuned) & (mine["split"] == r.split)]
         if not rows.empty:
-            auc = "one-vs-one AUC" if len(DESIGNS[protocol].classes) > 2 else "AUC"
             label = f"{r.backbone}{' FT' if r.finetuned else ''} ({r.split}) {auc} {100 * r.auc:.1f}"
             ax.plot(FPR_GRID, _mean_roc(rows), label=label)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=f"{dataset} · {protocol} (melanoma vs. rest)",
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity",
+           title=f"{dataset} · {protocol} ({design.classes[design.positive]} vs. rest)",
            xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="lower right", fontsize="small")
     path = folder / f"roc-{dataset}-{protocol}.png"
