@@ -107,10 +107,54 @@ class Ledger:
 
 @dataclass(frozen=True)
 class Action:
-    """What a stage kind does: `run` makes the output and returns its digest; `present` says it still exists."""
+    """What a stage kind does: `run` makes the output, `keep` turns what `run` returned into the stage's digest,
+    `present` says the output still exists. `run` may run in another process (`--executor ray`); `keep` runs in
+    the study's own process, so files that several stages add to (the results tables) have a single writer."""
 
-    run: Callable[[Stage], str]
+    run: Callable[[Stage], Any]
     present: Callable[[Stage], bool]
+    keep: Callable[[Stage, Any], str] = lambda stage, digest: digest
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A stage an executor ran: what its `run` returned, or the error it raised."""
+
+    stage: Stage
+    fingerprint: str
+    value: Any = None
+    seconds: float = 0.0
+    error: Exception | None = None
+
+
+class InProcess:
+    """The local executor: each stage runs in this process, one at a time, in the order they are submitted.
+
+    An executor (this one, or bench.cluster.RayStages) takes `submit`ted stages, has `running` of them at once
+    (and takes no more while `full`), and hands each back from `next_finished` when it is done."""
+
+    def __init__(self) -> None:
+        self.pending: tuple[Stage, str, Callable[[Stage], Any]] | None = None
+
+    @property
+    def running(self) -> int:
+        return int(self.pending is not None)
+
+    @property
+    def full(self) -> bool:
+        return self.pending is not None
+
+    def submit(self, stage: Stage, fingerprint: str, run: Callable[[Stage], Any]) -> None:
+        self.pending = (stage, fingerprint, run)
+
+    def next_finished(self) -> Finished:
+        (stage, print_, run), self.pending = self.pending, None
+        started = time.monotonic()
+        try:
+            value = run(stage)
+        except Exception as exc:
+            return Finished(stage, print_, error=exc)
+        return Finished(stage, print_, value, time.monotonic() - started)
 
 
 def fingerprint(stage: Stage, ledger: Ledger, identity: dict[str, Any]) -> str:
@@ -124,35 +168,51 @@ def fingerprint(stage: Stage, ledger: Ledger, identity: dict[str, Any]) -> str:
 
 
 def execute(stages: list[Stage], ledger: Ledger, actions: dict[str, Action], identity: Callable[[Stage], dict],
-            log: Path, console: Console) -> Counter:
-    """Run `stages` (in dependency order), skipping the ones already done; returns counts of ran / skipped."""
+            log: Path, console: Console, executor: InProcess | None = None) -> Counter:
+    """Run `stages` (in dependency order), skipping the ones already done; returns counts of ran / skipped.
+
+    A stage is submitted to the executor (default: this process, one stage at a time) as soon as the stages it
+    depends on are done or skipped. After a failure nothing new starts, the running stages finish and are
+    recorded, then the first error is raised."""
+    executor = executor or InProcess()
     view = StudyView(stages, ledger)
     counts: Counter = Counter()
+    planned, settled, waiting, failure = {s.key for s in stages}, set(), list(stages), None
     _log(log, event="run", pid=os.getpid(), stages=len(stages))
     with Live(view, console=console, refresh_per_second=2, transient=False):
-        for stage in stages:
-            action = actions[stage.kind]
-            print_ = fingerprint(stage, ledger, identity(stage))
-            entry = ledger.entry(stage.key)
-            if entry and entry["fingerprint"] == print_ and action.present(stage):
-                view.finish(stage, None)
-                counts["skipped"] += 1
-                _log(log, event="skip", stage=stage.key)
+        while executor.running or (waiting and failure is None):
+            ready = None if executor.full or failure else next(
+                (s for s in waiting if all(d in settled or d not in planned for d in s.deps)), None)
+            if ready is None:
+                done = executor.next_finished()
+                if done.error is not None:
+                    _log(log, event="fail", stage=done.stage.key, error=str(done.error))
+                    failure = failure or done.error
+                    continue
+                ledger.record(done.stage.key, done.fingerprint, actions[done.stage.kind].keep(done.stage, done.value),
+                              done.seconds)
+                _log(log, event="done", stage=done.stage.key, seconds=round(done.seconds, 2))
+                view.finish(done.stage, done.seconds)
+                console.print(f"[green]done[/green] {done.stage.key} [dim]({_clock(done.seconds)})[/dim]",
+                              highlight=False)
+                counts["ran"] += 1
+                settled.add(done.stage.key)
                 continue
-            view.start(stage)
-            _log(log, event="start", stage=stage.key)
-            started = time.monotonic()
-            try:
-                digest = action.run(stage)
-            except Exception as exc:
-                _log(log, event="fail", stage=stage.key, error=str(exc))
-                raise
-            seconds = time.monotonic() - started
-            ledger.record(stage.key, print_, digest, seconds)
-            _log(log, event="done", stage=stage.key, seconds=round(seconds, 2))
-            view.finish(stage, seconds)
-            console.print(f"[green]done[/green] {stage.key} [dim]({_clock(seconds)})[/dim]", highlight=False)
-            counts["ran"] += 1
+            waiting.remove(ready)
+            action = actions[ready.kind]
+            print_ = fingerprint(ready, ledger, identity(ready))
+            entry = ledger.entry(ready.key)
+            if entry and entry["fingerprint"] == print_ and action.present(ready):
+                view.finish(ready, None)
+                counts["skipped"] += 1
+                _log(log, event="skip", stage=ready.key)
+                settled.add(ready.key)
+                continue
+            view.start(ready)
+            _log(log, event="start", stage=ready.key)
+            executor.submit(ready, print_, action.run)
+    if failure is not None:
+        raise failure
     if not console.is_terminal:
         console.line()  # a terminal gets its line from Live; a log file would run on into the next line
     _log(log, event="end", **counts)
@@ -187,16 +247,15 @@ class StudyView:
         self.pending = {s.key: s for s in stages}
         self.ledger = ledger
         self.durations: dict[str, list[float]] = {}
-        self.running: Stage | None = None
-        self.started = self.run_started = time.monotonic()
+        self.running: dict[str, tuple[Stage, float]] = {}  # key -> stage, when it started (several on Ray)
+        self.run_started = time.monotonic()
 
     def start(self, stage: Stage) -> None:
-        self.running = stage
-        self.started = time.monotonic()
+        self.running[stage.key] = (stage, time.monotonic())
 
     def finish(self, stage: Stage, seconds: float | None) -> None:
         """`seconds` is None for a skipped stage."""
-        self.running = None
+        self.running.pop(stage.key, None)
         self.left[stage.kind] -= 1
         self.pending.pop(stage.key)
         if seconds is None:
@@ -219,8 +278,8 @@ class StudyView:
     def time_left(self) -> str:
         estimates = [self.estimate(s) for s in self.pending.values()]
         known = sum(e for e in estimates if e is not None)
-        if self.running is not None:
-            known -= min(time.monotonic() - self.started, self.estimate(self.running) or 0)
+        for stage, started in self.running.values():
+            known -= min(time.monotonic() - started, self.estimate(stage) or 0)
         unknown = sorted({s.kind for s, e in zip(self.pending.values(), estimates) if e is None})
         if unknown:
             return f"at least {_clock(max(known, 0))} left (no timing yet for {', '.join(KIND_TITLES[k] for k in unknown)})"
@@ -235,8 +294,8 @@ class StudyView:
             if total:
                 table.add_row(KIND_TITLES[kind], str(self.done[kind]), str(self.skipped[kind]), str(self.left[kind]))
         lines = [table]
-        if self.running is not None:
-            lines.append(Text(f"running: {self.running.key} ({_clock(time.monotonic() - self.started)})", "bold"))
+        for stage, started in self.running.values():
+            lines.append(Text(f"running: {stage.key} ({_clock(time.monotonic() - started)})", "bold"))
         lines.append(Text(f"elapsed {_clock(time.monotonic() - self.run_started)}, {self.time_left()}", "dim"))
         return Group(*lines)
 
@@ -263,9 +322,11 @@ def bench_home(home: Path) -> Iterator[None]:
 
 # --- running a study ------------------------------------------------------------------------------------------
 
-def reproduce(study: Study, out: Path, console: Console) -> Counter:
+def reproduce(study: Study, out: Path, console: Console, executor: str = "local",
+              address: str | None = None) -> Counter:
     """Run every stage of `study` not already done in `out` (the report: `Workspace(out).report`); returns how
-    many stages ran and how many were skipped."""
+    many stages ran and how many were skipped. `executor` "ray" runs the stages as Ray tasks on the cluster at
+    `address` (default: $RAY_ADDRESS, else a Ray instance started here)."""
     ws = Workspace(Path(out).resolve())
     ws.out.mkdir(parents=True, exist_ok=True)
     user_home = paths.home()
@@ -274,7 +335,12 @@ def reproduce(study: Study, out: Path, console: Console) -> Counter:
         data = StudyData.load(study)
         stages = plan(study, data.fold_keys)
         ledger = Ledger(ws.ledger)
-        counts = execute(stages, ledger, actions(study, ws, data), data.identity, ws.log, console)
+        runner = InProcess()
+        if executor == "ray":
+            from bench.cluster import RayStages
+
+            runner = RayStages(ws.home, study, address)
+        counts = execute(stages, ledger, actions(study, ws, data), data.identity, ws.log, console, runner)
     console.print(f"{counts['ran']} stage(s) run, {counts['skipped']} unchanged and skipped", highlight=False)
     return counts
 
@@ -329,7 +395,8 @@ def actions(study: Study, ws: Workspace, data: StudyData) -> dict[str, Action]:
         "source": Action(run=lambda s: _train_source(study, s), present=lambda s: _source_file(s).is_file()),
         "finetune": Action(run=lambda s: _finetune(study, s), present=lambda s: _checkpoint(s).is_file()),
         "extract": Action(run=lambda s: _extract(study, ws, s), present=_StoreSnapshot(ws.store).has),
-        "evaluate": Action(run=lambda s: _evaluate(study, ws, s), present=lambda s: _has_results(ws, s)),
+        "evaluate": Action(run=lambda s: _evaluate(study, ws, s), present=lambda s: _has_results(ws, s),
+                           keep=lambda s, done: _keep_evaluation(ws, done)),
         "report": Action(run=lambda s: report.write(study, ws, data), present=lambda s: ws.report.is_file()),
     }
 
@@ -421,9 +488,8 @@ def _has_results(ws: Workspace, stage: Stage) -> bool:
     return set(_evaluation_rows(read_table(ws.results), stage)["fold"]) == set(stage.params["folds"])
 
 
-def _evaluate(study: Study, ws: Workspace, stage: Stage) -> str:
+def _evaluate(study: Study, ws: Workspace, stage: Stage) -> Any:
     from bench.evaluate import Request, prepare, run
-    from bench.leaderboard import EVALUATION, upsert
 
     p = stage.params
     spec = study.datasets[p["dataset"]["name"]]
@@ -432,7 +498,13 @@ def _evaluate(study: Study, ws: Workspace, stage: Stage) -> str:
                       reference_dir=Path(p["reference"]) if p["reference"] else None,
                       options=tuple(sorted(spec.options.items())))
     inputs = prepare(request)
-    done = run(dataclasses.replace(inputs, folds={k: inputs.folds[k] for k in p["folds"]}))
+    return run(dataclasses.replace(inputs, folds={k: inputs.folds[k] for k in p["folds"]}))
+
+
+def _keep_evaluation(ws: Workspace, done: Any) -> str:
+    """The evaluation's rows into the study's results and predictions tables; the digest of its metrics."""
+    from bench.leaderboard import EVALUATION, upsert
+
     # keyed by the evaluation, not the fold: a study run on fewer folds than before leaves no stale fold rows
     upsert(ws.results, done.results, EVALUATION)
     upsert(ws.predictions, done.predictions, EVALUATION)

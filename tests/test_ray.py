@@ -1,19 +1,25 @@
 """`--executor ray` on a local Ray instance (2 CPUs, this machine only): extraction shards write the bytes a local
-run writes, and a worker killed mid-shard is replaced without a trace in the store."""
+run writes, a worker killed mid-shard is replaced without a trace in the store, and a study run as Ray tasks gives
+the results and report of a local run."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 import tiny_extraction as tiny
 from bench import extract
+from bench.reproduce import ran_stages, reproduce
+from bench.study import load_study
 from bench.cli import app
 from bench.cli.app import console
 from bench.errors import BenchError
@@ -26,9 +32,11 @@ SET = Path(tiny.DATASET) / tiny.NAME / "frozen"
 KILL = "BENCH_TEST_KILL_ARMED"  # a file: while it exists, the next worker to reach chunk 1's second batch dies
 
 
-def _die_once_mid_chunk() -> None:
-    """Ray worker set-up hook: makes the worker that loads the second batch of chunk 1 remove the armed file and
-    exit on the spot, as a killed process or a lost node would, after the chunk's first batch is computed."""
+def _set_up_worker() -> None:
+    """Ray worker set-up hook: the test backbone registered as in this process, and a worker that loads the second
+    batch of chunk 1 while the armed file exists removes it and exits on the spot, as a killed process or a lost
+    node would, after the chunk's first batch is computed."""
+    tiny.register()
     load = extract.load_batch
 
     def load_batch(chunk, rows, files, preprocessing):
@@ -43,11 +51,11 @@ def _die_once_mid_chunk() -> None:
 
 @pytest.fixture(scope="module", autouse=True)
 def kill_armed(tmp_path_factory) -> Path:
-    """One local Ray instance for the module; the path that arms `_die_once_mid_chunk`."""
+    """One local Ray instance for the module; the path that arms the worker kill (see `_set_up_worker`)."""
     scratch = tmp_path_factory.mktemp("ray")
     tests = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, object_store_memory=128 << 20,
-             runtime_env={"worker_process_setup_hook": _die_once_mid_chunk,
+             runtime_env={"worker_process_setup_hook": _set_up_worker,
                           # TMPDIR: the workers' copies of the model land in the test's scratch folder
                           "env_vars": {"PYTHONPATH": tests, "TMPDIR": str(scratch), KILL: str(scratch / "armed")}})
     yield scratch / "armed"
@@ -131,3 +139,55 @@ def test_perf_extract_on_ray_measures_each_worker_count(images):
     figures = json.loads(out.stdout)
     assert (figures["images"], figures["shards"]) == (16, 4)  # 2 x 2 workers shards of whole batches
     assert all(figures[k] > 0 for k in ("local_ips", "ray_cold_ips", "ray_1_workers_ips", "ray_2_workers_ips"))
+
+
+STUDY = f"""
+description = "a study of the tiny test backbone, every kind of stage"
+recipe = "demo"
+seed = 0
+overrides = {{ epochs = 1, image_size = 32, batch_size = 8 }}
+
+[datasets.skin]
+adapter = "synthetic"
+options = {{ n = 80, size = 48 }}
+
+[datasets.fundus]
+adapter = "synthetic-fundus"
+options = {{ n = 40, size = 32 }}
+
+[backbones.tiny-double]
+like = "{tiny.NAME}"
+source = "fundus"
+
+[transfer]
+imagenet = "{tiny.NAME}"
+double = "tiny-double"
+
+[[evaluate]]
+dataset = "skin"
+split = "official"
+protocols = ["mela-vs-ben"]
+frozen = ["{tiny.NAME}", "tiny-double"]
+finetuned = ["{tiny.NAME}"]
+"""
+
+
+def test_a_study_on_ray_gives_the_results_of_a_local_run_and_either_resumes_the_other(tmp_path):
+    (tmp_path / "tiny.toml").write_text(STUDY)
+    study = load_study(tmp_path / "tiny.toml")
+    quiet = Console(file=io.StringIO(), width=120)
+    assert reproduce(study, tmp_path / "local", quiet)["ran"] == 9
+    assert reproduce(study, tmp_path / "ray", quiet, executor="ray")["ran"] == 9
+
+    local, on_ray = (json.loads((tmp_path / out / "ledger.json").read_text())["stages"] for out in ("local", "ray"))
+    for key in local:  # trained weights (through the models they export) and every metric are the same bytes
+        if key.startswith(("extract", "evaluate")):
+            assert local[key]["digest"] == on_ray[key]["digest"], key
+    tables = [pd.read_csv(tmp_path / out / "results.csv").drop(columns=["command", "created"])  # store, time
+              .sort_values(["backbone", "finetuned"], ignore_index=True) for out in ("local", "ray")]
+    pd.testing.assert_frame_equal(*tables, check_exact=True)  # bootstrap intervals too: the same SVM scores
+    reports = [(tmp_path / out / "report.md").read_text().replace(str(tmp_path / out), "OUT") for out in ("local", "ray")]
+    assert reports[0] == reports[1]
+
+    assert reproduce(study, tmp_path / "ray", quiet)["skipped"] == 9  # a Ray run's stages count as done locally
+    assert ran_stages(tmp_path / "ray" / "log.jsonl")[-1] == []

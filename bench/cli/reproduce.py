@@ -8,6 +8,7 @@ from rich import get_console
 from rich.table import Table
 
 from bench.cli.app import app, console
+from bench.cli.executor import AddressOption, ExecutorOption
 from bench.errors import BenchError
 
 DEFAULT_OUT = Path("bench-studies")
@@ -20,6 +21,8 @@ def reproduce(
         "--out", help="Folder for everything the study makes [default: bench-studies/NAME].")] = None,
     root: Annotated[list[str], typer.Option(
         "--root", help="Dataset root NAME=PATH for a dataset the study names (repeatable).")] = [],  # noqa: B006
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
 ) -> None:
     """Run every stage of a study (source training, fine-tuning, extraction, evaluation, report) in order.
 
@@ -30,11 +33,15 @@ def reproduce(
     from bench.study import load_study
 
     loaded = load_study(study, _roots(root))
+    if executor == "ray":  # a missing Ray or an unreachable cluster is said before any stage starts
+        from bench.cluster import connect
+
+        connect(address)
     folder = out or DEFAULT_OUT / loaded.name
     console.print(f"[bold]study {loaded.name}[/bold] ({loaded.path}) -> {folder}", highlight=False)
     try:
         # rich's global console, which the training progress bars use too: their displays nest in the study's
-        run(loaded, folder, get_console())
+        run(loaded, folder, get_console(), executor, address)
     except KeyboardInterrupt:
         raise BenchError(f"interrupted: finished stages are kept in {folder}; run the same command to resume") \
             from None
