@@ -70,7 +70,8 @@ class Inputs:
 
     request: Request
     design: Design
-    manifest: pd.DataFrame  # the full manifest (for difficulty and fingerprints)
+    manifest: pd.DataFrame  # the full manifest (for difficulty)
+    fingerprint: str  # of the full manifest: ids, labels and file sizes
     labels: pd.Series  # image_id -> int label, only the rows the design keeps
     folds: dict[str, tuple[np.ndarray, np.ndarray]]
     notes: tuple[str, ...]  # what the user should know (repeated reference folds, skipped images)
@@ -93,7 +94,8 @@ def prepare(request: Request) -> Inputs:
         folds = make_folds(manifest, request.split, seed=request.seed, reference_dir=request.reference_dir,
                            protocol=request.protocol, keep_duplicates=request.keep_duplicate_folds)
     labels = labelled.set_index("image_id")["label"]
-    return Inputs(request, design, manifest, labels, folds, tuple(str(w.message) for w in caught))
+    return Inputs(request, design, manifest, fingerprint(manifest), labels, folds,
+                  tuple(str(w.message) for w in caught))
 
 
 def evaluate(request: Request) -> Evaluation:
@@ -108,6 +110,9 @@ def run(inputs: Inputs) -> Evaluation:
     parts = []
     for fold, (train_ids, test_ids) in inputs.folds.items():
         features = read(paths.feature_key(request.protocol, fold) if request.finetuned else "frozen")
+        if features.attrs.get("dataset_fingerprint") != inputs.fingerprint:
+            notes.append("the feature set was extracted when this dataset's images or labels differed (another "
+                         "fingerprint); labels come from the manifest, but re-run `bench extract` if images changed")
         parts.append((fold, features, _rows(train_ids, inputs.labels, features, notes),
                       _rows(test_ids, inputs.labels, features, notes)))
     fits = run_folds([Fold(f.features, train.position.to_numpy(), train.label.to_numpy(), test.position.to_numpy())
@@ -129,7 +134,7 @@ def _tables(inputs: Inputs, results: pd.DataFrame, predictions: pd.DataFrame) ->
     identity = {"dataset": request.dataset, "protocol": request.protocol, "backbone": request.backbone,
                 "finetuned": request.finetuned, "split": request.split}
     provenance = {"seed": request.seed, "auc_ci_low": ci.low, "auc_ci_high": ci.high,
-                  "dataset_fingerprint": fingerprint(inputs.manifest), "bench_version": bench.__version__,
+                  "dataset_fingerprint": inputs.fingerprint, "bench_version": bench.__version__,
                   "command": request.command(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     results = results.assign(**identity, **provenance)
     predictions = predictions.assign(**identity)
