@@ -83,11 +83,13 @@ def _naive(net: torch.nn.Module, files: list[str], preprocessing: Preprocessing)
 # --- `--executor ray` -----------------------------------------------------------------------------------------
 
 def measure_on_ray(backbone_name: str, dataset_name: str, root: Path | None, *, workers: int = 2,
-                   limit: int | None = 500, batch_size: int = BATCH_SIZE, options: dict[str, str] | None = None,
-                   address: str | None = None) -> dict:
+                   limit: int | None = 500, batch_size: int = BATCH_SIZE, repeat: int = 3,
+                   options: dict[str, str] | None = None, address: str | None = None) -> dict:
     """images/s of `bench extract` in this process and on Ray with 1..`workers` tasks at a time (one CPU or GPU
     each), on the same images and the same chunks: 2 x `workers` shards, so every worker count has work to share.
-    The first Ray run (worker processes starting, importing torch) is reported apart as `ray_cold_ips`."""
+
+    A first Ray run (worker processes starting, importing torch) is reported apart as `ray_cold_ips`; then the
+    runs take turns `repeat` times and each figure is its best round, as in `measure`."""
     from bench.cluster import connect, extract_on_ray
 
     load = os.getloadavg()[0]
@@ -97,15 +99,16 @@ def measure_on_ray(backbone_name: str, dataset_name: str, root: Path | None, *, 
     manifest = plugins.get_dataset(dataset_name).manifest(root, **(options or {}))
     n = min(len(manifest), limit or len(manifest))
     rows = -(-n // (2 * workers * batch_size)) * batch_size  # 2 x workers chunks of whole batches
-    with tempfile.TemporaryDirectory(prefix="bench-perf-") as store:
-        def ips(name: str, ray_workers: int | None) -> float:
-            job = prepare(backbone_name, dataset_name, root, store=Path(store) / name, batch_size=batch_size,
+    with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
+        def seconds(name: str, ray_workers: int | None) -> float:
+            job = prepare(backbone_name, dataset_name, root, store=Path(tmp) / name, batch_size=batch_size,
                           limit=limit, options=options, rows_per_chunk=rows)
-            run = job.run if ray_workers is None else functools.partial(extract_on_ray, job, workers=ray_workers)
-            return round(n / _seconds(run), 1)
+            return _seconds(job.run if ray_workers is None else
+                            functools.partial(extract_on_ray, job, workers=ray_workers))
 
-        # the cold run first: it also puts the files in the page cache for the runs compared
-        figures = {"images": n, "batch_size": batch_size, "shards": -(-n // rows), "ray_start_s": round(ray_start, 2),
-                   "ray_cold_ips": ips("cold", workers), "local_ips": ips("local", None)}
-        figures.update({f"ray_{w}_workers_ips": ips(f"w{w}", w) for w in range(1, workers + 1)})
-    return {**figures, "cpus": os.cpu_count(), "load_average_1min_before": round(load, 2)}
+        cold = seconds("cold", workers)  # also puts the files in the page cache
+        runs = {"local": None, **{f"ray_{w}_workers": w for w in range(1, workers + 1)}}
+        best = {name: min(seconds(f"{name}-{i}", w) for i in range(repeat)) for name, w in runs.items()}
+    return {"images": n, "batch_size": batch_size, "shards": -(-n // rows), "ray_start_s": round(ray_start, 2),
+            "ray_cold_ips": round(n / cold, 1), **{f"{name}_ips": round(n / s, 1) for name, s in best.items()},
+            "repeat": repeat, "cpus": os.cpu_count(), "load_average_1min_before": round(load, 2)}

@@ -62,8 +62,14 @@ def kill_armed(tmp_path_factory) -> Path:
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def _onnx_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("onnx")
+
+
 @pytest.fixture(autouse=True)
-def plugin(monkeypatch):
+def plugin(monkeypatch, bench_home, _onnx_cache):
+    (bench_home / "onnx").symlink_to(_onnx_cache, target_is_directory=True)  # export the test model once
     tiny.register()
     monkeypatch.setattr(console, "width", 200)  # messages on one line each
     monkeypatch.setattr(extract, "CHUNK_BYTES", 8 * 4 * tiny.FEATURE_DIM)  # 8-row chunks: 3 shards of 22 images
@@ -133,7 +139,7 @@ def test_without_ray_the_option_says_how_to_install_it(images, tmp_path, monkeyp
 
 def test_perf_extract_on_ray_measures_each_worker_count(images):
     args = ["perf", "extract", "--backbone", tiny.NAME, "--dataset", tiny.DATASET, "--root", str(images),
-            "--limit", "16", "--batch-size", "4", "--executor", "ray", "--workers", "2", "--json"]
+            "--limit", "16", "--batch-size", "4", "--executor", "ray", "--workers", "2", "--repeat", "1", "--json"]
     out = runner.invoke(app, args)
     assert out.exit_code == 0, out.output + repr(out.exception)
     figures = json.loads(out.stdout)

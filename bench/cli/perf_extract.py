@@ -33,7 +33,7 @@ def perf_extract(
 
     if executor == "ray":
         figures = measure_on_ray(backbone, dataset, root, workers=workers, limit=limit, batch_size=batch_size,
-                                 options=parse_options(option), address=address)
+                                 repeat=repeat, options=parse_options(option), address=address)
         if as_json:
             print(json.dumps(figures))
         else:
@@ -58,13 +58,15 @@ def perf_extract(
 
 def print_ray(figures: dict, dataset: str, backbone: str) -> None:
     table = Table(title=f"extraction of {figures['images']} {dataset} images with {backbone} in {figures['shards']} "
-                        f"shards ({figures['cpus']} CPUs, load {figures['load_average_1min_before']})")
+                        f"shards ({figures['cpus']} CPUs, load {figures['load_average_1min_before']}, best of "
+                        f"{figures['repeat']})")
     for column in ("", "images/s", "what it runs"):
         table.add_column(column)
     table.add_row("local", f"{figures['local_ips']:.1f}", "bench extract in this process (onnxruntime on all cores)")
     table.add_row("ray, cold", f"{figures['ray_cold_ips']:.1f}", "first Ray run: worker processes start, import torch")
-    for key in sorted(k for k in figures if k.endswith("_workers_ips")):
-        workers = int(key.split("_")[1])
-        table.add_row(f"ray, {workers} worker(s)", f"{figures[key]:.1f}", f"{workers} task(s) at a time, one CPU or GPU each")
+    workers = sorted(int(k.split("_")[1]) for k in figures if k.endswith("_workers_ips"))
+    for w in workers:
+        table.add_row(f"ray, {w} worker(s)", f"{figures[f'ray_{w}_workers_ips']:.1f}",
+                      f"{w} task(s) at a time, one CPU or GPU each")
     console.print(table)
     console.print(f"Ray start-up {figures['ray_start_s']:.1f} s", highlight=False)
