@@ -282,7 +282,8 @@ class StudyView:
             known -= min(time.monotonic() - started, self.estimate(stage) or 0)
         unknown = sorted({s.kind for s, e in zip(self.pending.values(), estimates) if e is None})
         if unknown:
-            return f"at least {_clock(max(known, 0))} left (no timing yet for {', '.join(KIND_TITLES[k] for k in unknown)})"
+            kinds = ", ".join(KIND_TITLES[k] for k in unknown)
+            return f"at least {_clock(max(known, 0))} left (no timing yet for {kinds})"
         return f"about {_clock(max(known, 0))} left"
 
     def __rich__(self) -> Group:
