@@ -87,9 +87,9 @@ class SetWriter:
         if features.shape != (len(rows), self.features.shape[1]):
             raise ValueError(f"chunk {chunk} takes features of shape {(len(rows), self.features.shape[1])}, got {features.shape}")
         window = slice(rows.start, rows.stop)
-        if skipped is not None and skipped.any():
-            features[skipped] = np.nan
-            self.group["skipped"][window] = skipped
+        skipped = np.zeros(len(rows), bool) if skipped is None else np.asarray(skipped, bool)
+        features[skipped] = np.nan
+        self.group["skipped"][window] = skipped  # always: a rerun may find an image readable that was not before
         self.features[window] = features
         self.group["done"][chunk] = True
 

@@ -112,6 +112,9 @@ def test_skipped_rows_are_left_out_of_reads_and_stored_as_nan(tmp_path):
     np.testing.assert_array_equal(read.features, np.delete(features(range(10)), 5, axis=0))
     assert np.isnan(writer.features[5]).all()
 
+    writer.write_chunk(1, features(range(4, 8)))  # the image became readable (say, a run killed before `done`)
+    assert store.read("ds", "bb", "frozen").image_ids.tolist() == IDS.tolist()
+
 
 def test_list_and_remove(tmp_path):
     store = FeatureStore(tmp_path / "store")
