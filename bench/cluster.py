@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -43,12 +44,25 @@ def connect(address: str | None = None) -> Any:
     except ImportError:
         raise BenchError(f"--executor ray needs Ray, an optional extra: {INSTALL}") from None
     if not ray.is_initialized():
+        target = address or os.environ.get("RAY_ADDRESS")
+        fix = "start one with `ray start --head` and pass the address it prints (HOST:6379) to --address"
+        if target and target not in ("auto", "local") and not _listening(target):
+            raise BenchError(f"no Ray cluster answers at {target}: {fix}")  # Ray itself retries for minutes
         try:
             ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR)
         except ConnectionError as exc:
-            raise BenchError(f"no Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: {exc}; start one with "
-                             "`ray start --head` and pass the address it prints to --address") from None
+            raise BenchError(f"no Ray cluster at {target}: {exc}; {fix}") from None
     return ray
+
+
+def _listening(address: str) -> bool:
+    """Whether something accepts connections at `address` (HOST:PORT or ray://HOST:PORT)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def has_gpus(ray: Any) -> bool:

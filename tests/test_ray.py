@@ -137,6 +137,13 @@ def test_without_ray_the_option_says_how_to_install_it(images, tmp_path, monkeyp
     assert not (tmp_path / "store").exists()  # said before any work
 
 
+def test_an_address_where_no_cluster_answers_fails_at_once_with_the_fix(images, tmp_path, monkeypatch):
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh process
+    out = run_extract(images, tmp_path / "store", "--executor", "ray", "--address", "127.0.0.1:1", ok=False)
+    assert type(out.exception) is BenchError and "ray start --head" in str(out.exception)
+    assert not (tmp_path / "store").exists()
+
+
 def test_perf_extract_on_ray_measures_each_worker_count(images):
     args = ["perf", "extract", "--backbone", tiny.NAME, "--dataset", tiny.DATASET, "--root", str(images),
             "--limit", "16", "--batch-size", "4", "--executor", "ray", "--workers", "2", "--repeat", "1", "--json"]
