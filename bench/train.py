@@ -118,11 +118,10 @@ class Trainer:
         self.model.train()
         for layer in self.frozen:  # frozen BatchNorm keeps its running statistics
             layer.training = False
-        started, total, seen = time.perf_counter(), 0.0, 0
-        for batch in range(_batch_count(len(index), self.recipe.batch_size)):
-            i = torch.from_numpy(index[batch * self.recipe.batch_size:][: self.recipe.batch_size])
-            mask = torch.from_numpy(augmented[batch * self.recipe.batch_size:][: self.recipe.batch_size])
-            total += self.step(images[i], labels[i], mask) * len(i)
+        started, total, seen, size = time.perf_counter(), 0.0, 0, self.recipe.batch_size
+        for start in range(0, _batch_count(len(index), size) * size, size):
+            i = torch.from_numpy(index[start:start + size])
+            total += self.step(images[i], labels[i], torch.from_numpy(augmented[start:start + size])) * len(i)
             seen += len(i)
             on_step(f"loss {total / seen:.4f}  {seen / (time.perf_counter() - started):.1f} img/s")
         return total / max(seen, 1), seen / (time.perf_counter() - started)
