@@ -79,10 +79,11 @@ def fit(job: TrainingJob, device: torch.device | None = None) -> RunState:
     torch.manual_seed(job.seed)
     generator = torch.Generator().manual_seed(job.seed)  # sampling and augmentation draws, on the CPU for every device
     train_idx, val_idx = validation_split(job.data, job.seed)
-    images = decode(job.data.paths, job.preprocessing.size, device)
-    labels = torch.tensor(job.data.labels, device=device)
+    # the network before the images: missing starting weights fail before the long decoding
     trainer = Trainer(nn.Sequential(job.start(), nn.Linear(job.feature_dim, len(job.data.classes))).to(device),
                       job.recipe, job.preprocessing, generator)
+    images = decode(job.data.paths, job.preprocessing.size, device)
+    labels = torch.tensor(job.data.labels, device=device)
     job.run_dir.mkdir(parents=True, exist_ok=True)
     state = resume(job.run_dir, trainer.model, trainer.optimizer, generator)
     steps = _batch_count(balanced_size(job.data.labels[train_idx]), job.recipe.batch_size)

@@ -43,11 +43,20 @@ TINY_SOURCE = dataclasses.replace(TINY, name="tiny-source", source_stages=(
     SourceStage(dataset="synthetic", task="4 diagnoses", start="tiny-start", output="tiny-source.pt"),))
 
 
+def _missing(net: nn.Module) -> None:
+    raise BenchError("tiny-imagenet.pt not found: import it first")
+
+
+TINY_DOUBLE = dataclasses.replace(TINY, name="tiny-double", source_stages=(
+    SourceStage(dataset="synthetic", task="4 diagnoses", start="tiny-missing", output="tiny-double.pt"),))
+
+
 class TinyPlugin:
     @staticmethod
     @hookimpl
     def bench_register_backbones(register) -> None:
-        for backbone in (TINY, TINY_START, TINY_SOURCE):
+        for backbone in (TINY, TINY_START, TINY_SOURCE, TINY_DOUBLE,
+                         dataclasses.replace(TINY, name="tiny-missing", load_initial=_missing)):
             register(backbone)
 
 
@@ -220,6 +229,14 @@ def test_source_stage_becomes_the_backbones_initial_weights(tiny_plugin):
     assert read_checkpoint(job.out)["backbone"] == "tiny-source"
     with pytest.raises(BenchError, match="source stage trains on synthetic"):
         source_stage_job(TINY_SOURCE, "other", None, RECIPE)
+
+
+def test_missing_starting_weights_fail_before_any_image_is_read(tiny_plugin, monkeypatch):
+    monkeypatch.setattr(train, "load_image", lambda *args: pytest.fail("an image was decoded"))
+    job = source_stage_job(TINY_DOUBLE, "synthetic", None, RECIPE, options=SYNTHETIC)
+    with pytest.raises(BenchError, match="import it first"):
+        train.fit(job)
+    assert not job.out.exists()
 
 
 def test_cli_train_recipes_and_perf(tiny_plugin):
