@@ -18,7 +18,7 @@ import pandas as pd
 
 import bench
 from bench import paths, plugins
-from bench.backbone import Preprocessing
+from bench.backbone import Backbone, Preprocessing
 from bench.dataset import fingerprint
 from bench.errors import BenchError
 from bench.export import ExportedModel, export_onnx
@@ -158,6 +158,15 @@ def chunk_rows(dim: int, batch_size: int) -> int:
     return max(batch_size, rows // batch_size * batch_size)
 
 
+def _source_stage_output(backbone: Backbone) -> Path | None:
+    """A trained source stage's checkpoint, passed as the weights so that its preprocessing (e.g. the smaller
+    image size it was trained at) is used, not the backbone's default; None leaves `load_initial` to explain."""
+    if not backbone.source_stages:
+        return None
+    output = paths.weights_dir() / backbone.source_stages[-1].output
+    return output if output.is_file() else None
+
+
 def prepare(
     backbone_name: str,
     dataset_name: str,
@@ -185,7 +194,7 @@ def prepare(
     manifest = plugins.get_dataset(dataset_name).manifest(root, **(options or {}))
     if limit is not None:
         manifest = manifest.head(limit)
-    weights = None
+    weights = _source_stage_output(backbone)
     if fold is not None:
         weights = paths.finetuned_checkpoint(dataset_name, backbone_name, protocol, fold)
         if not weights.is_file():

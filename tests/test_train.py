@@ -16,6 +16,7 @@ from bench.backbone import Backbone, Preprocessing, SourceStage, read_checkpoint
 from bench.cli import app
 from bench.errors import BenchError
 from bench.export import export_onnx
+from bench.extract import prepare
 from bench.hookspecs import hookimpl
 from bench.recipes import get_recipe, recipes
 from bench.stages import finetune_job, source_stage_job
@@ -219,14 +220,17 @@ def test_network_input_matches_the_declared_preprocessing():
         np.testing.assert_allclose(ours.numpy(), pre.normalise(images), rtol=1e-5, atol=1e-4)
 
 
-def test_source_stage_becomes_the_backbones_initial_weights(tiny_plugin):
-    job = source_stage_job(TINY_SOURCE, "synthetic", None, RECIPE, options=SYNTHETIC)
+def test_source_stage_becomes_the_backbones_initial_weights(tiny_plugin, tmp_path):
+    job = source_stage_job(TINY_SOURCE, "synthetic", None, RECIPE.with_overrides(image_size=24), options=SYNTHETIC)
     assert job.data.classes == ("basal_cell_carcinoma", "melanoma", "nevus", "seborrheic_keratosis")
     assert job.out == paths.weights_dir() / "tiny-source.pt"
     torch.manual_seed(99)
     assert _same(job.start().state_dict(), TINY_START.create().state_dict())  # starts from the stage's `start`
     train.fit(job)
     assert read_checkpoint(job.out)["backbone"] == "tiny-source"
+    # frozen extraction uses the stage's weights at the size they were trained at, not the backbone's default 32
+    extraction = prepare("tiny-source", "synthetic", None, store=tmp_path / "store", options=SYNTHETIC)
+    assert extraction.model.preprocessing.size == 24
     with pytest.raises(BenchError, match="source stage trains on synthetic"):
         source_stage_job(TINY_SOURCE, "other", None, RECIPE)
 
