@@ -25,6 +25,9 @@ class Recipe:
     image_size: int
     batch_size: int
     train_last: int | None = None  # train only the last K parameterised layers of the feature net; None = all
+    # epochs that train the new head alone before the feature net (linear probing, then fine-tuning): a random
+    # head's first gradients would otherwise distort the pretrained features (Kumar et al., ICLR 2022)
+    head_epochs: int = 0
 
     def with_overrides(self, **overrides: int | float | None) -> Recipe:
         """A copy with the given fields changed; `None` values leave a field as it is."""

@@ -29,7 +29,8 @@ def source_stage_job(backbone: Backbone, dataset: str, root: Path | None, recipe
     manifest = plugins.get_dataset(dataset).manifest(root, **(options or {}))
     rows = manifest.head(limit) if limit else manifest
     # the source task's own label (e.g. the retinopathy grade) where the adapter keeps one
-    values = rows["source_label"] if "source_label" in rows and rows["source_label"].notna().all() else rows["diagnosis"]
+    own = "source_label" in rows and rows["source_label"].notna().all()
+    values = rows["source_label"] if own else rows["diagnosis"]
     classes, labels = np.unique(values.astype(str), return_inverse=True)
     start = plugins.get_backbone(stage.start)
     meta = {"stage": f"{stage.task} on {stage.dataset} (from {stage.start})", "dataset": dataset,
@@ -79,8 +80,8 @@ def _labelled(rows: pd.DataFrame, labels: np.ndarray, classes: tuple[str, ...]) 
                           labels=np.asarray(labels, np.int64), classes=classes, groups=groups_of(rows).to_numpy())
 
 
-def _job(backbone: Backbone, start: Callable[[], nn.Module], data: LabelledImages, recipe: Recipe, *, out: Path, key: str, seed: int,
-         meta: dict) -> TrainingJob:
+def _job(backbone: Backbone, start: Callable[[], nn.Module], data: LabelledImages, recipe: Recipe, *, out: Path,
+         key: str, seed: int, meta: dict) -> TrainingJob:
     """The job, with a run folder named after everything that determines its result, so rerunning the same
     command resumes it and a changed command starts afresh."""
     config = {"backbone": backbone.name, "recipe": recipe.to_dict(), "seed": seed, **meta}

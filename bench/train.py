@@ -93,7 +93,8 @@ def fit(job: TrainingJob, device: torch.device | None = None) -> RunState:
             progress.update(task, description=f"epoch {epoch + 1}/{job.recipe.epochs}")
             order, augmented = balanced_epoch(job.data.labels[train_idx], generator)
             loss, rate = trainer.epoch(images, labels, train_idx[order], augmented,
-                                       lambda status: progress.update(task, advance=1, status=status))
+                                       lambda status: progress.update(task, advance=1, status=status),
+                                       head_only=epoch < job.recipe.head_epochs)
             val_loss = validation_loss(trainer.model, images[val_idx], labels[val_idx], job.preprocessing,
                                        job.recipe.batch_size, trainer.amp)
             _end_epoch(job, state, trainer, loss, val_loss, rate)
@@ -110,15 +111,19 @@ class Trainer:
                  generator: torch.Generator) -> None:
         self.model, self.recipe, self.preprocessing, self.generator = model, recipe, preprocessing, generator
         self.frozen = freeze(model[0], recipe.train_last)
+        self.body = [p for p in model[0].parameters() if p.requires_grad]
         self.optimizer = make_optimizer(model, recipe)
         self.amp, self.scaler = mixed_precision(next(model.parameters()).device)
 
     def epoch(self, images: torch.Tensor, labels: torch.Tensor, index: np.ndarray, augmented: np.ndarray,
-              on_step: Callable[[str], None] = lambda status: None) -> tuple[float, float]:
-        """One pass over `images[index]` in batches; returns the mean training loss and images/s."""
+              on_step: Callable[[str], None] = lambda status: None, head_only: bool = False) -> tuple[float, float]:
+        """One pass over `images[index]` in batches; returns the mean training loss and images/s. `head_only`
+        trains the new head alone, the feature net frozen as it is."""
         self.model.train()
-        for layer in self.frozen:  # frozen BatchNorm keeps its running statistics
-            layer.training = False
+        for layer in self.model[0].modules() if head_only else self.frozen:
+            layer.training = False  # frozen BatchNorm keeps its running statistics
+        for p in self.body:
+            p.requires_grad_(not head_only)
         started, total, seen, size = time.perf_counter(), 0.0, 0, self.recipe.batch_size
         for start in range(0, _batch_count(len(index), size) * size, size):
             i = torch.from_numpy(index[start:start + size])
@@ -206,7 +211,8 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
 
 
-def mixed_precision(device: torch.device) -> tuple[Callable[[], contextlib.AbstractContextManager], torch.amp.GradScaler]:
+def mixed_precision(device: torch.device) -> tuple[Callable[[], contextlib.AbstractContextManager],
+                                                  torch.amp.GradScaler]:
     """Autocast (bf16 where the GPU has it, else fp16 with loss scaling) on CUDA; plain float32 on the CPU."""
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if not cuda or torch.cuda.is_bf16_supported() else torch.float16

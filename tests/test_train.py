@@ -24,6 +24,7 @@ from bench import train
 from protocols.splits import make_folds
 
 SYNTHETIC = {"n": "120", "size": "32"}
+OPTIONS = [arg for k, v in SYNTHETIC.items() for arg in ("-o", f"{k}={v}")]
 RECIPE = get_recipe("demo").with_overrides(image_size=32, batch_size=8, epochs=2)
 
 
@@ -212,6 +213,25 @@ def test_exported_onnx_matches_the_fine_tuned_network():
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_head_epochs_leave_the_feature_net_as_it_started(tmp_path):
+    job = _job(recipe=RECIPE.with_overrides(head_epochs=1), out=tmp_path / "lp.pt", run_dir=tmp_path / "run")
+    history = []
+    real = train.Trainer.epoch
+
+    def record(self, *args, **kwargs):
+        result = real(self, *args, **kwargs)
+        history.append({k: v.clone() for k, v in self.model[0].state_dict().items()})
+        return result
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train.Trainer, "epoch", record)
+        train.fit(job)
+    torch.manual_seed(job.seed)
+    start = tiny_net().state_dict()
+    assert _same(history[0], start)  # epoch 1 trained the head only, BatchNorm statistics included
+    assert not _same(history[1], start)
+
+
 def test_network_input_matches_the_declared_preprocessing():
     images = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
     for pre in (Preprocessing(size=16), Preprocessing(size=16, mean=(103.9, 116.8, 123.7), std=(1.0, 1.0, 1.0),
@@ -247,7 +267,7 @@ def test_cli_train_recipes_and_perf(tiny_plugin):
     runner = CliRunner()
     result = runner.invoke(app, ["train", "--backbone", "tiny", "--dataset", "synthetic", "--protocol",
                                  "mal-vs-ben", "--fold", "r1f1", "--recipe", "demo", "--image-size", "32",
-                                 "--epochs", "1", "--limit", "30", *sum((["-o", f"{k}={v}"] for k, v in SYNTHETIC.items()), [])])
+                                 "--epochs", "1", "--limit", "30", *OPTIONS])
     assert result.exit_code == 0, result.output
     saved = read_checkpoint(paths.finetuned_checkpoint("synthetic", "tiny", "mal-vs-ben", "r1f1"))
     assert saved["meta"]["train_images"] == 30 and saved["meta"]["recipe"]["epochs"] == 1
@@ -256,7 +276,7 @@ def test_cli_train_recipes_and_perf(tiny_plugin):
     result = runner.invoke(app, ["train", "--backbone", "tiny", "--dataset", "synthetic", "--fold", "r0f0"])
     assert isinstance(result.exception, BenchError) and "--protocol" in str(result.exception)
     result = runner.invoke(app, ["train", "--backbone", "tiny", "--dataset", "synthetic", "--protocol",
-                                 "mela-vs-ben", "--fold", "r9f9", *sum((["-o", f"{k}={v}"] for k, v in SYNTHETIC.items()), [])])
+                                 "mela-vs-ben", "--fold", "r9f9", *OPTIONS])
     assert isinstance(result.exception, BenchError) and "r0f0" in str(result.exception)
 
     result = runner.invoke(app, ["recipes"])

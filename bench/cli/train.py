@@ -11,7 +11,7 @@ from bench import plugins
 from bench.cli.app import app, console, perf_app
 from bench.cli.catalogue import DatasetOptions, RootOption, parse_options
 from bench.errors import BenchError
-from bench.recipes import get_recipe, recipes as all_recipes
+from bench.recipes import Recipe, get_recipe, recipes as all_recipes
 
 RecipeOption = Annotated[str, typer.Option("--recipe", help="Training recipe (see `bench recipes`).")]
 ImageSize = Annotated[Optional[int], typer.Option("--image-size", help="Override the recipe's image size (px).")]
@@ -25,10 +25,14 @@ def recipes() -> None:
     for column in ("name", "epochs", "lr", "momentum", "L2", "image", "batch", "trains", "description"):
         table.add_column(column)
     for r in all_recipes().values():
-        trains = "whole network" if r.train_last is None else f"last {r.train_last} layers"
         table.add_row(r.name, str(r.epochs), f"{r.lr:g}", f"{r.momentum:g}", f"{r.weight_decay:g}",
-                      f"{r.image_size} px", str(r.batch_size), trains, r.description)
+                      f"{r.image_size} px", str(r.batch_size), _trains(r), r.description)
     console.print(table)
+
+
+def _trains(recipe: Recipe) -> str:
+    layers = "whole network" if recipe.train_last is None else f"last {recipe.train_last} layers"
+    return layers + (f" after {recipe.head_epochs} head-only epoch(s)" if recipe.head_epochs else "")
 
 
 @app.command()
@@ -66,7 +70,8 @@ def train(
         job = finetune_job(b, dataset, root, chosen, protocol=protocol, fold=fold, split=split,
                            reference_dir=reference_dir, options=options, limit=limit, seed=seed)
     console.print(f"[bold]{b.name}[/bold] on {dataset}: {len(job.data.labels)} training images, classes "
-                  f"{', '.join(job.data.classes)}; recipe {chosen.name} ({chosen.epochs} epochs at {chosen.image_size} px)")
+                  f"{', '.join(job.data.classes)}; recipe {chosen.name} ({chosen.epochs} epochs at "
+                  f"{chosen.image_size} px, {_trains(chosen)})")
     started = time.perf_counter()
     state = fit(job)
     console.print(f"best epoch {state.best_epoch}/{state.epoch} (validation loss {state.best_val_loss:.4f}), "
@@ -92,6 +97,6 @@ def perf_train(
     b = plugins.get_backbone(backbone)
     speed = measure(b.build(), b.feature_dim, b.preprocessing.with_size(chosen.image_size), chosen, steps=steps)
     memory = "peak GPU memory allocated" if speed.device != "cpu" else "peak RSS"
-    trains = "whole network" if chosen.train_last is None else f"last {chosen.train_last} layers"
-    console.print(f"{b.name} training ({trains}, {chosen.image_size} px, batch {chosen.batch_size}) on {speed.device}: "
+    console.print(f"{b.name} training ({_trains(chosen)}, {chosen.image_size} px, batch {chosen.batch_size}) "
+                  f"on {speed.device}: "
                   f"{speed.images_per_s:.1f} images/s, {memory} {speed.peak_memory_mib:.0f} MiB")
