@@ -18,7 +18,7 @@ DEFAULT_OUT = Path("bench-studies")
 def reproduce(
     study: Annotated[str, typer.Argument(help="A study file (.toml) or a built-in study's name (`bench studies`).")],
     out: Annotated[Optional[Path], typer.Option(
-        "--out", help="Folder for everything the study makes [default: bench-studies/NAME].")] = None,
+        "--out", help="Folder for everything the study makes (default: bench-studies/NAME).")] = None,
     root: Annotated[list[str], typer.Option(
         "--root", help="Dataset root NAME=PATH for a dataset the study names (repeatable).")] = [],  # noqa: B006
     executor: ExecutorOption = "local",
