@@ -118,6 +118,7 @@ class Backbone:
     load_initial: Callable[[nn.Module], None] | None = None  # loads the initial weights, or raises BenchError saying how to get them
     load_file: Callable[[nn.Module, Path], None] = load_state_dict_file  # loads `--weights PATH`
     source_stages: tuple[SourceStage, ...] = ()
+    random_init: bool = False  # the initial weights are untrained, so training from them trains every layer
     plugin: str = field(default="", compare=False)  # filled in by the plugin manager
 
     def create(self, weights: Path | None = None) -> nn.Module:

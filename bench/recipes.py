@@ -37,6 +37,11 @@ class Recipe:
             raise BenchError(f"{', '.join(bad)} must be positive")
         return replace(self, **changed)
 
+    def starting_from(self, random_init: bool) -> Recipe:
+        """The recipe for a run from random (True) or pretrained weights: freezing random layers would not be
+        training from scratch, so a random start trains every layer whatever `train_last` says."""
+        return replace(self, train_last=None) if random_init else self
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -35,8 +35,9 @@ def source_stage_job(backbone: Backbone, dataset: str, root: Path | None, recipe
     start = plugins.get_backbone(stage.start)
     meta = {"stage": f"{stage.task} on {stage.dataset} (from {stage.start})", "dataset": dataset,
             "dataset_fingerprint": fingerprint(manifest), "limit": limit}
-    return _job(backbone, start.create, _labelled(rows, labels, tuple(classes)), recipe,
-                out=paths.weights_dir() / stage.output, key=Path(stage.output).stem, seed=seed, meta=meta)
+    return _job(backbone, start.create, _labelled(rows, labels, tuple(classes)),
+                recipe.starting_from(start.random_init), out=paths.weights_dir() / stage.output,
+                key=Path(stage.output).stem, seed=seed, meta=meta)
 
 
 def finetune_job(backbone: Backbone, dataset: str, root: Path | None, recipe: Recipe, *, protocol: str, fold: str,
@@ -59,7 +60,8 @@ def finetune_job(backbone: Backbone, dataset: str, root: Path | None, recipe: Re
                          + (f" in its first {limit} rows: raise --limit" if limit else ""))
     meta = {"dataset": dataset, "dataset_fingerprint": fingerprint(manifest), "protocol": protocol, "split": split,
             "fold": fold, "limit": limit}
-    return _job(backbone, backbone.create, _labelled(rows, rows["label"].to_numpy(), classes), recipe,
+    return _job(backbone, backbone.create, _labelled(rows, rows["label"].to_numpy(), classes),
+                recipe.starting_from(backbone.random_init),
                 out=paths.finetuned_checkpoint(dataset, backbone.name, protocol, fold),
                 key=paths.feature_key(protocol, fold), seed=seed, meta=meta)
 

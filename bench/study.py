@@ -134,15 +134,17 @@ class Study:
         return self.weights_from(spec.like) if spec and not spec.random else None
 
     def random_init(self, backbone: str) -> bool:
-        """Whether `backbone` starts from random weights the study knows of (installed backbones: never assumed)."""
+        """Whether `backbone` starts from random weights (an installed backbone says so itself)."""
         spec = self.backbones.get(backbone)
-        if spec is None or spec.source:
+        if spec is None:
+            return plugins.get_backbone(backbone).random_init
+        if spec.source:
             return False
         return spec.random or self.random_init(spec.like)
 
     def recipe_for(self, start: str) -> Recipe:
         """The recipe of a training run starting from `start`'s weights: every layer trains from random weights."""
-        return dataclasses.replace(self.recipe, train_last=None) if self.random_init(start) else self.recipe
+        return self.recipe.starting_from(self.random_init(start))
 
 
 @dataclass(frozen=True)
@@ -498,13 +500,13 @@ def defined_backbones(study: Study) -> list[Backbone]:
         like = made.get(spec.like) or plugins.get_backbone(spec.like)
         common = {"name": spec.name, "preprocessing": like.preprocessing.with_size(study.recipe.image_size)}
         if spec.random:
-            backbone = dataclasses.replace(like, **common, load_initial=None,
+            backbone = dataclasses.replace(like, **common, load_initial=None, random_init=True,
                                            initial_weights=f"random ({like.architecture}'s own initialisation)")
         elif spec.source:
             adapter = study.datasets[spec.source].adapter
             output = f"{spec.name}.pt"
             backbone = dataclasses.replace(
-                like, **common, initial_weights=f"{like.name}'s, trained on {adapter} by the study",
+                like, **common, initial_weights=f"{like.name}'s, trained on {adapter} by the study", random_init=False,
                 load_initial=functools.partial(_load_source_output, output, spec.name),
                 source_stages=(SourceStage(dataset=adapter, task=f"{adapter} labels", start=like.name,
                                            output=output),))

@@ -51,13 +51,16 @@ def _missing(net: nn.Module) -> None:
 
 TINY_DOUBLE = dataclasses.replace(TINY, name="tiny-double", source_stages=(
     SourceStage(dataset="synthetic", task="4 diagnoses", start="tiny-missing", output="tiny-double.pt"),))
+TINY_RANDOM = dataclasses.replace(TINY, name="tiny-random", random_init=True)
+TINY_FROM_RANDOM = dataclasses.replace(TINY, name="tiny-from-random", source_stages=(
+    SourceStage(dataset="synthetic", task="4 diagnoses", start="tiny-random", output="tiny-from-random.pt"),))
 
 
 class TinyPlugin:
     @staticmethod
     @hookimpl
     def bench_register_backbones(register) -> None:
-        for backbone in (TINY, TINY_START, TINY_SOURCE, TINY_DOUBLE,
+        for backbone in (TINY, TINY_START, TINY_SOURCE, TINY_DOUBLE, TINY_RANDOM, TINY_FROM_RANDOM,
                          dataclasses.replace(TINY, name="tiny-missing", load_initial=_missing)):
             register(backbone)
 
@@ -293,3 +296,14 @@ def test_recipe_overrides_are_checked():
         get_recipe("paper").with_overrides(image_size=0)
     with pytest.raises(BenchError, match="available: paper"):
         get_recipe("nope")
+
+
+
+def test_a_random_start_trains_every_layer_whatever_the_recipe_freezes(tiny_plugin):
+    top_only = RECIPE.with_overrides(train_last=2)
+    assert _job(recipe=top_only).recipe.train_last == 2  # pretrained: the recipe's choice stands
+    scratch = finetune_job(TINY_RANDOM, "synthetic", None, top_only, protocol="mela-vs-ben", fold="r0f0",
+                           options=SYNTHETIC)
+    assert scratch.recipe.train_last is None
+    assert source_stage_job(TINY_FROM_RANDOM, "synthetic", None, top_only, options=SYNTHETIC).recipe.train_last is None
+    assert plugins.get_backbone("scratch").random_init and not plugins.get_backbone("vgg-m").random_init

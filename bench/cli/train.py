@@ -71,7 +71,7 @@ def train(
                            reference_dir=reference_dir, options=options, limit=limit, seed=seed)
     console.print(f"[bold]{b.name}[/bold] on {dataset}: {len(job.data.labels)} training images, classes "
                   f"{', '.join(job.data.classes)}; recipe {chosen.name} ({chosen.epochs} epochs at "
-                  f"{chosen.image_size} px, {_trains(chosen)})")
+                  f"{chosen.image_size} px, {_trains(job.recipe)})")
     started = time.perf_counter()
     state = fit(job)
     console.print(f"best epoch {state.best_epoch}/{state.epoch} (validation loss {state.best_val_loss:.4f}), "

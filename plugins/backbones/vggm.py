@@ -91,7 +91,8 @@ def backbones() -> list[Backbone]:
                                               "import-matconvnet imagenet-vgg-m.mat`"), **common),
         # the orthogonal init is the initial weights rather than part of build(): it takes tens of seconds on a
         # CPU (fc6 is 4096 x 18432), which loading a fine-tuned checkpoint should not pay
-        Backbone(name="scratch", initial_weights="orthogonal, biases 0.05", load_initial=orthogonal_init, **common),
+        Backbone(name="scratch", initial_weights="orthogonal, biases 0.05", load_initial=orthogonal_init,
+                 random_init=True, **common),
         Backbone(name="retino", initial_weights="its kaggle-dr stage",
                  load_initial=_weights_loader(retino_stage.output, "train it with `bench train --backbone retino "
                                               "--dataset kaggle-dr --root PATH`"),
