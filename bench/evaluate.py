@@ -24,7 +24,7 @@ from bench.leaderboard import KEY
 from featurestore import FeatureSet, FeatureStore
 from protocols.designs import Design, apply_design, get_design
 from protocols.metrics import fold_metrics, positive_scores
-from protocols.splits import make_folds
+from protocols.splits import make_folds, select_folds
 from protocols.stats import bootstrap_auc
 from protocols.svm import Fold, run_folds
 
@@ -45,6 +45,7 @@ class Request:
     reference_dir: Path | None = None
     keep_duplicate_folds: bool = False
     options: tuple[tuple[str, str], ...] = ()
+    folds: tuple[str, ...] = ()  # only these folds of the split; empty: all of them
 
     @property
     def store_path(self) -> Path:
@@ -61,6 +62,8 @@ class Request:
         args += ["--reference-dir", str(self.reference_dir)] if self.reference_dir else []
         for key, value in self.options:
             args += ["--option", f"{key}={value}"]
+        for fold in self.folds:
+            args += ["--fold", fold]
         return shlex.join(args)
 
 
@@ -93,6 +96,7 @@ def prepare(request: Request) -> Inputs:
         warnings.simplefilter("always")
         folds = make_folds(manifest, request.split, seed=request.seed, reference_dir=request.reference_dir,
                            protocol=request.protocol, keep_duplicates=request.keep_duplicate_folds)
+    folds = select_folds(folds, request.folds, request.split)
     labels = labelled.set_index("image_id")["label"]
     return Inputs(request, design, manifest, fingerprint(manifest), labels, folds,
                   tuple(str(w.message) for w in caught))

@@ -497,9 +497,8 @@ def _evaluate(study: Study, ws: Workspace, stage: Stage) -> Any:
     request = Request(dataset=spec.adapter, backbone=p["backbone"], protocol=p["protocol"], split=p["split"],
                       finetuned=p["finetuned"], seed=study.seed, root=spec.root, store=ws.store,
                       reference_dir=Path(p["reference"]) if p["reference"] else None,
-                      options=tuple(sorted(spec.options.items())))
-    inputs = prepare(request)
-    return run(dataclasses.replace(inputs, folds={k: inputs.folds[k] for k in p["folds"]}))
+                      options=tuple(sorted(spec.options.items())), folds=tuple(p["folds"]))
+    return run(prepare(request))
 
 
 def _keep_evaluation(ws: Workspace, done: Any) -> str:

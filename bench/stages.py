@@ -18,7 +18,7 @@ from bench.errors import BenchError
 from bench.recipes import Recipe
 from bench.train import LabelledImages, TrainingJob
 from protocols.designs import DESIGNS, apply_design
-from protocols.splits import groups_of, make_folds
+from protocols.splits import groups_of, make_folds, select_folds
 
 
 def source_stage_job(backbone: Backbone, dataset: str, root: Path | None, recipe: Recipe, *,
@@ -47,9 +47,7 @@ def finetune_job(backbone: Backbone, dataset: str, root: Path | None, recipe: Re
     the full manifest (as evaluation makes them) and the fold's test images are never read."""
     manifest = plugins.get_dataset(dataset).manifest(root, **(options or {}))
     folds = make_folds(manifest, split, seed=seed, reference_dir=reference_dir, protocol=protocol)
-    if fold not in folds:
-        raise BenchError(f"no fold {fold!r} in split {split!r}; its folds are {', '.join(folds)}")
-    train_ids, _ = folds[fold]
+    train_ids, _ = select_folds(folds, [fold], split)[fold]
     design = apply_design(manifest, protocol)
     rows = design[design["image_id"].isin(set(train_ids))]
     rows = rows.head(limit) if limit else rows

@@ -57,6 +57,14 @@ def make_folds(
     raise ProtocolError(f"unknown split {split!r}; available: {', '.join(SPLITS)}")
 
 
+def select_folds(folds: Folds, names: tuple[str, ...] | list[str], split: str) -> Folds:
+    """Only the folds named (in that order); no names: all of them."""
+    unknown = [name for name in names if name not in folds]
+    if unknown:
+        raise ProtocolError(f"no fold {', '.join(unknown)} in split {split!r}; its folds are {', '.join(folds)}")
+    return {name: folds[name] for name in names} if names else folds
+
+
 def groups_of(manifest: pd.DataFrame) -> pd.Series:
     """The unit that must not straddle train and test: the lesion where known, else the image itself."""
     if "lesion_id" not in manifest:

@@ -14,6 +14,7 @@ from bench.errors import BenchError
 from bench.evaluate import Request, evaluate, prepare
 from bench.leaderboard import read_table
 from featurestore import FeatureStore, StoreError
+from protocols.errors import ProtocolError
 
 OPTIONS = {"n": "120", "size": "32"}
 DATA = ["--dataset", "synthetic", "--option", "n=120", "--option", "size=32"]
@@ -48,7 +49,7 @@ def write_features(store: Path, backbone: str, key: str, ids: np.ndarray, x: np.
 
 def cli(*args: str):
     result = runner.invoke(app, list(args))
-    if result.exception and not isinstance(result.exception, (BenchError, StoreError, SystemExit)):
+    if result.exception and not isinstance(result.exception, (BenchError, StoreError, ProtocolError, SystemExit)):
         raise result.exception
     return result
 
@@ -140,6 +141,24 @@ def test_finetuned_reads_each_folds_own_set(tmp_path):
     missing = cli("evaluate", "--protocol", "mal-vs-ben", "--backbone", "tuned", "--finetuned", *DATA,
                   "--store", str(store), "--results", str(results))
     assert isinstance(missing.exception, StoreError) and "--protocol mal-vs-ben --fold r0f0" in str(missing.exception)
+
+
+def test_one_fine_tuned_fold_evaluates_alone_and_its_command_says_so(tmp_path):
+    store, results = tmp_path / "store", tmp_path / "results.csv"
+    write_set(store, "tuned", paths.feature_key("mela-vs-ben", "r1f0"), sha="sha-r1f0")  # only r1f0 was tuned
+    args = ["evaluate", "--protocol", "mela-vs-ben", "--backbone", "tuned", "--finetuned", *DATA, "--store", str(store)]
+    out = cli(*args, "--fold", "r1f0", "--results", str(results))
+    assert out.exit_code == 0, out.output
+    rows = read_table(results)
+    assert rows["fold"].tolist() == ["r1f0"] and rows["model_sha256"].tolist() == ["sha-r1f0"]
+    command = rows["command"].iloc[0].split()
+    assert command[-2:] == ["--fold", "r1f0"]
+    again = tmp_path / "again.csv"
+    assert cli(*command[1:], "--results", str(again)).exit_code == 0
+    pd.testing.assert_series_equal(read_table(again)["auc"], rows["auc"])
+    unknown = cli(*args, "--fold", "r9f9", "--results", str(results))
+    assert isinstance(unknown.exception, ProtocolError)
+    assert "no fold r9f9 in split '5x2'; its folds are r0f0" in str(unknown.exception)
 
 
 def test_features_for_fewer_images_than_the_dataset_are_refused(tmp_path):

@@ -26,6 +26,8 @@ Split = Annotated[str, typer.Option(help=f"How folds are made: {', '.join(SPLITS
 ReferenceDir = Annotated[Optional[Path], typer.Option(help="The paper's fold files (a folder or one .yml file).")]
 KeepDuplicates = Annotated[bool, typer.Option("--keep-duplicate-folds",
                                               help="Reference split: also run the repeated partitions.")]
+Folds = Annotated[list[str], typer.Option(
+    "--fold", help="Only this fold (repeatable), e.g. r0f0 where only it was fine-tuned; default: every fold.")]
 Seed = Annotated[int, typer.Option(help="Seeds the 5x2 folds, the validation split and the bootstrap.")]
 Store = Annotated[Optional[Path], typer.Option(help="Feature store (default: $BENCH_STORE or ./bench-store).")]
 Results = Annotated[Path, typer.Option(help="Results table: one row per fold, replaced by key.")]
@@ -47,10 +49,11 @@ def evaluate(
     option: DatasetOptions = [],  # noqa: B006 (typer reads it)
     results: Results = DEFAULT_RESULTS,
     predictions: Predictions = None,
+    fold: Folds = [],  # noqa: B006 (typer reads it)
 ) -> None:
     """Score a feature set with the paper's linear-SVM protocol on every fold; write results (and predictions)."""
     request = Request(dataset, backbone, protocol, split, finetuned, seed, root, store, reference_dir,
-                      keep_duplicate_folds, tuple(parse_options(option).items()))
+                      keep_duplicate_folds, tuple(parse_options(option).items()), tuple(fold))
     done = run_evaluation(request)
     upsert(results, done.results, KEY)
     if predictions is not None:
