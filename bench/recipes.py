@@ -10,6 +10,7 @@ from pathlib import Path
 from bench.errors import BenchError
 
 RECIPES_FILE = Path(__file__).with_name("recipes.toml")
+AUGMENT = ("minority", "all")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ class Recipe:
     # epochs that train the new head alone before the feature net (linear probing, then fine-tuning): a random
     # head's first gradients would otherwise distort the pretrained features (Kumar et al., ICLR 2022)
     head_epochs: int = 0
+    # which images are augmented: "minority", the paper's (only the copies that balance the classes), or "all" (every
+    # image shown, so that the augmentation itself cannot tell the classes apart)
+    augment: str = "minority"
 
     def with_overrides(self, **overrides: int | float | None) -> Recipe:
         """A copy with the given fields changed; `None` values leave a field as it is."""
@@ -55,6 +59,9 @@ def recipes() -> dict[str, Recipe]:
         unknown = set(values) - known
         if unknown:
             raise BenchError(f"{RECIPES_FILE}: recipe {name!r} has unknown field(s) {sorted(unknown)}")
+        if values.get("augment", "minority") not in AUGMENT:
+            raise BenchError(f"{RECIPES_FILE}: recipe {name!r} has augment = {values['augment']!r}; use one of "
+                             f"{', '.join(AUGMENT)}")
     return {name: Recipe(name=name, **values) for name, values in table.items()}
 
 

@@ -91,7 +91,7 @@ def fit(job: TrainingJob, device: torch.device | None = None) -> RunState:
         task = progress.add_task("training", total=job.recipe.epochs * steps, completed=state.epoch * steps, status="")
         for epoch in range(state.epoch, job.recipe.epochs):
             progress.update(task, description=f"epoch {epoch + 1}/{job.recipe.epochs}")
-            order, augmented = balanced_epoch(job.data.labels[train_idx], generator)
+            order, augmented = balanced_epoch(job.data.labels[train_idx], generator, job.recipe.augment == "all")
             loss, rate = trainer.epoch(images, labels, train_idx[order], augmented,
                                        lambda status: progress.update(task, advance=1, status=status),
                                        head_only=epoch < job.recipe.head_epochs)
@@ -224,9 +224,11 @@ def balanced_size(labels: np.ndarray) -> int:
     return int(np.bincount(labels).max() * np.count_nonzero(np.bincount(labels)))
 
 
-def balanced_epoch(labels: np.ndarray, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+def balanced_epoch(labels: np.ndarray, generator: torch.Generator,
+                   augment_all: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One epoch's order: every image once as it is, plus augmented copies of randomly drawn minority-class images
-    until each class has as many as the largest. Returns (positions into `labels`, augment flags), shuffled."""
+    until each class has as many as the largest. Returns (positions into `labels`, augment flags), shuffled.
+    `augment_all` augments every image shown, so that being augmented no longer marks a minority image."""
     counts = np.bincount(labels)
     order, augmented = [np.arange(len(labels))], [np.zeros(len(labels), bool)]
     for label, count in enumerate(counts):
@@ -236,7 +238,8 @@ def balanced_epoch(labels: np.ndarray, generator: torch.Generator) -> tuple[np.n
             order.append(members[draws])
             augmented.append(np.ones(len(draws), bool))
     shuffle = torch.randperm(sum(map(len, order)), generator=generator).numpy()
-    return np.concatenate(order)[shuffle], np.concatenate(augmented)[shuffle]
+    flags = np.concatenate(augmented)[shuffle]
+    return np.concatenate(order)[shuffle], np.ones_like(flags) if augment_all else flags
 
 
 def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -21,6 +21,7 @@ from bench.hookspecs import hookimpl
 from bench.recipes import get_recipe, recipes
 from bench.stages import finetune_job, source_stage_job
 from bench import train
+from protocols.errors import ProtocolError
 from protocols.splits import make_folds
 
 SYNTHETIC = {"n": "120", "size": "32"}
@@ -104,6 +105,14 @@ def test_fine_tune_reads_only_the_training_part_of_its_fold(monkeypatch):
     assert saved["meta"]["fold"] == "r0f0" and saved["meta"]["classes"] == ["benign", "melanoma"]
     assert saved["preprocessing"]["size"] == 32 and not job.run_dir.exists()
     assert set(saved["state_dict"]) == set(tiny_net().state_dict())  # the feature net only: the head is dropped
+
+
+def test_augment_all_flags_every_image_and_keeps_the_balance():
+    labels = np.array([0] * 30 + [1] * 10)
+    minority = train.balanced_epoch(labels, torch.Generator().manual_seed(0))
+    every = train.balanced_epoch(labels, torch.Generator().manual_seed(0), augment_all=True)
+    np.testing.assert_array_equal(every[0], minority[0])  # the same images in the same order
+    assert every[1].all() and not minority[1].all()
 
 
 def test_balanced_epoch_augments_only_minority_copies():
@@ -280,7 +289,7 @@ def test_cli_train_recipes_and_perf(tiny_plugin):
     assert isinstance(result.exception, BenchError) and "--protocol" in str(result.exception)
     result = runner.invoke(app, ["train", "--backbone", "tiny", "--dataset", "synthetic", "--protocol",
                                  "mela-vs-ben", "--fold", "r9f9", *OPTIONS])
-    assert isinstance(result.exception, BenchError) and "r0f0" in str(result.exception)
+    assert isinstance(result.exception, ProtocolError) and "its folds are r0f0" in str(result.exception)
 
     result = runner.invoke(app, ["recipes"])
     assert result.exit_code == 0 and all(name in result.output for name in recipes())
