@@ -33,12 +33,12 @@ class Recipe:
     # image shown, so that the augmentation itself cannot tell the classes apart)
     augment: str = "minority"
 
-    def with_overrides(self, **overrides: int | float | None) -> Recipe:
+    def with_overrides(self, **overrides: int | float | str | None) -> Recipe:
         """A copy with the given fields changed; `None` values leave a field as it is."""
         changed = {k: v for k, v in overrides.items() if v is not None}
-        bad = [f"--{k.replace('_', '-')}" for k, v in changed.items() if v <= 0]
+        bad = [f"--{k.replace('_', '-')} must be {why}" for k, v in changed.items() if (why := invalid(k, v))]
         if bad:
-            raise BenchError(f"{', '.join(bad)} must be positive")
+            raise BenchError("; ".join(bad))
         return replace(self, **changed)
 
     def starting_from(self, random_init: bool) -> Recipe:
@@ -50,6 +50,17 @@ class Recipe:
         return asdict(self)
 
 
+def invalid(field: str, value: object) -> str | None:
+    """What recipe field `field` must be, if `value` is not that; None when it is fine."""
+    if field == "augment":
+        return None if value in AUGMENT else f"one of {', '.join(AUGMENT)}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "a number"
+    if field == "head_epochs":
+        return None if value >= 0 else "zero or more"
+    return None if value > 0 else "positive"
+
+
 @cache
 def recipes() -> dict[str, Recipe]:
     """Every recipe in `recipes.toml`, by name."""
@@ -59,9 +70,9 @@ def recipes() -> dict[str, Recipe]:
         unknown = set(values) - known
         if unknown:
             raise BenchError(f"{RECIPES_FILE}: recipe {name!r} has unknown field(s) {sorted(unknown)}")
-        if values.get("augment", "minority") not in AUGMENT:
-            raise BenchError(f"{RECIPES_FILE}: recipe {name!r} has augment = {values['augment']!r}; use one of "
-                             f"{', '.join(AUGMENT)}")
+        bad = [f"{k} must be {why}" for k, v in values.items() if k != "description" and (why := invalid(k, v))]
+        if bad:
+            raise BenchError(f"{RECIPES_FILE}: recipe {name!r}: {'; '.join(bad)}")
     return {name: Recipe(name=name, **values) for name, values in table.items()}
 
 

@@ -301,8 +301,15 @@ def test_cli_train_recipes_and_perf(tiny_plugin):
 
 def test_recipe_overrides_are_checked():
     assert get_recipe("paper").with_overrides(epochs=3, lr=None).epochs == 3
-    with pytest.raises(BenchError, match="--image-size"):
+    with pytest.raises(BenchError, match="--image-size must be positive"):
         get_recipe("paper").with_overrides(image_size=0)
+    cpu = get_recipe("cpu")
+    assert cpu.augment == "all" and get_recipe("paper").augment == "minority"  # the paper's stays the paper's
+    assert cpu.with_overrides(head_epochs=0, augment="minority").head_epochs == 0
+    with pytest.raises(BenchError, match="--augment must be one of minority, all"):
+        cpu.with_overrides(augment="sideways")
+    with pytest.raises(BenchError, match="--head-epochs must be zero or more"):
+        cpu.with_overrides(head_epochs=-1)
     with pytest.raises(BenchError, match="available: paper"):
         get_recipe("nope")
 

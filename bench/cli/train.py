@@ -22,11 +22,12 @@ BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Override
 def recipes() -> None:
     """List the training recipes `bench train --recipe NAME` accepts."""
     table = Table(title="Training recipes (SGD, Nesterov momentum, L2; best validation epoch kept)")
-    for column in ("name", "epochs", "lr", "momentum", "L2", "image", "batch", "trains", "description"):
+    for column in ("name", "epochs", "lr", "momentum", "L2", "image", "batch", "trains", "augments", "description"):
         table.add_column(column)
     for r in all_recipes().values():
         table.add_row(r.name, str(r.epochs), f"{r.lr:g}", f"{r.momentum:g}", f"{r.weight_decay:g}",
-                      f"{r.image_size} px", str(r.batch_size), _trains(r), r.description)
+                      f"{r.image_size} px", str(r.batch_size), _trains(r),
+                      "every image" if r.augment == "all" else "minority copies", r.description)
     console.print(table)
 
 
