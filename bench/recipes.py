@@ -11,6 +11,7 @@ from bench.errors import BenchError
 
 RECIPES_FILE = Path(__file__).with_name("recipes.toml")
 AUGMENT = ("minority", "all")
+ADDED_LATER = {"augment": "minority"}  # field -> its default
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,9 @@ class Recipe:
         return replace(self, train_last=None) if random_init else self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, as fingerprints see them: a field added after the first release is left out at its default,
+        so that runs fingerprinted before it existed (and behaving as its default does) stay valid."""
+        return {k: v for k, v in asdict(self).items() if ADDED_LATER.get(k, object()) != v}
 
 
 def invalid(field: str, value: object) -> str | None:

@@ -58,6 +58,7 @@ from bench.backbone import Backbone, SourceStage, load_state_dict_file
 from bench.errors import BenchError
 from bench.paths import feature_key
 from bench.recipes import Recipe, get_recipe
+from protocols.svm import SOLVER
 
 TRANSFER_COLUMNS = ("none", "retino", "imagenet", "double")
 TOP_KEYS = {"description", "recipe", "seed", "overrides", "architectures", "datasets", "sources", "backbones",
@@ -480,6 +481,7 @@ def _evaluate_stage(study: Study, evaluation: Evaluation, spec: DatasetSpec, bac
     key = f"evaluate {spec.name}/{backbone}/{protocol}/{'ft' if finetuned else 'frozen'}"
     params = {"backbone": backbone, "dataset": _dataset_params(spec), "protocol": protocol,
               "split": evaluation.split, "folds": list(folds), "finetuned": finetuned, "seed": study.seed,
+              "svm": SOLVER,
               "reference": str(evaluation.reference) if evaluation.reference else None}
     return Stage(key, "evaluate", params, tuple(extracts))
 
