@@ -16,7 +16,7 @@ from sklearn.metrics import roc_curve
 
 from bench.errors import BenchError
 from protocols.designs import DESIGNS
-from protocols.stats import mean_sd
+from protocols.stats import format_mean_sd, mean_sd
 
 KEY = ["dataset", "protocol", "backbone", "finetuned", "split", "fold"]
 EVALUATION = KEY[:-1]  # one leaderboard row: all folds of one evaluation
@@ -105,8 +105,8 @@ def _section(dataset: str, protocol: str, table: pd.DataFrame, out: Path,
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         ci = "–" if np.isnan(r.auc_ci_low) else f"{100 * r.auc_ci_low:.1f}–{100 * r.auc_ci_high:.1f}"
-        cells = [r.backbone, "yes" if r.finetuned else "no", r.split, _pct(r.auc, r.auc_sd), ci,
-                 *(_pct(getattr(r, m), getattr(r, f"{m}_sd")) for m in ("map", "acc", "se", "sp")), str(r.folds)]
+        cells = [r.backbone, "yes" if r.finetuned else "no", r.split, format_mean_sd(r.auc, r.auc_sd), ci,
+                 *(format_mean_sd(getattr(r, m), getattr(r, f"{m}_sd")) for m in ("map", "acc", "se", "sp")), str(r.folds)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Regenerate:", ""] + [f"- `{c}`" for c in table["command"] if c] + [""]
     if predictions is not None:
@@ -114,10 +114,6 @@ def _section(dataset: str, protocol: str, table: pd.DataFrame, out: Path,
         if png is not None:
             lines += [f"![ROC curves, {dataset} {protocol}]({png.name})", ""]
     return lines
-
-
-def _pct(mean: float, sd: float) -> str:
-    return f"{100 * mean:.1f} ± {100 * sd:.1f}"
 
 
 def _pivot(dataset: str, summary: pd.DataFrame) -> list[str]:

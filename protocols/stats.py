@@ -11,6 +11,7 @@ computed from one sort per fold for all draws at once (1000 draws over ten folds
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -43,9 +44,14 @@ class Comparison:
 
 
 def mean_sd(values: pd.Series | np.ndarray) -> tuple[float, float]:
-    """Mean and sample standard deviation over folds (sd is 0 for a single fold)."""
+    """Mean and sample standard deviation over folds (sd is NaN for a single fold: there is no spread to show)."""
     values = np.asarray(values, dtype=float)
-    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def format_mean_sd(mean: float, sd: float) -> str:
+    """In %: "84.0 ± 1.2", or "84.8" for a single fold."""
+    return f"{100 * mean:.1f}" + ("" if math.isnan(sd) else f" ± {100 * sd:.1f}")
 
 
 def bootstrap_auc(predictions: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95) -> Interval:

@@ -295,3 +295,8 @@ def test_referral_sensitivity_against_fraction_referred():
     table = stats.referral(p, fractions=(0.1, 0.4), targets=(1.0,))
     assert table["sensitivity"].tolist() == [0.5, 1.0, 1.0]
     assert table["referred"].tolist() == [0.1, 0.4, 0.4] and table["target"].tolist() == [False, False, True]
+
+
+def test_a_single_fold_shows_no_spread():
+    assert stats.format_mean_sd(*stats.mean_sd([0.848])) == "84.8"
+    assert stats.format_mean_sd(*stats.mean_sd([0.84, 0.86])) == "85.0 ± 1.4"

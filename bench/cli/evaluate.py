@@ -75,7 +75,7 @@ def _print(done: Evaluation) -> None:
         table.add_row(row.fold, str(row.n_train), str(row.n_test), f"{row.c:g}",
                       *(f"{100 * getattr(row, m):.1f}" for m in METRICS))
     means = [stats.mean_sd(r[m]) for m in METRICS]
-    table.add_row("mean", "", "", "", *(f"{100 * m:.1f} ± {100 * s:.1f}" for m, s in means), style="bold")
+    table.add_row("mean", "", "", "", *(stats.format_mean_sd(m, s) for m, s in means), style="bold")
     console.print(table)
     console.print(f"AUC {100 * means[0][0]:.1f}, 95% CI {100 * r['auc_ci_low'].iloc[0]:.1f}–"
                   f"{100 * r['auc_ci_high'].iloc[0]:.1f} (bootstrap over test images)")
