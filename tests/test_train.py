@@ -323,3 +323,9 @@ def test_a_random_start_trains_every_layer_whatever_the_recipe_freezes(tiny_plug
     assert scratch.recipe.train_last is None
     assert source_stage_job(TINY_FROM_RANDOM, "synthetic", None, top_only, options=SYNTHETIC).recipe.train_last is None
     assert plugins.get_backbone("scratch").random_init and not plugins.get_backbone("vgg-m").random_init
+
+
+def test_a_field_added_later_leaves_earlier_fingerprints_alone_at_its_default():
+    paper = get_recipe("paper")
+    assert "augment" not in paper.to_dict()  # as fingerprinted before the field existed
+    assert paper.with_overrides(augment="all").to_dict()["augment"] == "all"
