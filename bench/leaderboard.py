@@ -105,8 +105,9 @@ def _section(dataset: str, protocol: str, table: pd.DataFrame, out: Path,
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.itertuples():
         ci = "–" if np.isnan(r.auc_ci_low) else f"{100 * r.auc_ci_low:.1f}–{100 * r.auc_ci_high:.1f}"
+        spreads = (format_mean_sd(getattr(r, m), getattr(r, f"{m}_sd")) for m in ("map", "acc", "se", "sp"))
         cells = [r.backbone, "yes" if r.finetuned else "no", r.split, format_mean_sd(r.auc, r.auc_sd), ci,
-                 *(format_mean_sd(getattr(r, m), getattr(r, f"{m}_sd")) for m in ("map", "acc", "se", "sp")), str(r.folds)]
+                 *spreads, str(r.folds)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Regenerate:", ""] + [f"- `{c}`" for c in table["command"] if c] + [""]
     if predictions is not None:
