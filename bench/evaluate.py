@@ -23,8 +23,8 @@ from bench.errors import BenchError
 from bench.leaderboard import KEY
 from featurestore import FeatureSet, FeatureStore
 from protocols.designs import Design, apply_design, get_design
-from protocols.metrics import fold_metrics, positive_scores
-from protocols.splits import make_folds, select_folds
+from protocols.metrics import fold_metrics, positive_scores, predicted_class
+from protocols.splits import fold_record_problems, groups_of, make_folds, select_folds
 from protocols.stats import bootstrap_auc
 from protocols.svm import Fold, run_folds
 
@@ -76,6 +76,7 @@ class Inputs:
     manifest: pd.DataFrame  # the full manifest (for difficulty)
     fingerprint: str  # of the full manifest: ids, labels and file sizes
     labels: pd.Series  # image_id -> int label, only the rows the design keeps
+    lesions: pd.Series  # image_id -> lesion id (the image itself where the dataset has none)
     folds: dict[str, tuple[np.ndarray, np.ndarray]]
     notes: tuple[str, ...]  # what the user should know (repeated reference folds, skipped images)
 
@@ -98,7 +99,8 @@ def prepare(request: Request) -> Inputs:
                            protocol=request.protocol, keep_duplicates=request.keep_duplicate_folds)
     folds = select_folds(folds, request.folds, request.split)
     labels = labelled.set_index("image_id")["label"]
-    return Inputs(request, design, manifest, fingerprint(manifest), labels, folds,
+    lesions = pd.Series(groups_of(manifest).to_numpy(), index=manifest["image_id"])
+    return Inputs(request, design, manifest, fingerprint(manifest), labels, lesions, folds,
                   tuple(str(w.message) for w in caught))
 
 
@@ -114,19 +116,22 @@ def run(inputs: Inputs) -> Evaluation:
     parts = []
     for fold, (train_ids, test_ids) in inputs.folds.items():
         features = read(paths.feature_key(request.protocol, fold) if request.finetuned else "frozen")
+        if request.finetuned:
+            _check_fold_record(request, fold, features, train_ids, test_ids)
         if features.attrs.get("dataset_fingerprint") != inputs.fingerprint:
             notes.append("the feature set was extracted when this dataset's images or labels differed (another "
                          "fingerprint); labels come from the manifest, but re-run `bench extract` if images changed")
         parts.append((fold, features, _rows(train_ids, inputs.labels, features, notes),
                       _rows(test_ids, inputs.labels, features, notes)))
-    fits = run_folds([Fold(f.features, train.position.to_numpy(), train.label.to_numpy(), test.position.to_numpy())
-                      for _, f, train, test in parts], seed=request.seed)
+    fits = run_folds([Fold(f.features, train.position.to_numpy(), train.label.to_numpy(), test.position.to_numpy(),
+                           inputs.lesions.reindex(train.image_id).to_numpy()) for _, f, train, test in parts],
+                     seed=request.seed)
     results, predictions = [], []
     for (fold, features, train, test), fit in zip(parts, fits):
         metrics = fold_metrics(test.label.to_numpy(), fit.scores, inputs.design.positive)
         results.append({"fold": fold, **metrics, "n_train": len(train), "n_test": len(test), "c": fit.c,
                         "model_sha256": features.attrs.get("model_sha256", "")})
-        predictions.append(_predictions(fold, test, fit.scores, inputs.design))
+        predictions.append(_predictions(fold, test, fit.scores, inputs))
     return _tables(replace(inputs, notes=tuple(dict.fromkeys(notes))), pd.DataFrame(results),
                    pd.concat(predictions, ignore_index=True))
 
@@ -160,6 +165,23 @@ def _reader(request: Request):
     return read
 
 
+def _check_fold_record(request: Request, fold: str, features: FeatureSet, train_ids: np.ndarray,
+                       test_ids: np.ndarray) -> None:
+    """A fine-tuned set is scored only on the fold whose training part it was trained on."""
+    problems = fold_record_problems(features.attrs.get("fold_record"), protocol=request.protocol,
+                                    split=request.split, seed=request.seed, fold=fold, train_ids=train_ids,
+                                    test_ids=test_ids)
+    if problems:
+        key = paths.feature_key(request.protocol, fold)
+        seed = f" --seed {request.seed}" if request.seed else ""
+        raise BenchError(
+            f"refusing to score fine-tuned set {request.dataset}/{request.backbone}/{key} on fold {fold} "
+            f"(split {request.split}, seed {request.seed}): {'; '.join(problems)}. Fine-tune for this fold and "
+            f"extract again: `bench train --backbone {request.backbone} --dataset {request.dataset} --protocol "
+            f"{request.protocol} --split {request.split} --fold {fold}{seed} ...`, then `bench extract ... "
+            f"--protocol {request.protocol} --fold {fold} --overwrite`")
+
+
 def _rows(ids: np.ndarray, labels: pd.Series, features: FeatureSet, notes: list[str]) -> pd.DataFrame:
     """The fold part's images the design keeps, with their label and row in the feature set."""
     kept = labels.reindex(ids).dropna().astype(int)
@@ -178,10 +200,13 @@ def _rows(ids: np.ndarray, labels: pd.Series, features: FeatureSet, notes: list[
         "position >= 0").reset_index(drop=True)
 
 
-def _predictions(fold: str, test: pd.DataFrame, scores: np.ndarray, design: Design) -> pd.DataFrame:
-    """One row per test image: `score` is the positive (melanoma) decision value; 3 classes add `score_<class>`."""
-    frame = pd.DataFrame({"fold": fold, "image_id": test.image_id, "label": test.label,
-                          "score": positive_scores(scores, design.positive)})
+def _predictions(fold: str, test: pd.DataFrame, scores: np.ndarray, inputs: Inputs) -> pd.DataFrame:
+    """One row per test image, with its lesion (the unit the bootstrap resamples): `score` is the positive
+    (melanoma) decision value, `predicted` the SVM's class; 3 classes add `score_<class>`."""
+    design = inputs.design
+    frame = pd.DataFrame({"fold": fold, "image_id": test.image_id,
+                          "lesion_id": inputs.lesions.reindex(test.image_id).to_numpy(), "label": test.label,
+                          "predicted": predicted_class(scores), "score": positive_scores(scores, design.positive)})
     if scores.ndim == 2:
         for k, name in enumerate(design.classes):
             frame[f"score_{name}"] = scores[:, k]

@@ -18,7 +18,7 @@ import pandas as pd
 
 import bench
 from bench import paths, plugins
-from bench.backbone import Backbone, Preprocessing
+from bench.backbone import Backbone, Preprocessing, read_checkpoint
 from bench.dataset import fingerprint
 from bench.errors import BenchError
 from bench.export import ExportedModel, export_onnx
@@ -202,6 +202,8 @@ def prepare(
                              f"for protocol {protocol}, fold {fold} first (`bench train`)")
     model = export_onnx(backbone, weights)
     key = paths.feature_key(protocol, fold)
+    # a fine-tuned set carries its checkpoint's record of the fold it trained on: evaluation checks it
+    record = read_checkpoint(weights).get("meta", {}).get("fold_record") if fold is not None else None
     attrs = {
         "model_sha256": model.sha256,
         "preprocessing": model.preprocessing.to_dict(),
@@ -212,6 +214,7 @@ def prepare(
         "weights": str(weights) if weights else "initial weights",
         "dataset_options": options or {},
         "bench_version": bench.__version__,
+        **({"fold_record": record} if fold is not None else {}),
     }
     writer = FeatureStore(store).open_for_write(
         dataset_name, backbone_name, key, image_ids=manifest["image_id"].astype(str).to_numpy(),

@@ -18,7 +18,7 @@ from bench.errors import BenchError
 from bench.recipes import Recipe
 from bench.train import LabelledImages, TrainingJob
 from protocols.designs import DESIGNS, apply_design
-from protocols.splits import groups_of, make_folds, select_folds
+from protocols.splits import fold_record, groups_of, make_folds, select_folds
 
 
 def source_stage_job(backbone: Backbone, dataset: str, root: Path | None, recipe: Recipe, *,
@@ -57,7 +57,8 @@ def finetune_job(backbone: Backbone, dataset: str, root: Path | None, recipe: Re
         raise BenchError(f"fold {fold} has no training images of class(es) {missing} under {protocol}"
                          + (f" in its first {limit} rows: raise --limit" if limit else ""))
     meta = {"dataset": dataset, "dataset_fingerprint": fingerprint(manifest), "protocol": protocol, "split": split,
-            "fold": fold, "limit": limit}
+            "fold": fold, "limit": limit,
+            "fold_record": fold_record(protocol, split, seed, fold, rows["image_id"].tolist())}
     return _job(backbone, backbone.create, _labelled(rows, rows["label"].to_numpy(), classes),
                 recipe.starting_from(backbone.random_init),
                 out=paths.finetuned_checkpoint(dataset, backbone.name, protocol, fold),

@@ -1,7 +1,8 @@
 """Train/test splits, made on the FULL manifest so every protocol and every fine-tune sees the same folds.
 
 - `5x2`: 5 repetitions of stratified (by diagnosis), lesion-grouped 2-fold CV; key `r{rep}f{f}`, fold f tests on
-  group f and trains on the other.
+  group f and trains on the other. Each repetition draws from its own child of `SeedSequence(seed)`, so no two
+  seeds share a partition (with `seed + rep`, seed 1's r0 was seed 0's r1).
 - `official`: the manifest's own `split` column (train/test); key `official`.
 - `reference`: the paper's fold files (learningtitans/melanoma-transfer `folds/*.yml`). Each `Fold_k` there is a
   pair of halves; one is trained on and the other tested, and vice versa, so `Fold_k` gives keys `ref{k}x1`
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -77,11 +79,45 @@ def five_by_two(manifest: pd.DataFrame, seed: int = 0) -> Folds:
     diagnosis = manifest["diagnosis"].to_numpy()
     groups = groups_of(manifest).to_numpy()
     folds: Folds = {}
-    for rep in range(REPETITIONS):
-        kfold = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed + rep)
+    for rep, child in enumerate(np.random.SeedSequence(seed).spawn(REPETITIONS)):
+        kfold = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=int(child.generate_state(1)[0]))
         for f, (train, test) in enumerate(kfold.split(ids, diagnosis, groups)):
             folds[f"r{rep}f{f}"] = (ids[train], ids[test])
     return folds
+
+
+def fold_record(protocol: str, split: str, seed: int, fold: str, trained_on: list[str]) -> dict:
+    """What a fine-tune saw, to be carried by its checkpoint and every feature set made from it."""
+    ids = sorted(map(str, trained_on))
+    return {"protocol": protocol, "split": split, "seed": seed, "fold": fold, "train_ids": ids,
+            "train_ids_sha256": _ids_sha256(ids)}
+
+
+def fold_record_problems(record: dict | None, *, protocol: str, split: str, seed: int, fold: str,
+                         train_ids: np.ndarray, test_ids: np.ndarray) -> list[str]:
+    """Why a fine-tune with `record` may not be scored on this fold (empty: it may): it must have been trained for
+    this design, split, seed and fold, on images of the fold's training part only."""
+    if not record:
+        return ["it carries no record of the fold it was trained on (made before bench kept one)"]
+    problems = [f"it was trained for {name} {record.get(name)!r}, this is {name} {wanted!r}"
+                for name, wanted in (("protocol", protocol), ("split", split), ("fold", fold),
+                                     *((("seed", seed),) if split == "5x2" else ()))
+                if record.get(name) != wanted]
+    ids = record.get("train_ids") or []
+    if _ids_sha256(ids) != record.get("train_ids_sha256"):
+        problems.append("its list of training images does not match the hash recorded with it")
+    seen = set(ids)
+    leaked = len(seen & set(map(str, test_ids)))
+    if leaked:
+        problems.append(f"{leaked} of the images it trained on are in this fold's test part")
+    outside = len(seen - set(map(str, train_ids)) - set(map(str, test_ids)))
+    if outside:
+        problems.append(f"{outside} of the images it trained on are not in this fold at all")
+    return problems
+
+
+def _ids_sha256(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
 def official(manifest: pd.DataFrame) -> Folds:

@@ -1,12 +1,15 @@
 """Statistics over an evaluation's per-image predictions (one row per fold and test image).
 
-`predictions` frames have columns `fold`, `image_id`, `label` and `score` (the melanoma/positive decision value)
-and, for the 3-class design, `score_<class>` columns holding every class's decision value.
+`predictions` frames have columns `fold`, `image_id`, `lesion_id`, `label` and `score` (the melanoma/positive
+decision value) and, for the 3-class design, `score_<class>` columns holding every class's decision value.
 
-The bootstrap resamples test IMAGES, not rows: one draw of images (with replacement) weights each image's rows
-in every fold, and the statistic is the mean over folds of the weighted fold AUC, so the interval brackets the
-headline figure (the mean fold AUC) and respects that 5x2 tests every image five times. Weighted AUCs are
-computed from one sort per fold for all draws at once (1000 draws over ten folds of 5000 images: about a second).
+The bootstrap resamples LESIONS (a cluster bootstrap), not rows or images: images of one lesion are near copies,
+so resampling them one by one would count each lesion as several independent cases and give intervals that are
+too narrow. One draw of lesions (with replacement) weights each of their images' rows in every fold, and the
+statistic is the mean over folds of the weighted fold AUC, so the interval brackets the headline figure (the mean
+fold AUC) and respects that 5x2 tests every image five times. Without a `lesion_id` column every image is its
+own lesion. Weighted AUCs are computed from one sort per fold for all draws at once (1000 draws over ten folds
+of 5000 images: about a second).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from itertools import combinations
 
 import numpy as np
 import pandas as pd
-from scipy.special import softmax
+from scipy.stats import f as f_distribution
 
 from protocols.errors import ProtocolError
 
@@ -36,11 +39,14 @@ class Interval:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Paired bootstrap of mean-AUC(a) - mean-AUC(b) on the same folds and test images."""
+    """Paired cluster bootstrap of mean-AUC(a) - mean-AUC(b) on the same folds and test images, and Alpaydin's
+    5x2cv paired F-test where both evaluations cover all ten folds of a 5x2 split."""
 
     difference: Interval
     p_value: float  # two-sided, from the bootstrap distribution of the difference
     folds: int
+    f_statistic: float = math.nan  # 5x2cv paired F (Alpaydin 1999); NaN unless all ten 5x2 folds are present
+    f_p_value: float = math.nan
 
 
 def mean_sd(values: pd.Series | np.ndarray) -> tuple[float, float]:
@@ -55,8 +61,8 @@ def format_mean_sd(mean: float, sd: float) -> str:
 
 
 def bootstrap_auc(predictions: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = 0, level: float = 0.95) -> Interval:
-    """Mean fold AUC and its bootstrap confidence interval (test images resampled)."""
-    draws = _image_draws(predictions["image_id"], n_boot, seed)
+    """Mean fold AUC and its cluster-bootstrap confidence interval (test lesions resampled)."""
+    draws = _lesion_draws(predictions, n_boot, seed)
     estimate = float(np.mean([_fold_auc(f, None) for _, f in predictions.groupby("fold")]))
     boot = _mean_fold_auc(predictions, draws)
     return _interval(estimate, boot, level)
@@ -64,18 +70,45 @@ def bootstrap_auc(predictions: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int 
 
 def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = 0,
                       level: float = 0.95) -> Comparison:
-    """Compare two backbones' predictions on identical folds and test images (same draws for both)."""
+    """Compare two backbones' predictions on identical folds and test images (same lesion draws for both)."""
     keys = ["fold", "image_id"]
     a, b = a.sort_values(keys).reset_index(drop=True), b.sort_values(keys).reset_index(drop=True)
     if not a[keys].equals(b[keys]) or not a["label"].equals(b["label"]):
         raise ProtocolError("the two evaluations do not share folds, test images and labels: run both with the "
                             "same --dataset, --protocol, --split and --seed")
-    draws = _image_draws(a["image_id"], n_boot, seed)
+    draws = _lesion_draws(a, n_boot, seed)
     diff = _mean_fold_auc(a, draws) - _mean_fold_auc(b, draws)
-    estimate = float(np.mean([_fold_auc(f, None) for _, f in a.groupby("fold")])
-                     - np.mean([_fold_auc(f, None) for _, f in b.groupby("fold")]))
+    per_fold = {fold: _fold_auc(f, None) - _fold_auc(b.loc[f.index], None) for fold, f in a.groupby("fold")}
+    estimate = float(np.mean(list(per_fold.values())))
     p_value = min(1.0, 2 * min(np.mean(diff <= 0), np.mean(diff >= 0)))
-    return Comparison(_interval(estimate, diff, level), float(p_value), a["fold"].nunique())
+    f_statistic, f_p = f_test_5x2(per_fold)
+    return Comparison(_interval(estimate, diff, level), float(p_value), a["fold"].nunique(), f_statistic, f_p)
+
+
+def f_test_5x2(differences: dict[str, float]) -> tuple[float, float]:
+    """Alpaydin's (1999) combined 5x2cv F-test of per-fold differences keyed `r{rep}f{fold}`: F = sum of the ten
+    squared differences over twice the sum of the five within-repetition variances, ~ F(10, 5) under the null.
+    (NaN, NaN) unless exactly the ten folds r0f0 ... r4f1 are given."""
+    wanted = {f"r{rep}f{fold}" for rep in range(5) for fold in range(2)}
+    if set(differences) != wanted:
+        return math.nan, math.nan
+    p = np.array([[differences[f"r{rep}f{fold}"] for fold in range(2)] for rep in range(5)])
+    variances = ((p - p.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+    if variances.sum() == 0:
+        return math.nan, math.nan
+    statistic = float((p**2).sum() / (2 * variances.sum()))
+    return statistic, float(f_distribution.sf(statistic, 10, 5))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment: the k-th smallest of m p-values times (m - k + 1), kept monotone, capped at 1.
+    Rejecting where the adjusted p < alpha keeps the chance of any false claim among the m below alpha."""
+    order = np.argsort(p_values, kind="stable")
+    m = len(p_values)
+    adjusted = np.maximum.accumulate([min(1.0, (m - k) * p_values[i]) for k, i in enumerate(order)])
+    result = np.empty(m)
+    result[order] = adjusted
+    return result.tolist()
 
 
 def auc_by_difficulty(predictions: pd.DataFrame, difficulty: pd.Series) -> pd.DataFrame:
@@ -121,12 +154,14 @@ def _referral_curve(truth: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, n
     return fraction, sensitivity
 
 
-def _image_draws(image_ids: pd.Series, n_boot: int, seed: int) -> pd.DataFrame:
-    """(n_images, n_boot) multinomial counts: how often each distinct test image is drawn in each replicate."""
-    images = pd.Index(image_ids.unique())
+def _lesion_draws(predictions: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
+    """(n_images, n_boot): how often each distinct test image's lesion is drawn in each replicate."""
+    images = predictions.drop_duplicates("image_id")
+    lesion = images["lesion_id"] if "lesion_id" in images else images["image_id"]
+    lesions, members = np.unique(lesion.astype(str).to_numpy(), return_inverse=True)
     rng = np.random.default_rng(seed)
-    counts = rng.multinomial(len(images), np.full(len(images), 1 / len(images)), size=n_boot)
-    return pd.DataFrame(counts.T.astype(np.float32), index=images)
+    counts = rng.multinomial(len(lesions), np.full(len(lesions), 1 / len(lesions)), size=n_boot)
+    return pd.DataFrame(counts.T[members].astype(np.float32), index=images["image_id"].to_numpy())
 
 
 def _mean_fold_auc(predictions: pd.DataFrame, draws: pd.DataFrame, chunk: int = 250) -> np.ndarray:
@@ -140,19 +175,19 @@ def _mean_fold_auc(predictions: pd.DataFrame, draws: pd.DataFrame, chunk: int = 
 
 
 def _fold_auc(fold: pd.DataFrame, weights: np.ndarray | None):
-    """The fold's AUC (binary, or mean one-vs-one over softmaxed `score_*` columns), weighted per bootstrap draw."""
+    """The fold's AUC (binary, or the mean one-vs-one AUC of the `score_*` columns, each pair ranked by its margin
+    difference, as `protocols.metrics.auc`), weighted per bootstrap draw."""
     labels = fold["label"].to_numpy()
     columns = [c for c in fold.columns if c.startswith("score_")]
     w = np.ones((1, len(fold))) if weights is None else weights
     if not columns:
         result = _weighted_auc(fold["score"].to_numpy(), labels == 1, w)
     else:
-        probability = softmax(fold[columns].to_numpy(), axis=1)
+        scores = fold[columns].to_numpy()
         pairs = []
         for i, j in combinations(range(len(columns)), 2):
             both = (labels == i) | (labels == j)
-            pairs.append((_weighted_auc(probability[both, i], labels[both] == i, w[:, both])
-                          + _weighted_auc(probability[both, j], labels[both] == j, w[:, both])) / 2)
+            pairs.append(_weighted_auc(scores[both, i] - scores[both, j], labels[both] == i, w[:, both]))
         result = np.mean(pairs, axis=0)
     return float(result[0]) if weights is None else result
 

@@ -15,6 +15,7 @@ from bench.evaluate import Request, evaluate, prepare
 from bench.leaderboard import read_table
 from featurestore import FeatureStore, StoreError
 from protocols.errors import ProtocolError
+from protocols.splits import fold_record, make_folds
 
 OPTIONS = {"n": "120", "size": "32"}
 DATA = ["--dataset", "synthetic", "--option", "n=120", "--option", "size=32"]
@@ -26,22 +27,29 @@ def manifest() -> pd.DataFrame:
 
 
 def write_set(store: Path, backbone: str, key: str = "frozen", signal: float = 2.0, seed: int = 0,
-              keep: slice = slice(None), sha: str = "sha-frozen") -> np.ndarray:
+              keep: slice = slice(None), sha: str = "sha-frozen", record: dict | None = None) -> np.ndarray:
     """Features carrying the diagnosis with strength `signal`; returns them in manifest order."""
     m = manifest()
     rng = np.random.default_rng(seed)
     codes = m["diagnosis"].astype("category").cat.codes.to_numpy()
     x = rng.normal(size=(len(m), 16)).astype(np.float32)
     x[np.arange(len(m)), codes] += signal
-    write_features(store, backbone, key, m["image_id"].to_numpy()[keep], np.abs(x)[keep], sha, fingerprint(m))
+    write_features(store, backbone, key, m["image_id"].to_numpy()[keep], np.abs(x)[keep], sha, fingerprint(m),
+                   {"fold_record": record} if record else {})
     return np.abs(x)
 
 
+def trained_on(fold: str, seed: int = 0, protocol: str = "mela-vs-ben") -> dict:
+    """The record a fine-tune on `fold`'s training part carries."""
+    train_ids, _ = make_folds(manifest(), "5x2", seed=seed)[fold]
+    return fold_record(protocol, "5x2", seed, fold, list(train_ids))
+
+
 def write_features(store: Path, backbone: str, key: str, ids: np.ndarray, x: np.ndarray, sha: str,
-                   dataset_fingerprint: str) -> None:
+                   dataset_fingerprint: str, extra: dict | None = None) -> None:
     writer = FeatureStore(store).open_for_write(
         "synthetic", backbone, key, image_ids=ids, dim=x.shape[1], chunk_rows=64, overwrite=True,
-        attrs={"model_sha256": sha, "preprocessing": {}, "dataset_fingerprint": dataset_fingerprint})
+        attrs={"model_sha256": sha, "preprocessing": {}, "dataset_fingerprint": dataset_fingerprint, **(extra or {})})
     for chunk in writer.missing_chunks():
         rows = writer.chunk_rows_of(chunk)
         writer.write_chunk(chunk, x[rows.start:rows.stop])
@@ -131,7 +139,8 @@ def test_finetuned_reads_each_folds_own_set(tmp_path):
     request = Request("synthetic", "tuned", "mela-vs-ben", options=tuple(OPTIONS.items()))
     folds = list(prepare(request).folds)
     for k, fold in enumerate(folds):
-        write_set(store, "tuned", paths.feature_key("mela-vs-ben", fold), seed=k, sha=f"sha-{fold}")
+        write_set(store, "tuned", paths.feature_key("mela-vs-ben", fold), seed=k, sha=f"sha-{fold}",
+                  record=trained_on(fold))
     out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "tuned", "--finetuned", *DATA,
               "--store", str(store), "--results", str(results))
     assert out.exit_code == 0, out.output
@@ -145,7 +154,8 @@ def test_finetuned_reads_each_folds_own_set(tmp_path):
 
 def test_one_fine_tuned_fold_evaluates_alone_and_its_command_says_so(tmp_path):
     store, results = tmp_path / "store", tmp_path / "results.csv"
-    write_set(store, "tuned", paths.feature_key("mela-vs-ben", "r1f0"), sha="sha-r1f0")  # only r1f0 was tuned
+    write_set(store, "tuned", paths.feature_key("mela-vs-ben", "r1f0"), sha="sha-r1f0",
+              record=trained_on("r1f0"))  # only r1f0 was tuned
     args = ["evaluate", "--protocol", "mela-vs-ben", "--backbone", "tuned", "--finetuned", *DATA, "--store", str(store)]
     out = cli(*args, "--fold", "r1f0", "--results", str(results))
     assert out.exit_code == 0, out.output
@@ -159,6 +169,40 @@ def test_one_fine_tuned_fold_evaluates_alone_and_its_command_says_so(tmp_path):
     unknown = cli(*args, "--fold", "r9f9", "--results", str(results))
     assert isinstance(unknown.exception, ProtocolError)
     assert "no fold r9f9 in split '5x2'; its folds are r0f0" in str(unknown.exception)
+
+
+@pytest.mark.parametrize("record, says", [
+    (None, "carries no record"),
+    (trained_on("r0f0", seed=1), "seed 1, this is seed 0"),
+    (trained_on("r0f1"), "trained for fold 'r0f1', this is fold 'r0f0'"),
+    (trained_on("r0f0", protocol="mal-vs-ben"), "protocol 'mal-vs-ben'"),
+    ({**trained_on("r0f0"), "fold": "r0f0", "train_ids": trained_on("r0f1")["train_ids"]}, "does not match the hash"),
+])
+def test_a_fine_tune_is_scored_only_on_the_fold_it_was_trained_for(tmp_path, record, says):
+    store = tmp_path / "store"
+    write_set(store, "tuned", paths.feature_key("mela-vs-ben", "r0f0"), sha="sha-r0f0", record=record)
+    out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "tuned", "--finetuned", *DATA, "--store",
+              str(store), "--fold", "r0f0", "--results", str(tmp_path / "results.csv"))
+    assert isinstance(out.exception, BenchError) and says in str(out.exception)
+    assert not (tmp_path / "results.csv").exists()
+
+
+def test_a_fine_tune_that_saw_test_images_is_refused_even_with_a_consistent_record(tmp_path):
+    store = tmp_path / "store"
+    _, test_ids = make_folds(manifest(), "5x2")["r0f0"]
+    record = fold_record("mela-vs-ben", "5x2", 0, "r0f0", list(test_ids[:3]))
+    write_set(store, "tuned", paths.feature_key("mela-vs-ben", "r0f0"), sha="sha-r0f0", record=record)
+    out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "tuned", "--finetuned", *DATA, "--store",
+              str(store), "--fold", "r0f0")
+    assert isinstance(out.exception, BenchError) and "3 of the images it trained on are in this fold's test part" \
+        in str(out.exception)
+
+
+def test_different_seeds_share_no_partition():
+    m = manifest()
+    partitions = {seed: {frozenset(test) for _, test in make_folds(m, "5x2", seed=seed).values()}
+                  for seed in range(3)}
+    assert not partitions[0] & partitions[1] and not partitions[1] & partitions[2] and not partitions[0] & partitions[2]
 
 
 def test_features_for_fewer_images_than_the_dataset_are_refused(tmp_path):

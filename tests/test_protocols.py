@@ -8,14 +8,18 @@ import pandas as pd
 import pytest
 import yaml
 from scipy.special import softmax
+from scipy.stats import f as scipy_f
 from sklearn.metrics import roc_auc_score
+from sklearn.preprocessing import normalize
+from sklearn.svm import LinearSVC
 
 from protocols import stats
 from protocols.designs import DESIGNS, apply_design
 from protocols.errors import ProtocolError
 from protocols.metrics import auc, fold_metrics
 from protocols.splits import ReferenceFoldsWarning, make_folds
-from protocols.svm import Fold, run_fold, run_folds
+from protocols.l2svm import decision, svm_path
+from protocols.svm import C_GRID, Fold, choose_c, run_fold, run_folds, validation_splits
 
 REFERENCE_FOLDS = Path(__file__).parents[2] / "shared" / "data" / "reference-folds"
 
@@ -164,28 +168,33 @@ def test_binary_metrics_match_a_hand_computed_confusion_matrix():
     assert m["map"] == pytest.approx((1 / 1 + 2 / 3 + 3 / 6) / 3)  # precision at each positive, by rank
 
 
-def hand_ovo(labels: np.ndarray, probability: np.ndarray) -> float:
-    """Hand & Till: for each class pair, the mean of A(i|j) and A(j|i), counting pairs one by one."""
-    def a(i, j):
-        pos, neg = probability[labels == i, i], probability[labels == j, i]
-        return np.mean([(p > q) + 0.5 * (p == q) for p in pos for q in neg])
-    return np.mean([(a(i, j) + a(j, i)) / 2 for i, j in combinations(range(probability.shape[1]), 2)])
-
-
-def test_three_class_auc_is_the_mean_one_vs_one_auc_not_one_vs_rest():
+def test_three_class_auc_is_the_mean_one_vs_one_auc_of_margin_differences_and_scale_free():
     rng = np.random.default_rng(1)
     labels = np.repeat([0, 1, 2], [30, 8, 6])
     # benign stands apart; melanoma and carcinoma overlap, which one-vs-rest hides behind the benign majority
     centres = np.array([[1.5, 0, 0], [0, 1, 0.8], [0, 0.8, 1]])
     scores = rng.normal(size=(len(labels), 3)) + centres[labels]
-    expected = hand_ovo(labels, softmax(scores, axis=1))
-    assert auc(labels, scores) == pytest.approx(expected)
-    ovr = roc_auc_score(labels, softmax(scores, axis=1), multi_class="ovr")
-    assert ovr - expected > 0.02  # the reference implementation's one-vs-rest figure flatters this case
-    melanoma = fold_metrics(labels, scores)  # SE/SP/ACC/mAP: melanoma (class 1) against the rest
-    truth, predicted = labels == 1, scores[:, 1] > 0
-    assert melanoma["se"] == pytest.approx((truth & predicted).sum() / truth.sum())
-    assert melanoma["sp"] == pytest.approx((~truth & ~predicted).sum() / (~truth).sum())
+    assert auc(labels, 10 * scores) == auc(labels, scores) == auc(labels, 0.1 * scores)
+    # Hand & Till's pairwise AUC on probabilities p: for a pair i, j, p_i / (p_i + p_j) ranks it; with softmax
+    # probabilities that is a logistic function of s_i - s_j, so both give one number
+    p = softmax(scores, axis=1)
+    pairs = [roc_auc_score(labels[both] == i, p[both, i] / (p[both, i] + p[both, j]))
+             for i, j in combinations(range(3), 2) if (both := (labels == i) | (labels == j)).any()]
+    assert auc(labels, scores) == pytest.approx(np.mean(pairs))
+    # the old way, sklearn's one-vs-one AUC of softmaxed margins, moved with the margins' scale
+    softmaxed = [roc_auc_score(labels, softmax(k * scores, axis=1), multi_class="ovo") for k in (0.1, 1, 100)]
+    assert max(softmaxed) - min(softmaxed) > 0.005
+
+
+def test_three_class_acc_se_sp_come_from_the_predicted_class():
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    scores = np.array([[2, -1, -1], [0.5, 1, -1], [-1, -3, -2],  # benign: right, called melanoma, right (argmax)
+                       [-1, -0.5, -2], [0, 1, 2],  # melanoma: called melanoma although every score < 0, called BCC
+                       [-1, -1, 0], [1, 0, 0.5], [-1, 2, 1]], float)  # BCC: right, called benign, called melanoma
+    m = fold_metrics(labels, scores)
+    assert m["acc"] == pytest.approx(4 / 8)  # right: 0, 2, 3, 5
+    assert m["se"] == pytest.approx(1 / 2) and m["sp"] == pytest.approx(4 / 6)  # melanoma called in 1, 3, 7
+    assert m["bacc"] == pytest.approx((2 / 3 + 1 / 2 + 1 / 3) / 3)
 
 
 def test_a_test_fold_with_one_class_is_refused():
@@ -223,6 +232,53 @@ def test_a_fold_scores_the_same_alone_or_beside_others_on_the_thread_pool():
         np.testing.assert_array_equal(fit.scores, alone.scores)
 
 
+def test_the_solver_is_liblinears_balanced_squared_hinge_svm():
+    x, y = separable(400, d=30, seed=7)
+    x += np.random.default_rng(8).normal(size=x.shape) * 2
+    y = (np.arange(400) % 5 == 0).astype(int)  # imbalanced, overlapping
+    x[y == 1] += 0.5
+    path = svm_path(x, np.where(y == 1, 1, -1), [0.01, 1.0, 100.0])
+    for c, w in zip([0.01, 1.0, 100.0], path):
+        reference = LinearSVC(C=c, class_weight="balanced", dual=False, tol=1e-10, max_iter=100_000).fit(x, y)
+        np.testing.assert_allclose(decision(x, w), reference.decision_function(x), atol=1e-5)
+
+
+def test_balanced_class_weights_put_the_threshold_where_both_classes_are_found():
+    rng = np.random.default_rng(0)
+    y = (np.arange(1000) % 10 == 0).astype(int)  # 10% positives, overlapping
+    x = np.abs(rng.normal(size=(1000, 10)) + 0.8 * y[:, None] * np.eye(10)[0])
+    fit = run_fold(x[:700], y[:700], x[700:])
+    balanced = fold_metrics(y[700:], fit.scores)
+    plain = LinearSVC(C=fit.c, dual=False).fit(normalize(x[:700]), y[:700]).decision_function(normalize(x[700:]))
+    assert fold_metrics(y[700:], plain)["se"] < 0.2 < 0.5 < balanced["se"]  # unweighted: SE near 0
+
+
+def test_validation_splits_never_share_a_lesion_with_the_fit_part():
+    m = lesion_manifest(300)
+    labels = (m["diagnosis"] == "melanoma").to_numpy().astype(int)
+    splits = validation_splits(labels, m["lesion_id"].to_numpy(), seed=0)
+    assert len(splits) == 10
+    lesions = m["lesion_id"].to_numpy()
+    for fit, val in splits:
+        assert not set(lesions[fit]) & set(lesions[val])
+        assert 0.05 < len(val) / len(labels) < 0.15 and labels[val].any()
+    assert sorted(np.concatenate([val for _, val in splits])) == list(range(len(labels)))
+
+
+def test_ties_go_to_c_nearest_one_then_to_the_smaller():
+    assert choose_c(dict.fromkeys(C_GRID, 1.0)) == 1.0  # saturated: the smallest C would put every score below 0
+    assert choose_c({0.01: 0.9, 0.1: 0.95, 1.0: 0.9, 10.0: 0.95}) == 0.1
+    assert choose_c({0.001: 0.97, 0.01: 0.95, 1.0: 0.9}) == 0.001
+
+
+def test_a_saturated_validation_auc_keeps_the_test_scores_on_both_sides_of_zero():
+    y = np.arange(300) % 2
+    x = np.abs(np.random.default_rng(0).normal(size=(300, 20))) + 8 * np.eye(2, 20)[y]  # far apart
+    fit = run_fold(x[:200], y[:200], x[200:])
+    assert fit.c == 1.0 and set(fit.validation_auc.values()) == {1.0}
+    assert fold_metrics(y[200:], fit.scores)["se"] == 1.0 and fold_metrics(y[200:], fit.scores)["sp"] == 1.0
+
+
 def test_three_class_fold_returns_one_score_column_per_class():
     x, y = separable(300, classes=3)
     fit = run_fold(x[:200], y[:200], x[200:])
@@ -255,6 +311,34 @@ def test_bootstrap_interval_brackets_the_mean_fold_auc():
     assert ci.estimate == pytest.approx(mean_auc)
     assert ci.low < mean_auc < ci.high and ci.high - ci.low < 0.2
     assert stats.bootstrap_auc(p, n_boot=500) == ci  # seeded
+
+
+def test_lesion_bootstrap_is_wider_than_an_image_bootstrap_when_lesions_repeat():
+    lesions = predictions(n=300, folds=2, signal=0.8)
+    # every lesion photographed three times: three near copies, one independent case
+    copies = pd.concat([lesions.assign(lesion_id=lesions["image_id"], image_id=lesions["image_id"] + f"_{k}")
+                        for k in range(3)], ignore_index=True)
+    by_lesion = stats.bootstrap_auc(copies, n_boot=400)
+    by_image = stats.bootstrap_auc(copies.drop(columns="lesion_id"), n_boot=400)
+    assert by_lesion.estimate == by_image.estimate
+    assert (by_lesion.high - by_lesion.low) > 1.4 * (by_image.high - by_image.low)  # about sqrt(3) wider
+
+
+def test_holm_adjusts_known_p_values():
+    assert stats.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert stats.holm([0.2, 0.6]) == pytest.approx([0.4, 0.6])
+    assert stats.holm([0.9, 0.5]) == pytest.approx([1.0, 1.0])
+
+
+def test_five_by_two_f_test_as_alpaydin_defines_it():
+    d = {f"r{r}f{f}": v for (r, f), v in zip([(r, f) for r in range(5) for f in range(2)],
+                                                [0.02, 0.04, 0.01, 0.03, 0.05, 0.01, 0.02, 0.02, 0.03, 0.01])}
+    pairs = np.array(list(d.values())).reshape(5, 2)
+    s2 = ((pairs - pairs.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+    expected = (pairs**2).sum() / (2 * s2.sum())
+    statistic, p = stats.f_test_5x2(d)
+    assert statistic == pytest.approx(expected) and p == pytest.approx(scipy_f.sf(expected, 10, 5))
+    assert np.isnan(stats.f_test_5x2({k: v for k, v in d.items() if k != "r4f1"})[0])
 
 
 def test_bootstrap_of_three_class_predictions_uses_the_ovo_auc():

@@ -329,3 +329,25 @@ def test_a_field_added_later_leaves_earlier_fingerprints_alone_at_its_default():
     paper = get_recipe("paper")
     assert "augment" not in paper.to_dict()  # as fingerprinted before the field existed
     assert paper.with_overrides(augment="all").to_dict()["augment"] == "all"
+
+
+def test_a_fine_tune_made_with_another_seed_is_refused_end_to_end(tiny_plugin, tmp_path):
+    """seed 1's r0f0 is another partition: its model trained on images that seed 0's r0f0 tests on."""
+    runner = CliRunner()
+    common = ["--backbone", "tiny", "--dataset", "synthetic", *OPTIONS]
+    trained = runner.invoke(app, ["train", *common, "--protocol", "mela-vs-ben", "--fold", "r0f0", "--seed", "1",
+                                  "--recipe", "demo", "--image-size", "32", "--epochs", "1"])
+    assert trained.exit_code == 0, trained.output
+    record = read_checkpoint(paths.finetuned_checkpoint("synthetic", "tiny", "mela-vs-ben", "r0f0"))["meta"][
+        "fold_record"]
+    assert record["seed"] == 1 and record["fold"] == "r0f0" and len(record["train_ids"]) > 0
+    store = ["--store", str(tmp_path / "store")]
+    extracted = runner.invoke(app, ["extract", *common, *store, "--protocol", "mela-vs-ben", "--fold", "r0f0"])
+    assert extracted.exit_code == 0, extracted.output
+    evaluate = ["evaluate", *common, *store, "--protocol", "mela-vs-ben", "--finetuned", "--fold", "r0f0",
+                "--results", str(tmp_path / "results.csv")]
+    refused = runner.invoke(app, evaluate)
+    assert isinstance(refused.exception, BenchError)
+    assert "trained for seed 1, this is seed 0" in str(refused.exception)
+    assert "in this fold's test part" in str(refused.exception)
+    assert runner.invoke(app, [*evaluate, "--seed", "1"]).exit_code == 0

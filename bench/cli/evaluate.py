@@ -1,5 +1,6 @@
 """`bench evaluate`, `bench compare`, `bench leaderboard` and `bench perf evaluate`."""
 
+import math
 import os
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ from bench.errors import BenchError
 from bench.evaluate import Evaluation, Request, evaluate as run_evaluation, prepare, run
 from bench.leaderboard import DEFAULT_OUT, DEFAULT_RESULTS, EVALUATION, KEY, read_table, render, upsert
 from protocols import stats
-from protocols.metrics import METRICS
+from protocols.metrics import METRIC_TITLES, METRICS
 from protocols.splits import SPLITS
 
 Protocol = Annotated[str, typer.Option(help="Label design: mal-vs-ben, mela-vs-ben or mela-vs-carc-vs-ben.")]
@@ -69,7 +70,7 @@ def _print(done: Evaluation) -> None:
     title = (f"{r['dataset'].iloc[0]} · {r['protocol'].iloc[0]} · {r['backbone'].iloc[0]}"
              f"{' (fine-tuned)' if r['finetuned'].iloc[0] else ''} · split {r['split'].iloc[0]}")
     table = Table(title=title)
-    for column in ("fold", "train", "test", "C", *(m.upper() if m != "map" else "mAP" for m in METRICS)):
+    for column in ("fold", "train", "test", "C", *(METRIC_TITLES[m] for m in METRICS)):
         table.add_column(column, justify="right")
     for row in r.itertuples():
         table.add_row(row.fold, str(row.n_train), str(row.n_test), f"{row.c:g}",
@@ -78,7 +79,7 @@ def _print(done: Evaluation) -> None:
     table.add_row("mean", "", "", "", *(stats.format_mean_sd(m, s) for m, s in means), style="bold")
     console.print(table)
     console.print(f"AUC {100 * means[0][0]:.1f}, 95% CI {100 * r['auc_ci_low'].iloc[0]:.1f}–"
-                  f"{100 * r['auc_ci_high'].iloc[0]:.1f} (bootstrap over test images)")
+                  f"{100 * r['auc_ci_high'].iloc[0]:.1f} (bootstrap over test lesions)")
     _print_difficulty(done)
     _print_referral(done)
 
@@ -100,7 +101,8 @@ def _print_referral(done: Evaluation) -> None:
     table = Table(title="Referral: refer confident positives and low-confidence cases (fold-averaged curve)",
                   caption="bold: the figure read off the curve for the other one")
     table.add_column("cases referred", justify="right")
-    table.add_column("melanoma sensitivity", justify="right")
+    design = done.inputs.design
+    table.add_column(f"{design.classes[design.positive]} sensitivity", justify="right")
     for row in stats.referral(done.predictions, done.inputs.design.positive).itertuples():
         referred, sensitivity = f"{100 * row.referred:.1f}%", f"{100 * row.sensitivity:.1f}%"
         table.add_row(*((f"[bold]{referred}[/bold]", sensitivity) if row.target else (referred, f"[bold]{sensitivity}[/bold]")))
@@ -123,7 +125,8 @@ def compare(
     predictions: Annotated[Optional[Path], typer.Option(
         help="Read both backbones' test scores from this file instead of recomputing them.")] = None,
 ) -> None:
-    """Paired bootstrap test of two backbones' mean AUC on the same folds and test images."""
+    """Paired tests of two backbones' mean AUC on the same folds and test images: a cluster bootstrap over test
+    lesions, and the 5x2cv paired F-test where both have all ten 5x2 folds."""
     def scores(backbone: str) -> pd.DataFrame:
         if predictions is not None:
             return _stored_predictions(predictions, dataset, protocol, backbone, finetuned, split)
@@ -135,8 +138,11 @@ def compare(
     d = result.difference
     console.print(f"{dataset} · {protocol} · split {split}{' · fine-tuned' if finetuned else ''}: "
                   f"AUC({a}) - AUC({b}) = {100 * d.estimate:+.1f} points, 95% CI {100 * d.low:+.1f} to "
-                  f"{100 * d.high:+.1f}, two-sided p = {result.p_value:.3g} (paired bootstrap over test images, "
+                  f"{100 * d.high:+.1f}, two-sided p = {result.p_value:.3g} (paired bootstrap over test lesions, "
                   f"{result.folds} folds)")
+    if not math.isnan(result.f_statistic):
+        console.print(f"5x2cv paired F-test (Alpaydin 1999): F = {result.f_statistic:.2f}, "
+                      f"p = {result.f_p_value:.3g} (F(10, 5))")
 
 
 def _stored_predictions(path: Path, dataset: str, protocol: str, backbone: str, finetuned: bool,
