@@ -18,7 +18,7 @@ import pandas as pd
 
 import bench
 from bench import paths, plugins
-from bench.dataset import fingerprint
+from bench.dataset import fingerprint, image_digests, label_fingerprint
 from bench.errors import BenchError
 from bench.leaderboard import KEY
 from featurestore import FeatureSet, FeatureStore
@@ -112,11 +112,11 @@ def run(inputs: Inputs) -> Evaluation:
     read = _reader(request)
     notes = list(inputs.notes)
     parts = []
+    current = pd.Series(image_digests(inputs.manifest), index=inputs.manifest["image_id"].astype(str))
     for fold, (train_ids, test_ids) in inputs.folds.items():
-        features = read(paths.feature_key(request.protocol, fold) if request.finetuned else "frozen")
-        if features.attrs.get("dataset_fingerprint") != inputs.fingerprint:
-            notes.append("the feature set was extracted when this dataset's images or labels differed (another "
-                         "fingerprint); labels come from the manifest, but re-run `bench extract` if images changed")
+        key = paths.feature_key(request.protocol, fold) if request.finetuned else "frozen"
+        features = read(key)
+        _check_current(features, key, current, inputs, notes)
         parts.append((fold, features, _rows(train_ids, inputs.labels, features, notes),
                       _rows(test_ids, inputs.labels, features, notes)))
     fits = run_folds([Fold(f.features, train.position.to_numpy(), train.label.to_numpy(), test.position.to_numpy())
@@ -158,6 +158,23 @@ def _reader(request: Request):
         return store.read(request.dataset, request.backbone, key)
 
     return read
+
+
+def _check_current(features: FeatureSet, key: str, current: pd.Series, inputs: Inputs, notes: list[str]) -> None:
+    """Refuse features computed from images that changed since; labels are not an input of extraction, so a
+    label-only change is scored with today's labels and a note."""
+    now = current.reindex(features.image_ids).to_numpy()
+    changed = features.image_ids[(now != features.digests) & pd.notna(now)]
+    request = inputs.request
+    if len(changed):
+        command = FeatureStore(request.store_path).extract_command(request.dataset, request.backbone, key,
+                                                                   str(request.root or "PATH"))
+        raise BenchError(f"{len(changed)} image(s) of {request.dataset} changed since their features in "
+                         f"{request.backbone}/{key} were extracted (e.g. {', '.join(changed[:3])}): those features are "
+                         f"stale. Refresh them with `{command}` (it recomputes only what changed), then evaluate again")
+    if features.attrs.get("labels_fingerprint") != label_fingerprint(inputs.manifest):
+        notes.append("the dataset's labels changed since the features were extracted; features depend on the images "
+                     "only, so they are scored with today's labels")
 
 
 def _rows(ids: np.ndarray, labels: pd.Series, features: FeatureSet, notes: list[str]) -> pd.DataFrame:

@@ -163,7 +163,7 @@ class FeatureStore:
         if not info.complete:
             raise StoreError(
                 f"feature set {dataset}/{backbone}/{key} in {self.path} is incomplete ({info.chunks_done} of "
-                f"{info.chunks} chunks): re-run `{self._extract_command(dataset, backbone, key)}` to finish it"
+                f"{info.chunks} chunks): re-run `{self.extract_command(dataset, backbone, key)}` to finish it"
             )
         ids = _strings(group["image_ids"])
         digests = _strings(group["image_sha256"]) if "image_sha256" in group else np.full(len(ids), "")
@@ -297,15 +297,16 @@ class FeatureStore:
         path = f"{dataset}/{backbone}/{key}"
         if root is None or path not in root or root[path].attrs.get("layout") != LAYOUT:
             raise StoreError(
-                f"no feature set {path} in {self.path}: make it with `{self._extract_command(dataset, backbone, key)}`"
+                f"no feature set {path} in {self.path}: make it with `{self.extract_command(dataset, backbone, key)}`"
             )
         return root[path]
 
     def _where(self, path: str) -> str:
         return f"{path} in {self.path}"
 
-    def _extract_command(self, dataset: str, backbone: str, key: str) -> str:
-        command = f"bench extract --backbone {backbone} --dataset {dataset} --root PATH"
+    def extract_command(self, dataset: str, backbone: str, key: str, root: str = "PATH") -> str:
+        """The `bench extract` command that makes or refreshes this set."""
+        command = f"bench extract --backbone {backbone} --dataset {dataset} --root {root}"
         finetuned = parse_key(key)
         if finetuned:
             command += " --protocol {} --fold {}".format(*finetuned)

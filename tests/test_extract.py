@@ -21,7 +21,7 @@ from bench import extract, paths
 from bench.backbone import Preprocessing, save_checkpoint
 from bench.cli import app
 from bench.cli.app import console
-from bench.dataset import fingerprint
+from bench.dataset import label_fingerprint
 from bench.errors import BenchError
 from bench.export import export_onnx
 from bench.images import load_image
@@ -100,7 +100,7 @@ def test_extract_stores_every_image_with_its_provenance(images, store, small_chu
     np.testing.assert_allclose(features.features, expected_features(manifest["path"].tolist()), atol=1e-5)
     attrs = features.attrs
     assert attrs["model_sha256"] == export_onnx(tiny.backbone()).sha256
-    assert attrs["dataset_fingerprint"] == fingerprint(manifest) and attrs["preprocessing"]["size"] == tiny.SIZE
+    assert attrs["labels_fingerprint"] == label_fingerprint(manifest) and attrs["preprocessing"]["size"] == tiny.SIZE
     assert attrs["bench_version"] and attrs["created"] and attrs["weights"] == "initial weights"
     assert zarr.open_group(store, mode="r")[f"{tiny.DATASET}/{tiny.NAME}/frozen/features"].chunks == (8, 16)
 
