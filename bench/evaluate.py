@@ -20,7 +20,7 @@ import bench
 from bench import paths, plugins
 from bench.dataset import fingerprint, image_digests, label_fingerprint
 from bench.errors import BenchError
-from bench.leaderboard import KEY
+from bench.results import KEY
 from featurestore import FeatureSet, FeatureStore
 from protocols.designs import Design, apply_design, get_design
 from protocols.metrics import fold_metrics, positive_scores
@@ -41,14 +41,14 @@ class Request:
     finetuned: bool = False
     seed: int = 0
     root: Path | None = None
-    store: Path | None = None
+    store: str | None = None  # a folder or an fsspec URL (a Path would turn s3://b into s3:/b)
     reference_dir: Path | None = None
     keep_duplicate_folds: bool = False
     options: tuple[tuple[str, str], ...] = ()
     folds: tuple[str, ...] = ()  # only these folds of the split; empty: all of them
 
     @property
-    def store_path(self) -> Path:
+    def store_path(self) -> str:
         return self.store or paths.default_store()
 
     def command(self) -> str:

@@ -20,7 +20,6 @@ import tiny_extraction as tiny
 from bench import extract, paths
 from bench.backbone import Preprocessing, save_checkpoint
 from bench.cli import app
-from bench.cli.app import console
 from bench.dataset import label_fingerprint
 from bench.errors import BenchError
 from bench.export import export_onnx
@@ -47,7 +46,6 @@ def _onnx_cache(tmp_path_factory) -> Path:
 def shared_onnx_cache(bench_home, _onnx_cache, monkeypatch):
     """One ONNX cache for the module: it is keyed by content, and exporting anew in every test costs seconds."""
     (bench_home / "onnx").symlink_to(_onnx_cache, target_is_directory=True)
-    monkeypatch.setattr(console, "width", 200)  # whole table rows and messages on one line each
 
 
 @pytest.fixture

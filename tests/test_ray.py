@@ -21,7 +21,6 @@ from bench import extract
 from bench.reproduce import ran_stages, reproduce
 from bench.study import load_study
 from bench.cli import app
-from bench.cli.app import console
 from bench.errors import BenchError
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'bench[ray]'")
@@ -71,7 +70,6 @@ def _onnx_cache(tmp_path_factory) -> Path:
 def plugin(monkeypatch, bench_home, _onnx_cache):
     (bench_home / "onnx").symlink_to(_onnx_cache, target_is_directory=True)  # export the test model once
     tiny.register()
-    monkeypatch.setattr(console, "width", 200)  # messages on one line each
     monkeypatch.setattr(extract, "CHUNK_BYTES", 8 * 4 * tiny.FEATURE_DIM)  # 8-row chunks: 3 shards of 22 images
     yield
     tiny.unregister()

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from bench.cli.app import console, perf_app
-from bench.cli.catalogue import DatasetOptions, RootOption, parse_options
-from bench.cli.executor import AddressOption, ExecutorOption
+from bench.cli.app import perf_app
+from bench.cli.options import AddressOption, DatasetOptions, ExecutorOption, JsonOption, RootOption, parse_pairs
+from bench.cli.output import console, print_json
 
 
 @perf_app.command("extract")
@@ -21,7 +20,7 @@ def perf_extract(
     limit: Annotated[Optional[int], typer.Option(help="Measure on the first N manifest rows.")] = 500,
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 32,
     repeat: Annotated[int, typer.Option(help="Rounds; each figure is its best round (robust to others' load).")] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    as_json: JsonOption = False,
     option: DatasetOptions = [],  # noqa: B006 (typer reads it)
     executor: ExecutorOption = "local",
     workers: Annotated[int, typer.Option(help="With --executor ray: measure 1..N Ray workers.")] = 2,
@@ -33,16 +32,16 @@ def perf_extract(
 
     if executor == "ray":
         figures = measure_on_ray(backbone, dataset, root, workers=workers, limit=limit, batch_size=batch_size,
-                                 repeat=repeat, options=parse_options(option), address=address)
+                                 repeat=repeat, options=parse_pairs(option), address=address)
         if as_json:
-            print(json.dumps(figures))
+            print_json(figures)
         else:
             print_ray(figures, dataset, backbone)
         return
     figures = measure(backbone, dataset, root, limit=limit, batch_size=batch_size, repeat=repeat,
-                      options=parse_options(option))
+                      options=parse_pairs(option))
     if as_json:
-        print(json.dumps(figures))
+        print_json(figures)
         return
     table = Table(title=f"extraction of {figures['images']} {dataset} images with {backbone} "
                         f"({figures['cpus']} CPUs, load {figures['load_average_1min_before']}, best of {repeat})")
