@@ -12,7 +12,7 @@ from bench.cli import app
 from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
 from bench.evaluate import Request, evaluate, prepare
-from bench.leaderboard import read_table
+from bench.results import read_table
 from featurestore import FeatureStore, StoreError
 from protocols.errors import ProtocolError
 
