@@ -452,7 +452,10 @@ def _extract(study: Study, ws: Workspace, stage: Stage) -> str:
         job = prepare(p["backbone"], spec.adapter, spec.root, **arguments)
     except StoreError:  # one the study made from an earlier model (a changed setting upstream) is replaced
         job = prepare(p["backbone"], spec.adapter, spec.root, overwrite=True, **arguments)
-    job.run()
+    try:
+        job.run()
+    finally:
+        job.writer.release()  # a Ray worker outlives the stage: its lease must not
     return job.model.sha256
 
 
