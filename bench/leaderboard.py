@@ -121,7 +121,8 @@ def _roc_png(dataset: str, protocol: str, summary: pd.DataFrame, predictions: pd
            xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="lower right", fontsize="small")
     path = folder / f"roc-{dataset}-{protocol}.png"
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 

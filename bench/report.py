@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from bench import atomic
 from bench.leaderboard import render, summarise
 from bench.results import read_table, select
 from protocols import stats
@@ -62,7 +63,7 @@ def write(study: Study, ws: Workspace, data: StudyData) -> str:
     render(results, ws.leaderboard, predictions, note=note)
     report = Report(study, data, summarise(results), predictions)
     text = report.markdown()
-    ws.report.write_text(text)
+    atomic.write_text(ws.report, text)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -37,7 +37,10 @@ class Lease:
         if not self.owner:
             return
         if _read(self.fs, self.path).get("id") == self.owner["id"]:
-            self.fs.rm(self.path)
+            try:
+                self.fs.rm(self.path)
+            except FileNotFoundError:  # another copy of this writer (a Ray shard) dropped it a moment before
+                pass
         self.owner = {}
 
 

@@ -249,10 +249,11 @@ class FeatureStore:
         if path not in root:
             return None
         group = root[path]
-        reusable = group.attrs.get("layout") == LAYOUT and "image_sha256" in group
-        if reusable and group["done"][:].any() and not overwrite:
+        if group.attrs.get("layout") == LAYOUT and group["done"][:].any() and not overwrite:
             differences = _differences(group, attrs, image_ids)
             if not differences:
+                if "image_sha256" not in group:  # made before content hashes: no row is known current
+                    group.create_array("image_sha256", shape=(len(image_ids),), dtype=str)[:] = ""
                 group.attrs.update({k: v for k, v in attrs.items() if k not in IDENTITY})  # e.g. today's labels
                 return SetWriter(group, self._where(path), held)
             dataset, backbone, key = path.split("/")

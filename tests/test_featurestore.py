@@ -228,3 +228,11 @@ def test_names_that_are_not_names_are_refused(tmp_path, name):
 def test_a_store_url_zarr_cannot_open_is_one_error_naming_it(url, says):
     with pytest.raises(StoreError, match=f"cannot open the store {url}: .*{says}"):
         FeatureStore(url).list()
+
+
+def test_a_set_made_before_content_hashes_is_recomputed_not_trusted(tmp_path):
+    store = FeatureStore(tmp_path / "store")
+    fill(store)
+    del zarr.open_group(tmp_path / "store", mode="a")["ds/bb/frozen/image_sha256"]  # as bench 0.1.0 wrote sets
+    writer = fill(store, chunks=[])
+    assert writer.changed == 10 and writer.missing_chunks() == [0, 1, 2]

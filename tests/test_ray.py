@@ -90,11 +90,11 @@ def run_extract(images: Path, store: Path, *more: str, ok: bool = True):
 
 
 def stored(store: Path) -> tuple[dict[str, bytes], dict]:
-    """Every file of the feature set, byte for byte, and its metadata less the creation time."""
+    """Every file of the feature set, byte for byte, and its metadata less the creation time and id."""
     root = store / SET
     files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
     meta = json.loads(files.pop("zarr.json"))
-    del meta["attributes"]["created"]
+    del meta["attributes"]["created"], meta["attributes"]["creation_id"]
     return files, meta
 
 
