@@ -88,6 +88,11 @@ def bench(*args) -> str:
 
 def fails(capsys, *args) -> str:
     """Run `bench ARGS` as the console script does; the one error line it prints (exit code 2, no traceback)."""
+    return fails_after(capsys, *args)[0]
+
+
+def fails_after(capsys, *args) -> tuple[str, str]:
+    """`fails`, and what the command printed on stdout before it failed."""
     capsys.readouterr()
     sys.argv = ["bench", *map(str, args)]
     with pytest.raises(SystemExit) as exit_:
@@ -97,7 +102,7 @@ def fails(capsys, *args) -> str:
     assert "Traceback" not in out + err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
+    return lines[0], out
 
 
 def extract(data: Path, store: Path, *more) -> str:
@@ -279,9 +284,15 @@ def test_unwritable_outputs_are_refused_before_any_work_and_the_table_comes_befo
 
     extract(data, store)
     monkeypatch.setattr("pandas.DataFrame.to_csv", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space")))
-    error = fails(capsys, *evaluate(data, store, tmp_path), "--predictions", tmp_path / "p.csv")
-    assert "No space. No table was changed" in error
+    error, out = fails_after(capsys, *evaluate(data, store, tmp_path), "--predictions", tmp_path / "p.csv")
+    assert "No space. No table was changed" in error and "mean" in out  # the scores were shown all the same
     assert not (tmp_path / "results.csv").exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_a_study_checks_its_output_folder_before_any_stage(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    error = fails(capsys, "reproduce", "demo", "--out", tmp_path / "file" / "demo")
+    assert f"cannot write {tmp_path / 'file' / 'demo' / 'results.csv'}" in error
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
