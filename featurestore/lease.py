@@ -37,10 +37,7 @@ class Lease:
         if not self.owner:
             return
         if _read(self.fs, self.path).get("id") == self.owner["id"]:
-            try:
-                self.fs.rm(self.path)
-            except FileNotFoundError:  # another copy of this writer (a Ray shard) dropped it a moment before
-                pass
+            _remove(self.fs, self.path)  # (another copy of this writer, a Ray shard, may have just dropped it)
         self.owner = {}
 
 
@@ -51,16 +48,35 @@ def acquire(fs: AbstractFileSystem, path: str, what: str) -> Lease:
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     for _ in range(2):  # a second try after clearing a stale lease
         try:
-            with fs.open(path, "xb") as file:
-                file.write(json.dumps(owner).encode())
+            _create_exclusive(fs, path, json.dumps(owner).encode())
             return Lease(fs, path, owner)
         except FileExistsError:
             holder = _read(fs, path)
             if holder and not _gone(holder):
                 raise StoreError(_held_message(what, holder, _shown(fs, path))) from None
-            fs.rm(path)  # its writer is gone (or this very process left it): nothing is writing the set
+            _remove(fs, path)  # its writer is gone (or this very process left it): nothing is writing the set
     raise StoreError(f"cannot take the write lease {_shown(fs, path)} of {what}: another writer keeps "
                      "taking it; run one extraction of a set at a time")
+
+
+def _create_exclusive(fs: AbstractFileSystem, path: str, data: bytes) -> None:
+    """Create `path` holding `data`, or FileExistsError: atomic where the filesystem can be (local disks, POSIX
+    mounts), a check then a write on object stores whose fsspec has no exclusive mode."""
+    try:
+        with fs.open(path, "xb") as file:
+            file.write(data)
+    except (ValueError, NotImplementedError):
+        if fs.exists(path):
+            raise FileExistsError(path) from None
+        with fs.open(path, "wb") as file:
+            file.write(data)
+
+
+def _remove(fs: AbstractFileSystem, path: str) -> None:
+    try:
+        fs.rm(path)
+    except FileNotFoundError:
+        pass
 
 
 def _gone(holder: dict) -> bool:

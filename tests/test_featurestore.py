@@ -236,3 +236,15 @@ def test_a_set_made_before_content_hashes_is_recomputed_not_trusted(tmp_path):
     del zarr.open_group(tmp_path / "store", mode="a")["ds/bb/frozen/image_sha256"]  # as bench 0.1.0 wrote sets
     writer = fill(store, chunks=[])
     assert writer.changed == 10 and writer.missing_chunks() == [0, 1, 2]
+
+
+def test_a_store_behind_an_fsspec_url_takes_leases_there_too(monkeypatch):
+    store = FeatureStore("memory://leases-test/store")
+    fill(store, chunks=[0])
+    parent = os.getppid()
+    monkeypatch.setattr(os, "getpid", lambda: parent)  # this test as seen from another, live process
+    with pytest.raises(StoreError, match=r"another process .* remove its lease memory://.*leases-test/store/_leases/ds"):
+        fill(store, chunks=[])
+    monkeypatch.undo()
+    fill(store)
+    assert store.list()[0].complete
