@@ -191,6 +191,8 @@ def prepare(
     if (protocol is None) != (fold is None):
         raise BenchError("a fine-tuned feature set needs both --protocol and --fold")
     backbone = plugins.get_backbone(backbone_name)
+    features = FeatureStore(store)
+    features.exists()  # an unusable store URL fails now, not after the export
     manifest = plugins.get_dataset(dataset_name).manifest(root, **(options or {}))
     if limit is not None:
         manifest = manifest.head(limit)
@@ -213,7 +215,7 @@ def prepare(
         "dataset_options": options or {},
         "bench_version": bench.__version__,
     }
-    writer = FeatureStore(store).open_for_write(
+    writer = features.open_for_write(
         dataset_name, backbone_name, key, image_ids=manifest["image_id"].astype(str).to_numpy(),
         image_digests=image_digests(manifest), dim=backbone.feature_dim, chunk_rows=rows_per_chunk or chunk_rows(backbone.feature_dim, batch_size),
         attrs=attrs, overwrite=overwrite,
