@@ -66,7 +66,10 @@ def evaluate(
         print_json(summarise(done.results).to_dict(orient="records"))
     else:
         _print(done)  # before writing: a failing write still shows the scores
-    upsert((results, done.results, KEY), *([(predictions, done.predictions, PREDICTION_KEY)] if predictions else []))
+    tables = [(results, done.results, KEY)]
+    if predictions is not None:
+        tables.append((predictions, done.predictions, PREDICTION_KEY))
+    upsert(*tables)  # together or not at all
     err_console.print(f"{len(done.results)} fold rows -> {results}"
                       + (f", predictions -> {predictions}" if predictions else ""), highlight=False)
 
