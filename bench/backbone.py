@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.atomic import atomic_path
 from bench.errors import BenchError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,13 +63,11 @@ class SourceStage:
 
 def save_checkpoint(path: Path, net: nn.Module, backbone: str, preprocessing: Preprocessing, **meta) -> Path:
     """The one checkpoint format: feature-net state dict + the preprocessing it was trained with + provenance."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, "backbone": backbone, "preprocessing": preprocessing.to_dict(), "meta": meta}, tmp)
-    tmp.replace(path)  # atomic: an interrupted save never leaves a half-written checkpoint behind
-    return path
+    with atomic_path(path) as tmp:  # an interrupted save never leaves a half-written checkpoint behind
+        torch.save({"state_dict": state, "backbone": backbone, "preprocessing": preprocessing.to_dict(), "meta": meta},
+                   tmp)
+    return Path(path)
 
 
 def read_checkpoint(path: Path) -> dict:

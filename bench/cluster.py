@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from bench import atomic
 from bench.errors import BenchError
 from bench.export import ExportedModel
 from bench.extract import Extraction
@@ -182,8 +183,5 @@ def _local_model(model: ExportedModel, data: Any) -> ExportedModel:
 
     path = Path(tempfile.gettempdir()) / "bench-onnx" / f"{model.sha256}.onnx"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        partial.write_bytes(ray.get(data))
-        partial.replace(path)  # atomic: a concurrent task never reads half a model
+        atomic.write_bytes(path, ray.get(data))  # a concurrent task never reads half a model
     return dataclasses.replace(model, path=path)

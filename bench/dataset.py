@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
+from bench import digests
 from bench.errors import BenchError
 
 # Every adapter maps its own labels onto these (melanoma subtypes and metastases are all `melanoma`).
@@ -67,13 +69,23 @@ def validate_manifest(manifest: pd.DataFrame, dataset: str) -> pd.DataFrame:
     unknown = sorted(set(manifest["diagnosis"]) - set(DIAGNOSES))
     if unknown:
         raise BenchError(f"{dataset}: diagnoses outside the vocabulary: {unknown}; known: {', '.join(DIAGNOSES)}")
-    duplicated = manifest["image_id"][manifest["image_id"].duplicated()].tolist()
-    if duplicated:
-        raise BenchError(f"{dataset}: duplicated image ids: {few(duplicated)}")
+    check_ids(manifest, dataset)
     absent = [p for p in manifest["path"] if not Path(p).is_file()]
     if absent:
         raise BenchError(f"{dataset}: {len(absent)} image file(s) missing: {few(absent)}")
     return manifest.reset_index(drop=True)
+
+
+def check_ids(manifest: pd.DataFrame, dataset: str) -> None:
+    """Every image id present and listed once; the error names the file the rows came from where it is known."""
+    source = manifest.attrs.get("source", "its labels file")  # set by adapters that read one CSV
+    blank = manifest.index[manifest["image_id"].isna() | (manifest["image_id"].astype(str).str.strip() == "")]
+    if len(blank):
+        raise BenchError(f"{dataset}: {len(blank)} row(s) of {source} have a blank image id (data rows "
+                         f"{few([i + 1 for i in blank])}): fill them in or delete those rows")
+    duplicated = manifest["image_id"][manifest["image_id"].duplicated()].tolist()
+    if duplicated:
+        raise BenchError(f"{dataset}: duplicated image ids in {source}: {few(duplicated)}; list each image once")
 
 
 def index_images(root: Path) -> dict[str, Path]:
@@ -99,6 +111,7 @@ def find_file(root: Path, name: str, given: Path | None = None) -> Path:
 
 def attach_paths(manifest: pd.DataFrame, root: Path, dataset: str) -> pd.DataFrame:
     """Fill `path` from `image_id` by file stem; one error listing every image that is not found."""
+    check_ids(manifest, dataset)
     index = index_images(root)
     paths = manifest["image_id"].map(lambda i: index.get(str(i).lower()))
     if paths.isna().any():
@@ -107,12 +120,28 @@ def attach_paths(manifest: pd.DataFrame, root: Path, dataset: str) -> pd.DataFra
     return manifest.assign(path=paths.map(str))
 
 
+def image_digests(manifest: pd.DataFrame) -> np.ndarray:
+    """sha256 of each image file's content, in manifest order (see `bench.digests` for the cache that keeps a
+    rerun from reading unchanged files again)."""
+    return digests.file_digests(manifest["path"].astype(str).tolist())
+
+
+def label_fingerprint(manifest: pd.DataFrame) -> str:
+    """sha256 over ids and diagnoses: what an evaluation's labels depend on (extraction does not)."""
+    return _sha256_lines(f"{i}\t{d}" for i, d in manifest[["image_id", "diagnosis"]].itertuples(index=False))
+
+
 def fingerprint(manifest: pd.DataFrame) -> str:
-    """sha256 over ids, labels and file sizes: cheap, independent of where the data lives, and changes when the
-    images or labels a result came from change (a re-encoded image changes its size)."""
+    """sha256 over ids, labels and image contents: changes when anything a result came from changes, and not when
+    the data merely moves (paths are left out)."""
+    rows = zip(manifest["image_id"], manifest["diagnosis"], image_digests(manifest))
+    return _sha256_lines(f"{i}\t{d}\t{h}" for i, d, h in rows)
+
+
+def _sha256_lines(lines) -> str:
     digest = hashlib.sha256()
-    for image_id, path, diagnosis in manifest[["image_id", "path", "diagnosis"]].itertuples(index=False):
-        digest.update(f"{image_id}\t{diagnosis}\t{Path(path).stat().st_size}\n".encode())
+    for line in lines:
+        digest.update(f"{line}\n".encode())
     return digest.hexdigest()
 
 

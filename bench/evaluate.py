@@ -18,9 +18,9 @@ import pandas as pd
 
 import bench
 from bench import paths, plugins
-from bench.dataset import fingerprint
+from bench.dataset import fingerprint, image_digests, label_fingerprint
 from bench.errors import BenchError
-from bench.leaderboard import KEY
+from bench.results import KEY
 from featurestore import FeatureSet, FeatureStore
 from protocols.designs import Design, apply_design, get_design
 from protocols.metrics import fold_metrics, positive_scores, predicted_class
@@ -41,14 +41,14 @@ class Request:
     finetuned: bool = False
     seed: int = 0
     root: Path | None = None
-    store: Path | None = None
+    store: str | None = None  # a folder or an fsspec URL (a Path would turn s3://b into s3:/b)
     reference_dir: Path | None = None
     keep_duplicate_folds: bool = False
     options: tuple[tuple[str, str], ...] = ()
     folds: tuple[str, ...] = ()  # only these folds of the split; empty: all of them
 
     @property
-    def store_path(self) -> Path:
+    def store_path(self) -> str:
         return self.store or paths.default_store()
 
     def command(self) -> str:
@@ -114,13 +114,13 @@ def run(inputs: Inputs) -> Evaluation:
     read = _reader(request)
     notes = list(inputs.notes)
     parts = []
+    current = pd.Series(image_digests(inputs.manifest), index=inputs.manifest["image_id"].astype(str))
     for fold, (train_ids, test_ids) in inputs.folds.items():
-        features = read(paths.feature_key(request.protocol, fold) if request.finetuned else "frozen")
+        key = paths.feature_key(request.protocol, fold) if request.finetuned else "frozen"
+        features = read(key)
         if request.finetuned:
             _check_fold_record(request, fold, features, train_ids, test_ids)
-        if features.attrs.get("dataset_fingerprint") != inputs.fingerprint:
-            notes.append("the feature set was extracted when this dataset's images or labels differed (another "
-                         "fingerprint); labels come from the manifest, but re-run `bench extract` if images changed")
+        _check_current(features, key, current, inputs, notes)
         parts.append((fold, features, _rows(train_ids, inputs.labels, features, notes),
                       _rows(test_ids, inputs.labels, features, notes)))
     fits = run_folds([Fold(f.features, train.position.to_numpy(), train.label.to_numpy(), test.position.to_numpy(),
@@ -180,6 +180,23 @@ def _check_fold_record(request: Request, fold: str, features: FeatureSet, train_
             f"extract again: `bench train --backbone {request.backbone} --dataset {request.dataset} --protocol "
             f"{request.protocol} --split {request.split} --fold {fold}{seed} ...`, then `bench extract ... "
             f"--protocol {request.protocol} --fold {fold} --overwrite`")
+
+
+def _check_current(features: FeatureSet, key: str, current: pd.Series, inputs: Inputs, notes: list[str]) -> None:
+    """Refuse features computed from images that changed since; labels are not an input of extraction, so a
+    label-only change is scored with today's labels and a note."""
+    now = current.reindex(features.image_ids).to_numpy()
+    changed = features.image_ids[(now != features.digests) & pd.notna(now)]
+    request = inputs.request
+    if len(changed):
+        command = FeatureStore(request.store_path).extract_command(request.dataset, request.backbone, key,
+                                                                   str(request.root or "PATH"))
+        raise BenchError(f"{len(changed)} image(s) of {request.dataset} changed since their features in "
+                         f"{request.backbone}/{key} were extracted (e.g. {', '.join(changed[:3])}): those features are "
+                         f"stale. Refresh them with `{command}` (it recomputes only what changed), then evaluate again")
+    if features.attrs.get("labels_fingerprint") != label_fingerprint(inputs.manifest):
+        notes.append("the dataset's labels changed since the features were extracted; features depend on the images "
+                     "only, so they are scored with today's labels")
 
 
 def _rows(ids: np.ndarray, labels: pd.Series, features: FeatureSet, notes: list[str]) -> pd.DataFrame:

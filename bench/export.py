@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from bench import paths
+from bench import atomic, paths
 from bench.backbone import Backbone, Preprocessing, checkpoint_preprocessing
 from bench.errors import BenchError
 
@@ -47,19 +47,41 @@ def export_onnx(backbone: Backbone, weights: Path | None = None, preprocessing: 
     key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()
     path = paths.onnx_dir() / f"{backbone.name}-{key[:16]}.onnx"
     sidecar = path.with_suffix(".json")
-    if sidecar.is_file() and path.is_file():
-        meta = json.loads(sidecar.read_text())
-        if meta["sha256"] == file_sha256(path):  # a damaged cache entry is exported again
-            return _exported(path, meta, backbone, preprocessing, cached=True)
+    meta = _cached_meta(sidecar, path)
+    if meta is not None:
+        return _exported(path, meta, backbone, preprocessing, cached=True)
     meta = _export(net, backbone, preprocessing, path)
     meta["source"] = {"weights": str(weights), "sha256": file_sha256(Path(weights))} if weights else "initial weights"
-    sidecar.write_text(json.dumps(meta, indent=2))  # written last: the entry counts only once the sidecar exists
+    atomic.write_text(sidecar, json.dumps(meta, indent=2))  # written last: the entry counts only once it exists
     return _exported(path, meta, backbone, preprocessing, cached=False)
 
 
+def _cached_meta(sidecar: Path, model: Path) -> dict | None:
+    """The sidecar of a sound cache entry; None for a missing, torn or foreign one (it is exported again)."""
+    try:
+        meta = json.loads(sidecar.read_text())
+        return meta if meta["sha256"] == file_sha256(model) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _export(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, path: Path) -> dict:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".onnx.tmp")
+    with atomic.atomic_path(path) as tmp:
+        diff = _export_to(net, backbone, preprocessing, tmp)
+    return {
+        "backbone": backbone.name,
+        "feature_dim": backbone.feature_dim,
+        "preprocessing": preprocessing.to_dict(),
+        "sha256": file_sha256(path),
+        "opset": OPSET,
+        "parity_max_abs_diff": diff,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+    }
+
+
+def _export_to(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, tmp: Path) -> float:
+    """Export to `tmp` and check it against torch; the max |onnx - torch|."""
     size = preprocessing.size
     # the dynamo exporter: torch's supported path; the input size is fixed, so 'same' padding becomes constant.
     # external_data=False keeps the weights inside the one file whose sha256 identifies the model.
@@ -73,22 +95,7 @@ def _export(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, pa
             )
     except Exception as exc:  # torch.export / onnxscript raise many types, with pages of diagnostics
         raise BenchError(f"torch cannot export {backbone.name} to ONNX: {str(exc).splitlines()[0]}") from exc
-    try:
-        diff = _parity(net, tmp, preprocessing, backbone.feature_dim)
-    except BenchError:
-        tmp.unlink()
-        raise
-    tmp.replace(path)
-    return {
-        "backbone": backbone.name,
-        "feature_dim": backbone.feature_dim,
-        "preprocessing": preprocessing.to_dict(),
-        "sha256": file_sha256(path),
-        "opset": OPSET,
-        "parity_max_abs_diff": diff,
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-    }
+    return _parity(net, tmp, preprocessing, backbone.feature_dim)
 
 
 def _parity(net: nn.Module, model: Path, preprocessing: Preprocessing, feature_dim: int) -> float:

@@ -19,11 +19,11 @@ import pandas as pd
 import bench
 from bench import paths, plugins
 from bench.backbone import Backbone, Preprocessing, read_checkpoint
-from bench.dataset import fingerprint
+from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
 from bench.export import ExportedModel, export_onnx
 from bench.images import load_image
-from featurestore import FeatureStore, SetWriter
+from featurestore import FeatureStore, SetWriter, feature_key
 
 BATCH_SIZE = 32
 CHUNK_BYTES = 4 << 20  # target size of one store chunk of features
@@ -191,6 +191,8 @@ def prepare(
     if (protocol is None) != (fold is None):
         raise BenchError("a fine-tuned feature set needs both --protocol and --fold")
     backbone = plugins.get_backbone(backbone_name)
+    features = FeatureStore(store)
+    features.exists()  # an unusable store URL fails now, not after the export
     manifest = plugins.get_dataset(dataset_name).manifest(root, **(options or {}))
     if limit is not None:
         manifest = manifest.head(limit)
@@ -201,13 +203,13 @@ def prepare(
             raise BenchError(f"no fine-tuned checkpoint {weights}: fine-tune {backbone_name} on {dataset_name} "
                              f"for protocol {protocol}, fold {fold} first (`bench train`)")
     model = export_onnx(backbone, weights)
-    key = paths.feature_key(protocol, fold)
+    key = feature_key(protocol, fold)
     # a fine-tuned set carries its checkpoint's record of the fold it trained on: evaluation checks it
     record = read_checkpoint(weights).get("meta", {}).get("fold_record") if fold is not None else None
     attrs = {
         "model_sha256": model.sha256,
         "preprocessing": model.preprocessing.to_dict(),
-        "dataset_fingerprint": fingerprint(manifest),
+        "labels_fingerprint": label_fingerprint(manifest),  # not identity: features depend on the images only
         "dataset": dataset_name,
         "backbone": backbone_name,
         "key": key,
@@ -216,9 +218,9 @@ def prepare(
         "bench_version": bench.__version__,
         **({"fold_record": record} if fold is not None else {}),
     }
-    writer = FeatureStore(store).open_for_write(
+    writer = features.open_for_write(
         dataset_name, backbone_name, key, image_ids=manifest["image_id"].astype(str).to_numpy(),
-        dim=backbone.feature_dim, chunk_rows=rows_per_chunk or chunk_rows(backbone.feature_dim, batch_size),
+        image_digests=image_digests(manifest), dim=backbone.feature_dim, chunk_rows=rows_per_chunk or chunk_rows(backbone.feature_dim, batch_size),
         attrs=attrs, overwrite=overwrite,
     )
     return Extraction(dataset_name, backbone_name, key, manifest, model, writer, batch_size, skip_bad,
@@ -228,6 +230,9 @@ def prepare(
 def extract(backbone_name: str, dataset_name: str, root: Path | None, *, store: Path | str, **kwargs) -> Extraction:
     """Fill the feature set of (dataset, backbone, frozen | ft-{protocol}-{fold}); see `prepare` for the options."""
     job = prepare(backbone_name, dataset_name, root, store=store, **kwargs)
-    job.run()
+    try:
+        job.run()
+    finally:
+        job.writer.release()
     return job
 

@@ -7,6 +7,8 @@ from PIL import Image, UnidentifiedImageError
 
 from bench.errors import BenchError
 
+CHECK_SIZE = 64  # `check_image` decodes every byte of the file but needs no more pixels than this
+
 
 def load_image(path: str | Path, size: int) -> np.ndarray:
     """RGB uint8 array (size, size, 3), resized ignoring the aspect ratio as the paper did."""
@@ -14,5 +16,17 @@ def load_image(path: str | Path, size: int) -> np.ndarray:
         with Image.open(path) as image:
             image.draft("RGB", (size, size))  # lets JPEG decode at a reduced scale when the file is much larger
             return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
+    except Image.DecompressionBombError as exc:  # PIL refuses to allocate a huge image: a deliberate bomb or a scan
+        raise BenchError(f"cannot decode image {path}: {exc} Downscale or remove the file (or pass --skip-bad)") \
+            from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise BenchError(f"cannot decode image {path}: {exc}. Replace or remove the file (or pass --skip-bad)") from exc
+
+
+def check_image(path: str | Path) -> str | None:
+    """None when the file decodes to the end, else the reason it does not (naming the file)."""
+    try:
+        load_image(path, CHECK_SIZE)
+    except BenchError as exc:
+        return str(exc)
+    return None

@@ -1,4 +1,4 @@
-"""The results table, the predictions table and the markdown leaderboard rendered from them.
+"""The markdown leaderboard (and its ROC curves), rendered from the results and predictions tables.
 
 `leaderboard/` (top level) holds only what this module generates: README.md, results.csv and the ROC PNGs.
 The code lives here, in the harness, because rendering is presentation (files, markdown, matplotlib), while
@@ -7,21 +7,18 @@ The code lives here, in the harness, because rendering is presentation (files, m
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from bench.errors import BenchError
+from bench import atomic
+from bench.results import EVALUATION, select
 from protocols.designs import DESIGNS
 from protocols.metrics import METRICS
 from protocols.stats import format_mean_sd, mean_sd
 
-KEY = ["dataset", "protocol", "backbone", "finetuned", "split", "fold"]
-EVALUATION = KEY[:-1]  # one leaderboard row: all folds of one evaluation
-DEFAULT_RESULTS = Path("leaderboard/results.csv")
 DEFAULT_OUT = Path("leaderboard/README.md")
 # the paper's transfer sources (Table 1); the VGG-M backbones share one row of the pivot
 SOURCES = {"scratch": "no transfer", "retino": "Retinopathy", "double": "double", "vgg-m": "ImageNet",
@@ -29,41 +26,6 @@ SOURCES = {"scratch": "no transfer", "retino": "Retinopathy", "double": "double"
 NETWORK = {"scratch": "vgg-m", "retino": "vgg-m", "double": "vgg-m"}
 PIVOT_COLUMNS = [(s, ft) for s in ("no transfer", "Retinopathy", "ImageNet", "double") for ft in (False, True)]
 FPR_GRID = np.linspace(0, 1, 201)
-
-
-def upsert(path: Path, rows: pd.DataFrame, key: list[str]) -> pd.DataFrame:
-    """Add `rows` to the CSV at `path`, replacing earlier rows with the same key; written atomically."""
-    table = rows
-    if path.is_file():
-        old = read_table(path)
-        missing = [k for k in key if k not in old.columns]
-        if missing:
-            raise BenchError(f"{path} lacks column(s) {missing}: it is not a bench results/predictions file; "
-                             "pass another path")
-        stale = old.set_index(key).index.isin(rows.set_index(key).index)
-        table = pd.concat([old[~stale], rows], ignore_index=True)
-    _write_atomically(path, table)
-    return table
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise BenchError(f"{path} not found: run `bench evaluate` first (it writes it), or pass its path")
-    table = pd.read_csv(path, dtype={"fold": str, "image_id": str})
-    if "finetuned" in table:
-        table["finetuned"] = table["finetuned"].astype(str).str.lower() == "true"
-    return table
-
-
-def _write_atomically(path: Path, table: pd.DataFrame) -> None:
-    """A crash mid-write leaves the previous file intact, so nothing already computed is lost."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        table.to_csv(tmp, index=False, compression="gzip" if path.suffix == ".gz" else None)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
@@ -97,7 +59,7 @@ def render(results: pd.DataFrame, out: Path, predictions: pd.DataFrame | None = 
         lines += _section(dataset, protocol, table, out, predictions)
     for dataset, table in summary.groupby("dataset", sort=True):
         lines += _pivot(dataset, table)
-    out.write_text("\n".join(lines).rstrip() + "\n")
+    atomic.write_text(out, "\n".join(lines).rstrip() + "\n")
     return out
 
 
@@ -141,7 +103,7 @@ def _pivot(dataset: str, summary: pd.DataFrame) -> list[str]:
 def _roc_png(dataset: str, protocol: str, summary: pd.DataFrame, predictions: pd.DataFrame,
              folder: Path) -> Path | None:
     """Fold-averaged ROC curves (the positive class, melanoma or malignant, vs. the rest) of this section."""
-    mine = predictions[(predictions["dataset"] == dataset) & (predictions["protocol"] == protocol)]
+    mine = select(predictions, dataset=dataset, protocol=protocol)
     if mine.empty:
         return None
     import matplotlib  # here, not at the top: evaluating must not pay for matplotlib
@@ -153,7 +115,7 @@ def _roc_png(dataset: str, protocol: str, summary: pd.DataFrame, predictions: pd
     auc = "one-vs-one AUC" if len(design.classes) > 2 else "AUC"
     fig, ax = plt.subplots(figsize=(5, 5))
     for r in summary.itertuples():
-        rows = mine[(mine["backbone"] == r.backbone) & (mine["finetuned"] == r.finetuned) & (mine["split"] == r.split)]
+        rows = select(mine, backbone=r.backbone, finetuned=r.finetuned, split=r.split)
         if not rows.empty:
             label = f"{r.backbone}{' FT' if r.finetuned else ''} ({r.split}) {auc} {100 * r.auc:.1f}"
             ax.plot(FPR_GRID, _mean_roc(rows), label=label)
@@ -163,7 +125,8 @@ def _roc_png(dataset: str, protocol: str, summary: pd.DataFrame, predictions: pd
            xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="lower right", fontsize="small")
     path = folder / f"roc-{dataset}-{protocol}.png"
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -3,6 +3,9 @@
 import os
 from pathlib import Path
 
+from bench.errors import BenchError
+from featurestore.keys import NAME_RULE, feature_key, is_name
+
 
 def home() -> Path:
     """Root for weights, trained models, ONNX files and generated datasets (`$BENCH_HOME`, else ~/.cache/bench)."""
@@ -29,23 +32,22 @@ def datasets_dir() -> Path:
     return home() / "datasets"
 
 
-def default_store() -> Path:
-    """The zarr feature store used when `--store` is not given."""
-    return Path(os.environ.get("BENCH_STORE") or "bench-store")
-
-
-def feature_key(protocol: str | None = None, fold: str | None = None) -> str:
-    """Feature-set key: `frozen`, or `ft-{protocol}-{fold}` for the model fine-tuned on that fold's training part.
-
-    The protocol is part of the key because a fine-tune learns that protocol's classes.
-    """
-    if fold is None:
-        return "frozen"
-    if protocol is None:
-        raise ValueError("a fine-tuned feature set needs its protocol as well as its fold")
-    return f"ft-{protocol}-{fold}"
+def default_store() -> str:
+    """The zarr feature store used when `--store` is not given: a folder or an fsspec URL (a str, because a Path
+    would turn `s3://bucket` into `s3:/bucket`)."""
+    return os.environ.get("BENCH_STORE") or "bench-store"
 
 
 def finetuned_checkpoint(dataset: str, backbone: str, protocol: str, fold: str) -> Path:
     """Where `bench train --protocol P --fold K` leaves its checkpoint and `bench extract --fold K` finds it."""
+    for what, value in {"dataset": dataset, "backbone": backbone, "protocol": protocol, "fold": fold}.items():
+        check_name(what, value)
     return models_dir() / dataset / backbone / f"{feature_key(protocol, fold)}.pt"
+
+
+def check_name(what: str, value: str, where: str = "") -> str:
+    """`value`, if it is a plain name; else a BenchError. Names become path components (checkpoints, feature sets,
+    study folders), so `../x` must never pass."""
+    if not is_name(value):
+        raise BenchError(f"{where}{what} {value!r} is not a name: names are {NAME_RULE}")
+    return value

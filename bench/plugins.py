@@ -15,6 +15,7 @@ from bench import hookspecs
 from bench.backbone import Backbone
 from bench.dataset import DatasetAdapter
 from bench.errors import BenchError
+from featurestore.keys import NAME_RULE, is_name
 
 ENTRY_POINT_GROUP = "bench"
 DISABLE_AUTOLOAD = "BENCH_DISABLE_PLUGIN_AUTOLOAD"
@@ -58,6 +59,9 @@ def _collect(hook_name: str, kind: str) -> dict[str, T]:
         provider = pm.get_name(impl.plugin)
 
         def register(item: T, provider: str = provider) -> None:
+            if not is_name(item.name):  # a name becomes a folder of the store and of bench's caches
+                warnings.warn(f"{kind} {item.name!r} from {provider!r} ignored: names are {NAME_RULE}", stacklevel=2)
+                return
             if item.name in found:
                 warnings.warn(
                     f"{kind} {item.name!r} from {provider!r} ignored: {found[item.name].plugin!r} already provides it",

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from bench.leaderboard import read_table, render, summarise
+from bench import atomic
+from bench.leaderboard import render, summarise
+from bench.results import read_table, select
 from protocols import stats
 from protocols.designs import DESIGNS
 
@@ -72,7 +74,7 @@ def write(study: Study, ws: Workspace, data: StudyData) -> str:
     render(results, ws.leaderboard, predictions, note=note)
     report = Report(study, data, summarise(results), predictions)
     text = report.markdown()
-    ws.report.write_text(text)
+    atomic.write_text(ws.report, text)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -138,9 +140,7 @@ class Report:
     def row(self, dataset: str, protocol: str, backbone: str | None, finetuned: bool) -> pd.Series | None:
         if backbone is None:
             return None
-        s = self.summary
-        hit = s[(s["dataset"] == dataset) & (s["protocol"] == protocol) & (s["backbone"] == backbone)
-                & (s["finetuned"] == finetuned)]
+        hit = select(self.summary, dataset=dataset, protocol=protocol, backbone=backbone, finetuned=finetuned)
         return hit.iloc[0] if len(hit) else None
 
     def table1(self, i: int, dataset: str) -> list[str]:
@@ -213,9 +213,7 @@ class Report:
                 f"| {verdict} |")
 
     def _predictions(self, dataset: str, protocol: str, backbone: str, finetuned: bool) -> pd.DataFrame | None:
-        p = self.predictions
-        rows = p[(p["dataset"] == dataset) & (p["protocol"] == protocol) & (p["backbone"] == backbone)
-                 & (p["finetuned"] == finetuned)]
+        rows = select(self.predictions, dataset=dataset, protocol=protocol, backbone=backbone, finetuned=finetuned)
         # one CSV holds every design: the 3-class score columns are empty on the binary designs' rows
         return rows.dropna(axis=1, how="all").reset_index(drop=True) if len(rows) else None
 

@@ -26,7 +26,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from bench import paths, plugins
+from bench import atomic, paths, plugins
 from bench.backbone import Backbone
 from bench.errors import BenchError
 from bench.hookspecs import hookimpl
@@ -99,10 +99,8 @@ class Ledger:
     def record(self, key: str, fingerprint: str, digest: str, seconds: float) -> None:
         self.stages[key] = {"fingerprint": fingerprint, "digest": digest, "seconds": round(seconds, 2),
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"stages": self.stages}, indent=1, sort_keys=True))
-        tmp.replace(self.path)  # a kill mid-write leaves the previous ledger, never a torn one
+        # a kill mid-write leaves the previous ledger, never a torn one
+        atomic.write_text(self.path, json.dumps({"stages": self.stages}, indent=1, sort_keys=True))
 
 
 @dataclass(frozen=True)
@@ -454,7 +452,10 @@ def _extract(study: Study, ws: Workspace, stage: Stage) -> str:
         job = prepare(p["backbone"], spec.adapter, spec.root, **arguments)
     except StoreError:  # one the study made from an earlier model (a changed setting upstream) is replaced
         job = prepare(p["backbone"], spec.adapter, spec.root, overwrite=True, **arguments)
-    job.run()
+    try:
+        job.run()
+    finally:
+        job.writer.release()  # a Ray worker outlives the stage: its lease must not
     return job.model.sha256
 
 
@@ -474,19 +475,15 @@ class _StoreSnapshot:
         return (p["dataset"]["adapter"], p["backbone"], paths.feature_key(p["protocol"], p["fold"])) in self.sets
 
 
-def _evaluation_rows(table: Any, stage: Stage) -> Any:
-    p = stage.params
-    return table[(table["dataset"] == p["dataset"]["adapter"]) & (table["protocol"] == p["protocol"])
-                 & (table["backbone"] == p["backbone"]) & (table["finetuned"] == p["finetuned"])
-                 & (table["split"] == p["split"])]
-
-
 def _has_results(ws: Workspace, stage: Stage) -> bool:
-    from bench.leaderboard import read_table
+    from bench.results import read_table, select
 
     if not (ws.results.is_file() and ws.predictions.is_file()):
         return False
-    return set(_evaluation_rows(read_table(ws.results), stage)["fold"]) == set(stage.params["folds"])
+    p = stage.params
+    rows = select(read_table(ws.results), dataset=p["dataset"]["adapter"], protocol=p["protocol"],
+                  backbone=p["backbone"], finetuned=p["finetuned"], split=p["split"])
+    return set(rows["fold"]) == set(p["folds"])
 
 
 def _evaluate(study: Study, ws: Workspace, stage: Stage) -> Any:
@@ -503,11 +500,10 @@ def _evaluate(study: Study, ws: Workspace, stage: Stage) -> Any:
 
 def _keep_evaluation(ws: Workspace, done: Any) -> str:
     """The evaluation's rows into the study's results and predictions tables; the digest of its metrics."""
-    from bench.leaderboard import EVALUATION, upsert
+    from bench.results import EVALUATION, upsert
 
     # keyed by the evaluation, not the fold: a study run on fewer folds than before leaves no stale fold rows
-    upsert(ws.results, done.results, EVALUATION)
-    upsert(ws.predictions, done.predictions, EVALUATION)
+    upsert((ws.results, done.results, EVALUATION), (ws.predictions, done.predictions, EVALUATION))
     metrics = done.results[["fold", "auc", "map", "acc", "se", "sp", "c"]].to_csv(index=False)
     return hashlib.sha256(metrics.encode()).hexdigest()
 

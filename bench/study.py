@@ -56,7 +56,7 @@ from typing import Any
 from bench import paths, plugins
 from bench.backbone import Backbone, SourceStage, load_state_dict_file
 from bench.errors import BenchError
-from bench.paths import feature_key
+from bench.paths import check_name, feature_key
 from bench.recipes import Recipe, get_recipe
 from protocols.svm import SOLVER
 
@@ -202,6 +202,7 @@ class _Reader:
 
     def study(self, raw: dict) -> Study:
         self.check_keys(raw, TOP_KEYS, "top level")
+        check_name("study name (the file's stem)", self.path.stem, f"{self.path}: ")  # names its --out folder
         recipe = self.recipe(raw)
         datasets = {name: self.dataset(name, value) for name, value in self.table(raw, "datasets").items()}
         adapters = [d.adapter for d in datasets.values()]
@@ -257,6 +258,7 @@ class _Reader:
 
     def dataset(self, name: str, value: Any) -> DatasetSpec:
         key = f"datasets.{name}"
+        check_name("dataset", name, f"{self.path}: datasets: ")
         if not isinstance(value, dict):
             raise self.fail(key, "must be a table with adapter, root, options, limit")
         self.check_keys(value, DATASET_KEYS, key)
@@ -294,6 +296,7 @@ class _Reader:
     def defined_backbone(self, name: str, value: Any, datasets: dict[str, DatasetSpec],
                          defined: dict[str, BackboneSpec]) -> BackboneSpec:
         key = f"backbones.{name}"
+        check_name("backbone", name, f"{self.path}: backbones: ")  # its checkpoints are files named after it
         if not isinstance(value, dict):
             raise self.fail(key, "must be a table with like (and weights, source)")
         self.check_keys(value, BACKBONE_KEYS, key)

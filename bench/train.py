@@ -26,6 +26,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from torch import nn
 
 from bench.backbone import Preprocessing, read_checkpoint, save_checkpoint
+from bench.atomic import atomic_path
 from bench.errors import BenchError
 from bench.images import load_image
 from bench.recipes import Recipe
@@ -303,10 +304,9 @@ def _save_state(path: Path, state: RunState, model: nn.Module, optimizer: torch.
     rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
-                "state": vars(state)}, tmp)
-    tmp.replace(path)  # atomic: an interruption while saving leaves the previous epoch's state intact
+    with atomic_path(path) as tmp:  # an interruption while saving leaves the previous epoch's state intact
+        torch.save({"state_dict": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng,
+                    "state": vars(state)}, tmp)
 
 
 def _save_best(job: TrainingJob, net: nn.Module, state: RunState) -> None:

@@ -4,29 +4,39 @@ Each set holds
 - `features`  float32 (n, d), chunked along n only; rows never computed or skipped read as NaN, never zero;
 - `image_ids` str (n,), fixed when the set is created;
 - `skipped`   bool (n,), rows whose image could not be read (left out of `FeatureStore.read`);
+- `image_sha256` str (n,), the content hash of each image the rows are computed from: a writer reopening the set
+  with other hashes (an image changed in place, or fixed after it was skipped) recomputes those rows' chunks, and
+  `FeatureSet.digests` lets a reader refuse features of images that changed since;
 - `done`      bool (one per chunk of `features`), set only after that chunk's data is written,
-and the provenance attributes the writer was given (model sha256, preprocessing, dataset fingerprint, ...).
+and the provenance attributes the writer was given (model sha256, preprocessing, label fingerprint, ...), plus a
+`creation_id` that every chunk write checks, so a writer whose set was replaced stops instead of writing into it.
+One writer at a time per set: see `featurestore.lease`.
 
 `done` rather than "the chunk file exists" marks completion because it is written strictly after the data on any
 store (local, fsspec), an interrupted write of a chunk therefore never counts as finished, and zarr does not store a
 chunk that equals the fill value at all, so existence cannot tell a finished all-NaN chunk from a missing one.
 """
 
+
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import zarr
 from zarr.errors import GroupNotFoundError
 
+from featurestore import lease
 from featurestore.errors import StoreError
+from featurestore.keys import NAME_RULE, is_name, parse_key
 
 # A set made with another value of any of these (or for other image ids) holds stale features.
-IDENTITY = ("model_sha256", "preprocessing", "dataset_fingerprint")
+IDENTITY = ("model_sha256", "preprocessing")
 LAYOUT = "featurestore/1"
 
 
@@ -36,6 +46,7 @@ class FeatureSet:
 
     image_ids: np.ndarray  # str (n,)
     features: np.ndarray  # float32 (n, d)
+    digests: np.ndarray  # str (n,): sha256 of each image's content when its features were computed
     attrs: dict  # provenance, plus `skipped`: the image ids left out because they could not be read
 
 
@@ -58,13 +69,21 @@ class SetInfo:
 
 
 class SetWriter:
-    """Fills one set chunk by chunk; each finished chunk survives any interruption."""
+    """Fills one set chunk by chunk; each finished chunk survives any interruption.
 
-    def __init__(self, group: zarr.Group):
+    It holds the set's write lease until the set is complete (or `release()`); a copy sent to another process (a
+    Ray shard of the same extraction) writes under the same lease.
+    """
+
+    def __init__(self, group: zarr.Group, where: str, held: lease.Lease):
         self.group = group
+        self.where = where  # "ds/bb/key in STORE", for messages
+        self.lease = held
+        self.creation_id = group.attrs.get("creation_id")
         self.features = group["features"]
         self.chunk_rows = self.features.chunks[0]
         self.n_chunks = group["done"].shape[0]
+        self.changed = 0  # rows whose image content changed since the set was last written
 
     @property
     def n(self) -> int:
@@ -89,9 +108,44 @@ class SetWriter:
         window = slice(rows.start, rows.stop)
         skipped = np.zeros(len(rows), bool) if skipped is None else np.asarray(skipped, bool)
         features[skipped] = np.nan
-        self.group["skipped"][window] = skipped  # always: a rerun may find an image readable that was not before
-        self.features[window] = features
-        self.group["done"][chunk] = True
+        self._check_current()
+        try:
+            self.group["skipped"][window] = skipped  # always: a rerun may find an image readable that was not before
+            self.features[window] = features
+            self.group["done"][chunk] = True
+        except OSError as exc:  # disk full, store gone read-only: what is done stays done
+            done = self.n_chunks - len(self.missing_chunks())
+            raise StoreError(f"cannot write chunk {chunk} of {self.where}: {exc}. The {done} finished chunk(s) are "
+                             "kept: free space (or fix the store's permissions) and run the same command to resume") \
+                from None
+        if not self.missing_chunks():
+            self.release()
+
+    def release(self) -> None:
+        """Let another writer have the set (done automatically once it is complete)."""
+        self.lease.release()
+
+    def _check_current(self) -> None:
+        """Stop if the set was removed or replaced since this writer opened it: its rows would land in another
+        set's chunks (another writer's ids, another creation)."""
+        try:
+            current = zarr.open_group(store=self.group.store, path=self.group.path, mode="r").attrs.get("creation_id")
+        except (FileNotFoundError, GroupNotFoundError, KeyError):
+            current = None
+        if current != self.creation_id:
+            raise StoreError(f"{self.where} was removed or replaced by another writer while this one ran; this run "
+                             "stops without writing. Run the command again to extract into the set as it is now")
+
+    def _refresh(self, image_digests: np.ndarray) -> None:
+        """Mark for recomputing every chunk holding an image whose content is not what its row was computed from."""
+        stored = np.array(self.group["image_sha256"][:].tolist(), dtype=str)
+        changed = np.flatnonzero(stored != image_digests)
+        self.changed = len(changed)
+        if not self.changed:
+            return
+        for chunk in np.unique(changed // self.chunk_rows):  # done flags first: a kill in between loses nothing
+            self.group["done"][int(chunk)] = False
+        self.group["image_sha256"][:] = image_digests
 
 
 class FeatureStore:
@@ -100,18 +154,23 @@ class FeatureStore:
     def __init__(self, path: str | Path):
         self.path = str(path)
 
+    def exists(self) -> bool:
+        return self._root() is not None
+
     def read(self, dataset: str, backbone: str, key: str) -> FeatureSet:
         group = self._set(dataset, backbone, key)
         info = _info(group, dataset, backbone, key)
         if not info.complete:
             raise StoreError(
                 f"feature set {dataset}/{backbone}/{key} in {self.path} is incomplete ({info.chunks_done} of "
-                f"{info.chunks} chunks): re-run `{self._extract_command(dataset, backbone, key)}` to finish it"
+                f"{info.chunks} chunks): re-run `{self.extract_command(dataset, backbone, key)}` to finish it"
             )
-        ids = _image_ids(group)
+        ids = _strings(group["image_ids"])
+        digests = _strings(group["image_sha256"]) if "image_sha256" in group else np.full(len(ids), "")
         keep = ~group["skipped"][:]
         attrs = {**group.attrs.asdict(), "skipped": ids[~keep].tolist()}
-        return FeatureSet(image_ids=ids[keep], features=group["features"][:][keep], attrs=attrs)
+        return FeatureSet(image_ids=ids[keep], features=group["features"][:][keep], digests=digests[keep],
+                          attrs=attrs)
 
     def list(self) -> list[SetInfo]:
         root = self._root()
@@ -119,7 +178,7 @@ class FeatureStore:
             return []
         return [
             _info(group, dataset, backbone, key)
-            for dataset, dataset_group in sorted(root.groups())
+            for dataset, dataset_group in sorted(root.groups()) if dataset != lease.LEASES
             for backbone, backbone_group in sorted(dataset_group.groups())
             for key, group in sorted(backbone_group.groups())
             if group.attrs.get("layout") == LAYOUT
@@ -127,11 +186,16 @@ class FeatureStore:
 
     def remove(self, dataset: str, backbone: str, key: str) -> None:
         self._set(dataset, backbone, key)  # a clear error when there is nothing to remove
-        root = zarr.open_group(self.path, mode="a")
-        del root[f"{dataset}/{backbone}/{key}"]
-        for parent in (f"{dataset}/{backbone}", dataset):  # no empty shells left behind in `ls` of the folder
-            if not list(root[parent].members()):
-                del root[parent]
+        path = f"{dataset}/{backbone}/{key}"
+        held = self._lease(path)  # never pull a set from under its writer
+        try:
+            root = self._open("a")
+            del root[path]
+            for parent in (f"{dataset}/{backbone}", dataset):  # no empty shells left behind in `ls` of the folder
+                if not list(root[parent].members()):
+                    del root[parent]
+        finally:
+            held.release()
 
     def open_for_write(
         self,
@@ -140,6 +204,7 @@ class FeatureStore:
         key: str,
         *,
         image_ids: np.ndarray,
+        image_digests: np.ndarray,
         dim: int,
         chunk_rows: int,
         attrs: dict,
@@ -147,33 +212,84 @@ class FeatureStore:
     ) -> SetWriter:
         """The writer of a new set, or of the existing one when it was made by the same model for the same images.
 
-        An existing set with other provenance raises StoreError (never silently reused) unless `overwrite`; one with
-        no finished chunk is replaced silently, as nothing in it can be lost. `attrs` must hold IDENTITY's keys.
+        Takes the set's write lease first (StoreError when another live process holds it). An existing set with
+        other provenance raises StoreError (never silently reused) unless `overwrite`; one with no finished chunk
+        is replaced silently, as nothing in it can be lost. `image_digests` (one content hash per image) decide
+        which finished chunks must be recomputed because their images changed. `attrs` must hold IDENTITY's keys.
         """
         missing = [k for k in IDENTITY if k not in attrs]
         if missing:
             raise ValueError(f"provenance attributes lack {missing}")
+        bad = [name for name in (dataset, backbone, key) if not is_name(name)]
+        if bad:
+            raise StoreError(f"{bad[0]!r} cannot name a feature set: names are {NAME_RULE}")
         path = f"{dataset}/{backbone}/{key}"
-        root = zarr.open_group(self.path, mode="a")
         image_ids = np.asarray(image_ids, dtype=str)
-        if path in root:
-            writer = SetWriter(root[path]) if root[path].attrs.get("layout") == LAYOUT else None
-            finished = writer is not None and len(writer.missing_chunks()) < writer.n_chunks
-            if finished and not overwrite:
-                differences = _differences(root[path], attrs, image_ids)
-                if not differences:
-                    return writer
-                raise StoreError(
-                    f"feature set {path} in {self.path} was made differently: {'; '.join(differences)}. Its features "
-                    f"would be stale, so they are not reused: remove it with `bench store rm {dataset} {backbone} {key} "
-                    f"--store {self.path}` and extract again, or pass --overwrite"
-                )
-            del root[path]
-        return SetWriter(_create(root.require_group(path), image_ids, dim, chunk_rows, attrs))
+        image_digests = np.asarray(image_digests, dtype=str)
+        if image_digests.shape != image_ids.shape:
+            raise ValueError("image_digests must hold one content hash per image id")
+        held = self._lease(path)
+        try:
+            writer = self._reopen(path, image_ids, attrs, overwrite, held)
+            if writer is None:
+                group = _create(self._open("a").require_group(path), image_ids, image_digests, dim, chunk_rows, attrs)
+                writer = SetWriter(group, self._where(path), held)
+            writer._refresh(image_digests)
+        except BaseException:
+            held.release()
+            raise
+        if not writer.missing_chunks():
+            held.release()  # nothing to write: the next writer need not wait
+        return writer
+
+    def _reopen(self, path: str, image_ids: np.ndarray, attrs: dict, overwrite: bool,
+                held: lease.Lease) -> SetWriter | None:
+        """The existing set's writer when it can be reused; None after removing one that cannot (or has nothing)."""
+        root = self._open("a")
+        if path not in root:
+            return None
+        group = root[path]
+        if group.attrs.get("layout") == LAYOUT and group["done"][:].any() and not overwrite:
+            differences = _differences(group, attrs, image_ids)
+            if not differences:
+                if "image_sha256" not in group:  # made before content hashes: no row is known current
+                    group.create_array("image_sha256", shape=(len(image_ids),), dtype=str)[:] = ""
+                group.attrs.update({k: v for k, v in attrs.items() if k not in IDENTITY})  # e.g. today's labels
+                return SetWriter(group, self._where(path), held)
+            dataset, backbone, key = path.split("/")
+            raise StoreError(
+                f"feature set {path} in {self.path} was made differently: {'; '.join(differences)}. Its features "
+                f"would be stale, so they are not reused: remove it with `bench store rm {dataset} {backbone} {key} "
+                f"--store {self.path}` and extract again, or pass --overwrite"
+            )
+        del root[path]
+        return None
+
+    def _lease(self, path: str) -> lease.Lease:
+        self._open("a").require_group(lease.LEASES)  # a zarr group, so listing the store never trips over it
+        fs, root = self._fs()
+        return lease.acquire(fs, f"{root}/{lease.LEASES}/{path}.json", f"feature set {self._where(path)}")
+
+    def _fs(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        fs, root = fsspec.core.url_to_fs(self.path)
+        return fs, root.rstrip("/")
+
+    def _open(self, mode: str) -> zarr.Group:
+        """The store's root group; an unusable URL or path is a StoreError naming it, never a library traceback."""
+        try:
+            return zarr.open_group(self.path, mode=mode)
+        except ImportError as exc:  # e.g. s3:// without s3fs
+            raise StoreError(f"cannot open the store {self.path}: {exc} (its URL scheme needs an fsspec package, "
+                             "e.g. `pip install s3fs` for s3://)") from None
+        except ValueError as exc:
+            raise StoreError(f"cannot open the store {self.path}: {exc}. Pass a folder or an fsspec URL such as "
+                             "s3://bucket/store") from None
+        except PermissionError as exc:
+            raise StoreError(f"cannot open the store {self.path}: {exc}. Pass a folder you can write to") from None
 
     def _root(self) -> zarr.Group | None:
         try:
-            return zarr.open_group(self.path, mode="r")
+            return self._open("r")
         except (FileNotFoundError, GroupNotFoundError):
             return None
 
@@ -182,27 +298,34 @@ class FeatureStore:
         path = f"{dataset}/{backbone}/{key}"
         if root is None or path not in root or root[path].attrs.get("layout") != LAYOUT:
             raise StoreError(
-                f"no feature set {path} in {self.path}: make it with `{self._extract_command(dataset, backbone, key)}`"
+                f"no feature set {path} in {self.path}: make it with `{self.extract_command(dataset, backbone, key)}`"
             )
         return root[path]
 
-    def _extract_command(self, dataset: str, backbone: str, key: str) -> str:
-        command = f"bench extract --backbone {backbone} --dataset {dataset} --root PATH"
-        if key.startswith("ft-"):  # `ft-{protocol}-{fold}`; fold keys (r0f1, official) hold no hyphen
-            protocol, fold = key[3:].rsplit("-", 1)
-            command += f" --protocol {protocol} --fold {fold}"
+    def _where(self, path: str) -> str:
+        return f"{path} in {self.path}"
+
+    def extract_command(self, dataset: str, backbone: str, key: str, root: str = "PATH") -> str:
+        """The `bench extract` command that makes or refreshes this set."""
+        command = f"bench extract --backbone {backbone} --dataset {dataset} --root {root}"
+        finetuned = parse_key(key)
+        if finetuned:
+            command += " --protocol {} --fold {}".format(*finetuned)
         return f"{command} --store {self.path}"
 
 
-def _create(group: zarr.Group, image_ids: np.ndarray, dim: int, chunk_rows: int, attrs: dict) -> zarr.Group:
+def _create(group: zarr.Group, image_ids: np.ndarray, image_digests: np.ndarray, dim: int, chunk_rows: int,
+            attrs: dict) -> zarr.Group:
     n = len(image_ids)
     group.create_array("features", shape=(n, dim), chunks=(chunk_rows, dim), dtype="float32", fill_value=np.nan)
     group.create_array("skipped", shape=(n,), chunks=(chunk_rows,), dtype=bool, fill_value=False)
     group.create_array("done", shape=(-(-n // chunk_rows),), chunks=(1,), dtype=bool, fill_value=False)
     group.create_array("image_ids", shape=(n,), dtype=str)[:] = image_ids
+    group.create_array("image_sha256", shape=(n,), dtype=str)[:] = image_digests
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     # the layout marker goes in last: a set whose creation was interrupted has none and is recreated next time
-    group.attrs.update({**attrs, "n": n, "d": dim, "chunk_rows": chunk_rows, "created": created, "layout": LAYOUT})
+    group.attrs.update({**attrs, "n": n, "d": dim, "chunk_rows": chunk_rows, "created": created,
+                        "creation_id": uuid.uuid4().hex, "layout": LAYOUT})
     return group
 
 
@@ -219,19 +342,17 @@ def _differences(group: zarr.Group, attrs: dict, image_ids: np.ndarray) -> list[
     if changed:
         shown = ", ".join(f"{k} {old.get(k)} stored, {new.get(k)} now" for k in changed)
         differences.append(f"other preprocessing ({shown})")
-    stored_ids = _image_ids(group)
+    stored_ids = _strings(group["image_ids"])
     if len(stored_ids) != len(image_ids):
         differences.append(f"other images ({len(stored_ids)} stored, {len(image_ids)} now)")
     elif not np.array_equal(stored_ids, image_ids):
         differences.append("other images (the same number, other ids or order)")
-    elif stored.get("dataset_fingerprint") != attrs["dataset_fingerprint"]:
-        differences.append("another dataset fingerprint (image files or labels changed since)")
     return differences
 
 
-def _image_ids(group: zarr.Group) -> np.ndarray:
-    """The ids as a plain numpy str array (zarr returns numpy's variable-width StringDType)."""
-    return np.array(group["image_ids"][:].tolist(), dtype=str)
+def _strings(array: zarr.Array) -> np.ndarray:
+    """A str array as a plain numpy str array (zarr returns numpy's variable-width StringDType)."""
+    return np.array(array[:].tolist(), dtype=str)
 
 
 def _plain(value):

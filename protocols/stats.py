@@ -56,7 +56,10 @@ def mean_sd(values: pd.Series | np.ndarray) -> tuple[float, float]:
 
 
 def format_mean_sd(mean: float, sd: float) -> str:
-    """In %: "84.0 ± 1.2", or "84.8" for a single fold."""
+    """In %: "84.0 ± 1.2", "84.8" for a single fold, "–" for a metric not measured (e.g. results written before
+    bench measured it)."""
+    if math.isnan(mean):
+        return "–"
     return f"{100 * mean:.1f}" + ("" if math.isnan(sd) else f" ± {100 * sd:.1f}")
 
 

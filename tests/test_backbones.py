@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 from bench import paths, plugins
 from bench.backbone import checkpoint_preprocessing, load_state_dict_file, save_checkpoint
 from bench.cli import app
-from bench.cli.app import console
 from bench.errors import BenchError
 from plugins.backbones import efficientnet, vggm
 from plugins.backbones.vggm import VGGM
@@ -34,7 +33,6 @@ def _resized(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def test_bench_backbones_lists_the_seven_builtins(monkeypatch):
-    monkeypatch.setattr(console, "width", 250)  # one line per backbone
     result = runner.invoke(app, ["backbones"])
     assert result.exit_code == 0, result.output
     for name in BUILTIN:

@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from bench import paths, plugins
 from bench.cli import app
-from bench.dataset import fingerprint
+from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
 from bench.evaluate import Request, evaluate, prepare
-from bench.leaderboard import read_table
+from bench.results import read_table
 from featurestore import FeatureStore, StoreError
 from protocols.errors import ProtocolError
 from protocols.splits import fold_record, make_folds
@@ -34,8 +34,7 @@ def write_set(store: Path, backbone: str, key: str = "frozen", signal: float = 2
     codes = m["diagnosis"].astype("category").cat.codes.to_numpy()
     x = rng.normal(size=(len(m), 16)).astype(np.float32)
     x[np.arange(len(m)), codes] += signal
-    write_features(store, backbone, key, m["image_id"].to_numpy()[keep], np.abs(x)[keep], sha, fingerprint(m),
-                   {"fold_record": record} if record else {})
+    write_features(store, backbone, key, m.iloc[keep], np.abs(x)[keep], sha, {"fold_record": record} if record else {})
     return np.abs(x)
 
 
@@ -45,11 +44,14 @@ def trained_on(fold: str, seed: int = 0, protocol: str = "mela-vs-ben") -> dict:
     return fold_record(protocol, "5x2", seed, fold, list(train_ids))
 
 
-def write_features(store: Path, backbone: str, key: str, ids: np.ndarray, x: np.ndarray, sha: str,
-                   dataset_fingerprint: str, extra: dict | None = None) -> None:
+def write_features(store: Path, backbone: str, key: str, rows: pd.DataFrame, x: np.ndarray, sha: str,
+                   extra: dict | None = None) -> None:
+    """`x` as the features of the manifest rows `rows`, recorded as computed from their images as they are now."""
     writer = FeatureStore(store).open_for_write(
-        "synthetic", backbone, key, image_ids=ids, dim=x.shape[1], chunk_rows=64, overwrite=True,
-        attrs={"model_sha256": sha, "preprocessing": {}, "dataset_fingerprint": dataset_fingerprint, **(extra or {})})
+        "synthetic", backbone, key, image_ids=rows["image_id"].to_numpy(), image_digests=image_digests(rows),
+        dim=x.shape[1], chunk_rows=64, overwrite=True,
+        attrs={"model_sha256": sha, "preprocessing": {}, "labels_fingerprint": label_fingerprint(manifest()),
+               **(extra or {})})
     for chunk in writer.missing_chunks():
         rows = writer.chunk_rows_of(chunk)
         writer.write_chunk(chunk, x[rows.start:rows.stop])
@@ -127,7 +129,7 @@ def test_no_test_image_influences_c_end_to_end(tmp_path):
     scrambled = x.copy()
     rows = m["image_id"].isin(test_ids).to_numpy()
     scrambled[rows] = np.random.default_rng(9).permutation(scrambled[rows]) * 5
-    write_features(store_b, "good", "frozen", m["image_id"].to_numpy(), scrambled, "sha-b", fingerprint(m))
+    write_features(store_b, "good", "frozen", m, scrambled, "sha-b")
     a = evaluate(request).results.set_index("fold")
     b = evaluate(Request(**{**request.__dict__, "store": store_b})).results.set_index("fold")
     assert a.loc["r0f0", "c"] == b.loc["r0f0", "c"]

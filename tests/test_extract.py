@@ -20,8 +20,7 @@ import tiny_extraction as tiny
 from bench import extract, paths
 from bench.backbone import Preprocessing, save_checkpoint
 from bench.cli import app
-from bench.cli.app import console
-from bench.dataset import fingerprint
+from bench.dataset import label_fingerprint
 from bench.errors import BenchError
 from bench.export import export_onnx
 from bench.images import load_image
@@ -47,7 +46,6 @@ def _onnx_cache(tmp_path_factory) -> Path:
 def shared_onnx_cache(bench_home, _onnx_cache, monkeypatch):
     """One ONNX cache for the module: it is keyed by content, and exporting anew in every test costs seconds."""
     (bench_home / "onnx").symlink_to(_onnx_cache, target_is_directory=True)
-    monkeypatch.setattr(console, "width", 200)  # whole table rows and messages on one line each
 
 
 @pytest.fixture
@@ -100,7 +98,7 @@ def test_extract_stores_every_image_with_its_provenance(images, store, small_chu
     np.testing.assert_allclose(features.features, expected_features(manifest["path"].tolist()), atol=1e-5)
     attrs = features.attrs
     assert attrs["model_sha256"] == export_onnx(tiny.backbone()).sha256
-    assert attrs["dataset_fingerprint"] == fingerprint(manifest) and attrs["preprocessing"]["size"] == tiny.SIZE
+    assert attrs["labels_fingerprint"] == label_fingerprint(manifest) and attrs["preprocessing"]["size"] == tiny.SIZE
     assert attrs["bench_version"] and attrs["created"] and attrs["weights"] == "initial weights"
     assert zarr.open_group(store, mode="r")[f"{tiny.DATASET}/{tiny.NAME}/frozen/features"].chunks == (8, 16)
 

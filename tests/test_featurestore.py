@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import zarr
@@ -10,8 +16,9 @@ from featurestore import FeatureStore, StoreError
 
 D = 6
 IDS = np.array([f"img{i:02d}" for i in range(10)])
+DIGESTS = np.array([f"{i:064x}" for i in range(10)])
 ATTRS = {"model_sha256": "a" * 64, "preprocessing": {"size": 32, "mean": (0.5, 0.5, 0.5)},
-         "dataset_fingerprint": "f" * 64, "bench_version": "0.1.0"}
+         "labels_fingerprint": "f" * 64, "bench_version": "0.1.0"}
 
 
 def features(rows: range) -> np.ndarray:
@@ -19,7 +26,9 @@ def features(rows: range) -> np.ndarray:
 
 
 def fill(store: FeatureStore, chunks=None, key="frozen", **changes):
-    writer = store.open_for_write("ds", "bb", key, image_ids=changes.pop("ids", IDS), dim=D, chunk_rows=4,
+    ids = changes.pop("ids", IDS)
+    digests = changes.pop("digests", DIGESTS[:len(ids)])
+    writer = store.open_for_write("ds", "bb", key, image_ids=ids, image_digests=digests, dim=D, chunk_rows=4,
                                   attrs={**ATTRS, **changes})
     for chunk in writer.missing_chunks() if chunks is None else chunks:
         writer.write_chunk(chunk, features(writer.chunk_rows_of(chunk)))
@@ -34,8 +43,8 @@ def test_layout_chunking_and_provenance(tmp_path):
     assert group["features"].shape == (10, D) and group["features"].dtype == np.float32
     assert group["features"].chunks == (4, D)  # chunked along n only
     attrs = group.attrs.asdict()
-    assert {k: attrs[k] for k in ("model_sha256", "dataset_fingerprint", "bench_version")} == \
-        {k: ATTRS[k] for k in ("model_sha256", "dataset_fingerprint", "bench_version")}
+    assert {k: attrs[k] for k in ("model_sha256", "labels_fingerprint", "bench_version")} == \
+        {k: ATTRS[k] for k in ("model_sha256", "labels_fingerprint", "bench_version")}
     assert attrs["preprocessing"] == {"size": 32, "mean": [0.5, 0.5, 0.5]}
     assert (attrs["n"], attrs["d"], attrs["chunk_rows"]) == (10, D, 4) and attrs["created"]
 
@@ -74,7 +83,6 @@ def test_write_chunk_takes_exactly_one_whole_chunk(tmp_path):
 @pytest.mark.parametrize(("change", "says"), [
     ({"model_sha256": "b" * 64}, "another model (sha256 aaaaaaaaaaaa stored, bbbbbbbbbbbb now)"),
     ({"preprocessing": {"size": 64, "mean": (0.5, 0.5, 0.5)}}, "other preprocessing (size 32 stored, 64 now)"),
-    ({"dataset_fingerprint": "e" * 64}, "another dataset fingerprint"),
     ({"ids": IDS[:8]}, "other images (10 stored, 8 now)"),
     ({"ids": IDS[::-1]}, "other images (the same number, other ids or order)"),
 ])
@@ -88,7 +96,9 @@ def test_a_set_made_differently_is_never_reused(tmp_path, change, says):
     assert "bench store rm ds bb frozen" in message and "--overwrite" in message
     assert fill(store, chunks=[]).missing_chunks() == [1, 2]  # the old set is untouched
 
-    writer = store.open_for_write("ds", "bb", "frozen", image_ids=change.get("ids", IDS), dim=D, chunk_rows=4,
+    ids = change.get("ids", IDS)
+    writer = store.open_for_write("ds", "bb", "frozen", image_ids=ids, image_digests=DIGESTS[:len(ids)], dim=D,
+                                  chunk_rows=4,
                                   attrs={**ATTRS, **{k: v for k, v in change.items() if k != "ids"}}, overwrite=True)
     assert writer.missing_chunks() == list(range(writer.n_chunks))
 
@@ -132,3 +142,109 @@ def test_list_and_remove(tmp_path):
     assert store.list() == [] and not (tmp_path / "store" / "ds").exists()
     with pytest.raises(StoreError, match="no feature set ds/bb/frozen"):
         store.remove("ds", "bb", "frozen")
+
+
+def test_an_image_changed_since_recomputes_only_its_chunk(tmp_path):
+    store = FeatureStore(tmp_path / "store")
+    fill(store)
+    digests = DIGESTS.copy()
+    digests[5] = "e" * 64  # img05 rewritten in place (or fixed after it was skipped)
+    writer = fill(store, chunks=[], digests=digests)
+    assert writer.changed == 1 and writer.missing_chunks() == [1]
+    with pytest.raises(StoreError, match="incomplete"):  # never read while its rows are stale
+        store.read("ds", "bb", "frozen")
+    writer.write_chunk(1, features(range(4, 8)))
+    assert store.read("ds", "bb", "frozen").digests[5] == "e" * 64
+
+
+def test_a_second_writer_is_refused_while_the_first_lives_and_a_dead_ones_lease_is_taken_over(tmp_path):
+    store = FeatureStore(tmp_path / "store")
+    fill(store, chunks=[0])
+    lease = tmp_path / "store" / "_leases" / "ds" / "bb" / "frozen.json"
+    assert json.loads(lease.read_text())["pid"] == os.getpid()  # held while the set is incomplete
+
+    def held_by(pid: int) -> None:
+        lease.write_text(json.dumps({"id": "other", "pid": pid, "host": socket.gethostname(), "since": "earlier"}))
+
+    held_by(os.getppid())  # a live process: pytest's parent
+    with pytest.raises(StoreError) as error:
+        fill(store, chunks=[])
+    assert f"pid {os.getppid()} on {socket.gethostname()}, since earlier" in str(error.value)
+    assert f"remove its lease {lease}" in str(error.value)
+    with pytest.raises(StoreError, match="another process"):
+        store.remove("ds", "bb", "frozen")
+
+    held_by(dead_pid())
+    writer = fill(store, chunks=[])
+    assert json.loads(lease.read_text())["pid"] == os.getpid()
+    fill(store, chunks=writer.missing_chunks())
+    assert not lease.exists()  # complete: released
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_writer_whose_set_was_replaced_stops_instead_of_writing(tmp_path):
+    store = FeatureStore(tmp_path / "store")
+    old = fill(store, chunks=[0])
+    store.open_for_write("ds", "bb", "frozen", image_ids=IDS[:8], image_digests=DIGESTS[:8], dim=D, chunk_rows=4,
+                         attrs=ATTRS, overwrite=True)  # e.g. a writer that found the lease stale
+    with pytest.raises(StoreError, match="removed or replaced by another writer"):
+        old.write_chunk(1, features(range(4, 8)))
+    assert store.list()[0].n == 8 and store.list()[0].chunks_done == 0
+
+
+def test_a_full_disk_is_one_error_and_keeps_the_finished_chunks(tmp_path, monkeypatch):
+    store = FeatureStore(tmp_path / "store")
+    writer = fill(store, chunks=[0])
+
+    class Full:
+        shape, chunks = writer.features.shape, writer.features.chunks
+
+        def __setitem__(self, key, value):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer, "features", Full())
+    with pytest.raises(StoreError, match=r"cannot write chunk 1 of ds/bb/frozen in .*No space left on device\. "
+                                         r"The 1 finished chunk\(s\) are kept: free space"):
+        writer.write_chunk(1, features(range(4, 8)))
+    monkeypatch.undo()
+    assert fill(store).missing_chunks() == []  # the same command resumes and finishes
+    np.testing.assert_array_equal(store.read("ds", "bb", "frozen").features, features(range(10)))
+
+
+@pytest.mark.parametrize("name", ["../escaped", "", ".hidden", "a/b", "-x"])
+def test_names_that_are_not_names_are_refused(tmp_path, name):
+    with pytest.raises(StoreError, match="cannot name a feature set"):
+        FeatureStore(tmp_path / "store").open_for_write(name, "bb", "frozen", image_ids=IDS, image_digests=DIGESTS,
+                                                        dim=D, chunk_rows=4, attrs=ATTRS)
+    assert not (tmp_path / "escaped").exists()
+
+
+@pytest.mark.parametrize(("url", "says"), [("s3://bucket/x", "pip install s3fs"), ("nosuch://x", "Protocol not known")])
+def test_a_store_url_zarr_cannot_open_is_one_error_naming_it(url, says):
+    with pytest.raises(StoreError, match=f"cannot open the store {url}: .*{says}"):
+        FeatureStore(url).list()
+
+
+def test_a_set_made_before_content_hashes_is_recomputed_not_trusted(tmp_path):
+    store = FeatureStore(tmp_path / "store")
+    fill(store)
+    del zarr.open_group(tmp_path / "store", mode="a")["ds/bb/frozen/image_sha256"]  # as bench 0.1.0 wrote sets
+    writer = fill(store, chunks=[])
+    assert writer.changed == 10 and writer.missing_chunks() == [0, 1, 2]
+
+
+def test_a_store_behind_an_fsspec_url_takes_leases_there_too(monkeypatch):
+    store = FeatureStore("memory://leases-test/store")
+    fill(store, chunks=[0])
+    parent = os.getppid()
+    monkeypatch.setattr(os, "getpid", lambda: parent)  # this test as seen from another, live process
+    with pytest.raises(StoreError, match=r"another process .* remove its lease memory://.*leases-test/store/_leases/ds"):
+        fill(store, chunks=[])
+    monkeypatch.undo()
+    fill(store)
+    assert store.list()[0].complete

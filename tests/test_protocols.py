@@ -384,3 +384,4 @@ def test_referral_sensitivity_against_fraction_referred():
 def test_a_single_fold_shows_no_spread():
     assert stats.format_mean_sd(*stats.mean_sd([0.848])) == "84.8"
     assert stats.format_mean_sd(*stats.mean_sd([0.84, 0.86])) == "85.0 ± 1.4"
+    assert stats.format_mean_sd(float("nan"), float("nan")) == "–"

@@ -21,7 +21,6 @@ from bench import extract
 from bench.reproduce import ran_stages, reproduce
 from bench.study import load_study
 from bench.cli import app
-from bench.cli.app import console
 from bench.errors import BenchError
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'bench[ray]'")
@@ -71,7 +70,6 @@ def _onnx_cache(tmp_path_factory) -> Path:
 def plugin(monkeypatch, bench_home, _onnx_cache):
     (bench_home / "onnx").symlink_to(_onnx_cache, target_is_directory=True)  # export the test model once
     tiny.register()
-    monkeypatch.setattr(console, "width", 200)  # messages on one line each
     monkeypatch.setattr(extract, "CHUNK_BYTES", 8 * 4 * tiny.FEATURE_DIM)  # 8-row chunks: 3 shards of 22 images
     yield
     tiny.unregister()
@@ -92,11 +90,11 @@ def run_extract(images: Path, store: Path, *more: str, ok: bool = True):
 
 
 def stored(store: Path) -> tuple[dict[str, bytes], dict]:
-    """Every file of the feature set, byte for byte, and its metadata less the creation time."""
+    """Every file of the feature set, byte for byte, and its metadata less the creation time and id."""
     root = store / SET
     files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
     meta = json.loads(files.pop("zarr.json"))
-    del meta["attributes"]["created"]
+    del meta["attributes"]["created"], meta["attributes"]["creation_id"]
     return files, meta
 
 

@@ -1,4 +1,5 @@
-"""`bench` command line. Domain errors (BenchError, StoreError, ProtocolError) become one red line and exit code 2, never a traceback."""
+"""`bench` command line. Domain errors (BenchError, StoreError, ProtocolError) and the machine's (OSError: disk full,
+permissions) become one red line and exit code 2, never a traceback."""
 
 import sys
 
@@ -10,7 +11,8 @@ from bench.cli import evaluate  # noqa: F401
 from bench.cli import train  # noqa: F401
 from bench.cli import reproduce  # noqa: F401
 from bench.cli import weights  # noqa: F401
-from bench.cli.app import app, err_console
+from bench.cli.app import app
+from bench.cli.output import err_console
 from bench.errors import BenchError
 from featurestore.errors import StoreError
 from protocols.errors import ProtocolError
@@ -22,5 +24,13 @@ def main() -> None:
     try:
         app()
     except (BenchError, StoreError, ProtocolError) as exc:
-        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)  # "bench[x]" is text
-        sys.exit(2)
+        _fail(str(exc))
+    except OSError as exc:  # the machine's, not bench's: a full disk, a read-only folder, a vanished mount
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(f"{exc.strerror or exc}{where}. Free space or fix the permissions and run the same command again: "
+              "finished work is kept")
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)  # "bench[x]" is text
+    sys.exit(2)

@@ -1,7 +1,6 @@
 """The Typer application and its command groups; each `bench/cli/*.py` module adds its commands to them."""
 
 import typer
-from rich.console import Console
 
 app = typer.Typer(
     help="Feature store and benchmark harness for transfer learning in melanoma screening.",
@@ -14,6 +13,3 @@ weights_app = typer.Typer(help="Import pretrained weights from other formats.", 
 app.add_typer(perf_app, name="perf")
 app.add_typer(store_app, name="store")
 app.add_typer(weights_app, name="weights")
-
-console = Console()
-err_console = Console(stderr=True)

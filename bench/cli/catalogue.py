@@ -1,71 +1,89 @@
-"""`bench backbones` and `bench datasets`: what the installed plugins provide."""
+"""`bench backbones` and `bench datasets`: what the installed plugins provide, and one dataset checked in full."""
 
-from pathlib import Path
-from typing import Annotated, Optional
+from __future__ import annotations
 
 import typer
-from rich.table import Table
+from rich.progress import Progress
 
 from bench import plugins
-from bench.cli.app import app, console
+from bench.cli.app import app
+from bench.cli.options import DatasetOptions, JsonOption, RootOption, parse_pairs
+from bench.cli.output import console, print_json, table
+from bench.dataset import few
+from bench.errors import BenchError
 
 datasets_app = typer.Typer(help="List dataset adapters, or show one dataset's counts.", invoke_without_command=True)
 app.add_typer(datasets_app, name="datasets")
 
 
 @app.command()
-def backbones() -> None:
+def backbones(as_json: JsonOption = False) -> None:
     """List every backbone the installed plugins provide."""
-    table = Table(title="Backbones")
-    for column in ("name", "architecture", "input", "feature", "dim", "initial weights", "source stages", "plugin"):
-        table.add_column(column)
-    for b in plugins.backbones().values():
-        stages = "; ".join(f"{s.task} on {s.dataset} (from {s.start})" for s in b.source_stages) or "none"
-        size = b.preprocessing.size
-        table.add_row(b.name, b.architecture, f"{size}x{size}", b.feature_layer, str(b.feature_dim),
-                      b.initial_weights, stages, b.plugin)
-    console.print(table)
+    rows = [{"name": b.name, "architecture": b.architecture, "input": f"{b.preprocessing.size}x{b.preprocessing.size}",
+             "feature": b.feature_layer, "dim": b.feature_dim, "initial weights": b.initial_weights,
+             "source stages": "; ".join(f"{s.task} on {s.dataset} (from {s.start})" for s in b.source_stages)
+             or "none", "plugin": b.plugin} for b in plugins.backbones().values()]
+    _show(rows, "Backbones", as_json, right=("dim",))
 
 
 @datasets_app.callback()
-def datasets(ctx: typer.Context) -> None:
+def datasets(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List every dataset adapter the installed plugins provide."""
     if ctx.invoked_subcommand is not None:
         return
-    table = Table(title="Datasets")
-    for column in ("name", "needs --root", "description", "plugin"):
-        table.add_column(column)
-    for d in plugins.datasets().values():
-        table.add_row(d.name, "yes" if d.needs_root else "no", d.description, d.plugin)
-    console.print(table)
-
-
-def parse_options(options: list[str]) -> dict[str, str]:
-    """`--option key=value` pairs for an adapter's own options (e.g. `keep_acral=true`)."""
-    from bench.errors import BenchError
-
-    bad = [o for o in options if "=" not in o]
-    if bad:
-        raise BenchError(f"--option takes key=value, got {bad}")
-    return dict(o.split("=", 1) for o in options)
-
-
-RootOption = Annotated[Optional[Path], typer.Option("--root", help="Folder holding the dataset's files.")]
-DatasetOptions = Annotated[list[str], typer.Option("--option", "-o", help="Adapter option key=value (repeatable).")]
+    rows = [{"name": d.name, "needs --root": d.needs_root, "description": d.description, "plugin": d.plugin}
+            for d in plugins.datasets().values()]
+    _show(rows, "Datasets", as_json)
 
 
 @datasets_app.command("show")
-def show(name: str, root: RootOption = None, option: DatasetOptions = []) -> None:  # noqa: B006 (typer reads it)
-    """Count a dataset's images per diagnosis (and per split / difficulty where it has them)."""
-    manifest = plugins.get_dataset(name).manifest(root, **parse_options(option))
-    console.print(f"[bold]{name}[/bold]: {len(manifest)} images")
-    for column in ("diagnosis", "split", "difficulty"):
-        if column in manifest and manifest[column].notna().any():
-            table = Table(title=f"per {column}")
-            table.add_column(column)
-            table.add_column("images", justify="right")
-            for value, count in manifest[column].value_counts().items():
-                table.add_row(str(value), str(count))
-            console.print(table)
-    if "lesion_id" in manifest and manifest["lesion_id"].notna().any():
-        console.print(f"{manifest['lesion_id'].nunique()} lesions")
+def show(name: str, root: RootOption = None, option: DatasetOptions = [],  # noqa: B006 (typer reads it)
+         as_json: JsonOption = False) -> None:
+    """Count a dataset's images per diagnosis (and split / difficulty), after decoding every image once."""
+    manifest = plugins.get_dataset(name).manifest(root, **parse_pairs(option))
+    _decode_all(manifest["path"].astype(str).tolist(), quiet=as_json)
+    counts = {column: {str(k): int(v) for k, v in manifest[column].value_counts().items()}
+              for column in ("diagnosis", "split", "difficulty")
+              if column in manifest and manifest[column].notna().any()}
+    lesions = int(manifest["lesion_id"].nunique()) if "lesion_id" in manifest and manifest["lesion_id"].notna().any() \
+        else None
+    if as_json:
+        print_json({"dataset": name, "images": len(manifest), "lesions": lesions, "counts": counts})
+        return
+    console.print(f"[bold]{name}[/bold]: {len(manifest)} images, every one decoded", highlight=False)
+    for column, values in counts.items():
+        shown = table(f"per {column}", (column, "images"), right=("images",))
+        for value, count in values.items():
+            shown.add_row(value, str(count))
+        console.print(shown)
+    if lesions is not None:
+        console.print(f"{lesions} lesions")
+
+
+def _decode_all(files: list[str], quiet: bool) -> None:
+    """Decode every image as extraction will (a truncated or empty file fails here, not an hour into a run)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench.images import check_image
+
+    with ThreadPoolExecutor() as pool, Progress(console=console, transient=True, disable=quiet) as progress:
+        task = progress.add_task("decoding every image", total=len(files))
+        errors = []
+        for error in pool.map(check_image, files):
+            progress.advance(task)
+            if error:
+                errors.append(error)
+    if errors:
+        raise BenchError(f"{len(errors)} of {len(files)} image(s) cannot be decoded: {few(errors, 5)}. Replace or "
+                         "remove them (or pass --skip-bad to `bench extract`)")
+
+
+def _show(rows: list[dict], title: str, as_json: bool, right: tuple[str, ...] = ()) -> None:
+    """Rows as one JSON list, or as a table with a column per key."""
+    if as_json:
+        print_json(rows)
+        return
+    shown = table(title, list(rows[0]) if rows else [], right=right)
+    for row in rows:
+        shown.add_row(*(("yes" if v else "no") if isinstance(v, bool) else str(v) for v in row.values()))
+    console.print(shown)

@@ -8,13 +8,16 @@ from typing import Annotated, Optional
 
 import pandas as pd
 import typer
-from rich.table import Table
 
-from bench.cli.app import app, console, err_console, perf_app
-from bench.cli.catalogue import DatasetOptions, RootOption, parse_options
+from bench import plugins
+from bench.cli.app import app, perf_app
+from bench.cli.options import DatasetOptions, JsonOption, RootOption, StoreOption, parse_pairs
+from bench.cli.output import console, err_console, print_json, table
 from bench.errors import BenchError
 from bench.evaluate import Evaluation, Request, evaluate as run_evaluation, prepare, run
-from bench.leaderboard import DEFAULT_OUT, DEFAULT_RESULTS, EVALUATION, KEY, read_table, render, upsert
+from bench.leaderboard import DEFAULT_OUT, render, summarise
+from bench.results import DEFAULT_RESULTS, KEY, PREDICTION_KEY, check_writable, read_table, select, upsert
+from featurestore import FeatureStore
 from protocols import stats
 from protocols.metrics import METRIC_TITLES, METRICS
 from protocols.splits import SPLITS
@@ -30,7 +33,6 @@ KeepDuplicates = Annotated[bool, typer.Option("--keep-duplicate-folds",
 Folds = Annotated[list[str], typer.Option(
     "--fold", help="Only this fold (repeatable), e.g. r0f0 where only it was fine-tuned; default: every fold.")]
 Seed = Annotated[int, typer.Option(help="Seeds the 5x2 folds, the validation split and the bootstrap.")]
-Store = Annotated[Optional[Path], typer.Option(help="Feature store (default: $BENCH_STORE or ./bench-store).")]
 Results = Annotated[Path, typer.Option(help="Results table: one row per fold, replaced by key.")]
 Predictions = Annotated[Optional[Path], typer.Option(help="Per-image test scores (CSV, .csv.gz to compress).")]
 
@@ -45,39 +47,59 @@ def evaluate(
     reference_dir: ReferenceDir = None,
     keep_duplicate_folds: KeepDuplicates = False,
     seed: Seed = 0,
-    store: Store = None,
+    store: StoreOption = None,
     root: RootOption = None,
     option: DatasetOptions = [],  # noqa: B006 (typer reads it)
     results: Results = DEFAULT_RESULTS,
     predictions: Predictions = None,
     fold: Folds = [],  # noqa: B006 (typer reads it)
+    as_json: JsonOption = False,
 ) -> None:
     """Score a feature set with the paper's linear-SVM protocol on every fold; write results (and predictions)."""
+    check_writable(results, predictions)  # before the work: an unwritable file must not cost the scores
     request = Request(dataset, backbone, protocol, split, finetuned, seed, root, store, reference_dir,
-                      keep_duplicate_folds, tuple(parse_options(option).items()), tuple(fold))
+                      keep_duplicate_folds, tuple(parse_pairs(option).items()), tuple(fold))
+    _check_backbone(request)
     done = run_evaluation(request)
-    upsert(results, done.results, KEY)
+    for note in done.inputs.notes:
+        err_console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    if as_json:
+        print_json(summarise(done.results).to_dict(orient="records"))
+    else:
+        _print(done)  # before writing: a failing write still shows the scores
+    tables = [(results, done.results, KEY)]
     if predictions is not None:
-        upsert(predictions, done.predictions, KEY + ["image_id"])
-    _print(done)
-    console.print(f"{len(done.results)} fold rows -> {results}" + (f", predictions -> {predictions}" if predictions else ""))
+        tables.append((predictions, done.predictions, PREDICTION_KEY))
+    upsert(*tables)  # together or not at all
+    err_console.print(f"{len(done.results)} fold rows -> {results}"
+                      + (f", predictions -> {predictions}" if predictions else ""), highlight=False)
+
+
+def _check_backbone(request: Request) -> None:
+    """An unknown backbone is named as such (not as a missing feature set whose extract command would fail too),
+    unless the store holds its features (a study's own backbone, say)."""
+    if request.backbone in plugins.backbones():
+        return
+    store = FeatureStore(request.store_path)
+    if any(i.dataset == request.dataset and i.backbone == request.backbone for i in store.list()):
+        return
+    raise BenchError(f"unknown backbone {request.backbone!r}: no installed plugin provides it and {store.path} holds "
+                     f"no {request.dataset} features of it; installed: {', '.join(plugins.backbones())} (see "
+                     "`bench backbones`)")
 
 
 def _print(done: Evaluation) -> None:
-    for note in done.inputs.notes:
-        err_console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     r = done.results
     title = (f"{r['dataset'].iloc[0]} · {r['protocol'].iloc[0]} · {r['backbone'].iloc[0]}"
              f"{' (fine-tuned)' if r['finetuned'].iloc[0] else ''} · split {r['split'].iloc[0]}")
-    table = Table(title=title)
-    for column in ("fold", "train", "test", "C", *(METRIC_TITLES[m] for m in METRICS)):
-        table.add_column(column, justify="right")
+    columns = ("fold", "train", "test", "C", *(METRIC_TITLES[m] for m in METRICS))
+    shown = table(title, columns, right=columns)
     for row in r.itertuples():
-        table.add_row(row.fold, str(row.n_train), str(row.n_test), f"{row.c:g}",
+        shown.add_row(row.fold, str(row.n_train), str(row.n_test), f"{row.c:g}",
                       *(f"{100 * getattr(row, m):.1f}" for m in METRICS))
     means = [stats.mean_sd(r[m]) for m in METRICS]
-    table.add_row("mean", "", "", "", *(stats.format_mean_sd(m, s) for m, s in means), style="bold")
-    console.print(table)
+    shown.add_row("mean", "", "", "", *(stats.format_mean_sd(m, s) for m, s in means), style="bold")
+    console.print(shown)
     console.print(f"AUC {100 * means[0][0]:.1f}, 95% CI {100 * r['auc_ci_low'].iloc[0]:.1f}–"
                   f"{100 * r['auc_ci_high'].iloc[0]:.1f} (bootstrap over test lesions)")
     _print_difficulty(done)
@@ -89,24 +111,22 @@ def _print_difficulty(done: Evaluation) -> None:
     if "difficulty" not in manifest or manifest["difficulty"].isna().all():
         return
     by_level = stats.auc_by_difficulty(done.predictions, manifest.set_index("image_id")["difficulty"].astype(str))
-    table = Table(title="AUC by diagnostic difficulty (paper's Table 4)")
-    for column in ("difficulty", "AUC", "images", "folds"):
-        table.add_column(column, justify="right")
+    columns = ("difficulty", "AUC", "images", "folds")
+    shown = table("AUC by diagnostic difficulty (paper's Table 4)", columns, right=columns)
     for row in by_level.itertuples():
-        table.add_row(row.difficulty, f"{100 * row.auc:.1f}", str(row.images), str(row.folds))
-    console.print(table)
+        shown.add_row(row.difficulty, f"{100 * row.auc:.1f}", str(row.images), str(row.folds))
+    console.print(shown)
 
 
 def _print_referral(done: Evaluation) -> None:
-    table = Table(title="Referral: refer confident positives and low-confidence cases (fold-averaged curve)",
-                  caption="bold: the figure read off the curve for the other one")
-    table.add_column("cases referred", justify="right")
     design = done.inputs.design
-    table.add_column(f"{design.classes[design.positive]} sensitivity", justify="right")
+    columns = ("cases referred", f"{design.classes[design.positive]} sensitivity")
+    shown = table("Referral: refer confident positives and low-confidence cases (fold-averaged curve)", columns,
+                  right=columns, caption="bold: the figure read off the curve for the other one")
     for row in stats.referral(done.predictions, done.inputs.design.positive).itertuples():
         referred, sensitivity = f"{100 * row.referred:.1f}%", f"{100 * row.sensitivity:.1f}%"
-        table.add_row(*((f"[bold]{referred}[/bold]", sensitivity) if row.target else (referred, f"[bold]{sensitivity}[/bold]")))
-    console.print(table)
+        shown.add_row(*((f"[bold]{referred}[/bold]", sensitivity) if row.target else (referred, f"[bold]{sensitivity}[/bold]")))
+    console.print(shown)
 
 
 @app.command()
@@ -119,11 +139,12 @@ def compare(
     split: Split = "5x2",
     reference_dir: ReferenceDir = None,
     seed: Seed = 0,
-    store: Store = None,
+    store: StoreOption = None,
     root: RootOption = None,
     option: DatasetOptions = [],  # noqa: B006 (typer reads it)
     predictions: Annotated[Optional[Path], typer.Option(
         help="Read both backbones' test scores from this file instead of recomputing them.")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Paired tests of two backbones' mean AUC on the same folds and test images: a cluster bootstrap over test
     lesions, and the 5x2cv paired F-test where both have all ten 5x2 folds."""
@@ -131,11 +152,17 @@ def compare(
         if predictions is not None:
             return _stored_predictions(predictions, dataset, protocol, backbone, finetuned, split)
         request = Request(dataset, backbone, protocol, split, finetuned, seed, root, store, reference_dir,
-                          options=tuple(parse_options(option).items()))
+                          options=tuple(parse_pairs(option).items()))
         return run_evaluation(request).predictions
 
     result = stats.paired_comparison(scores(a), scores(b), seed=seed)
     d = result.difference
+    if as_json:
+        print_json({"dataset": dataset, "protocol": protocol, "split": split, "finetuned": finetuned, "a": a, "b": b,
+                    "auc_difference": d.estimate, "ci_low": d.low, "ci_high": d.high, "p_value": result.p_value,
+                    "folds": result.folds, "f_statistic_5x2cv": _finite(result.f_statistic),
+                    "f_p_value_5x2cv": _finite(result.f_p_value)})
+        return
     console.print(f"{dataset} · {protocol} · split {split}{' · fine-tuned' if finetuned else ''}: "
                   f"AUC({a}) - AUC({b}) = {100 * d.estimate:+.1f} points, 95% CI {100 * d.low:+.1f} to "
                   f"{100 * d.high:+.1f}, two-sided p = {result.p_value:.3g} (paired bootstrap over test lesions, "
@@ -145,11 +172,15 @@ def compare(
                       f"p = {result.f_p_value:.3g} (F(10, 5))")
 
 
+def _finite(value: float) -> float | None:
+    """JSON has no NaN: a test that did not apply is null."""
+    return None if math.isnan(value) else value
+
+
 def _stored_predictions(path: Path, dataset: str, protocol: str, backbone: str, finetuned: bool,
                         split: str) -> pd.DataFrame:
-    table = read_table(path)
-    wanted = dict(zip(EVALUATION, (dataset, protocol, backbone, finetuned, split)))
-    rows = table[(table[list(wanted)] == pd.Series(wanted)).all(axis=1)]
+    rows = select(read_table(path), dataset=dataset, protocol=protocol, backbone=backbone, finetuned=finetuned,
+                  split=split)
     if rows.empty:
         raise BenchError(f"{path} has no predictions for {backbone} ({dataset}, {protocol}, split {split}"
                          f"{', fine-tuned' if finetuned else ''}): run `bench evaluate ... --predictions {path}`")
@@ -175,13 +206,13 @@ def perf_evaluate(
     backbone: Backbone,
     protocol: Protocol,
     root: RootOption = None,
-    store: Store = None,
+    store: StoreOption = None,
     split: Split = "5x2",
     option: DatasetOptions = [],  # noqa: B006 (typer reads it)
 ) -> None:
     """Seconds for a whole evaluation (manifest, folds, features, SVM on every fold, bootstrap); writes nothing."""
     request = Request(dataset, backbone, protocol, split, root=root, store=store,
-                      options=tuple(parse_options(option).items()))
+                      options=tuple(parse_pairs(option).items()))
     started, cpu = time.perf_counter(), time.process_time()
     inputs = prepare(request)
     prepared = time.perf_counter()

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
-from bench import paths
-from bench.cli.app import app, console
-from bench.cli.catalogue import DatasetOptions, RootOption, parse_options
-from bench.cli.executor import AddressOption, ExecutorOption
+from bench.cli.app import app
+from bench.cli.options import (AddressOption, DatasetOptions, ExecutorOption, RootOption, StoreOption, parse_pairs,
+                               store_url)
+from bench.cli.output import console
 
-StoreOption = Annotated[Optional[str], typer.Option(  # str: a Path would turn s3://bucket into s3:/bucket
-    "--store", help="Feature store: a folder or an fsspec URL such as s3://bucket/store (default ./bench-store or "
-                    "$BENCH_STORE).")]
+if TYPE_CHECKING:
+    from bench.extract import Extraction  # torch and onnxruntime load only when a command needs them
 
 
 @app.command()
@@ -43,23 +42,38 @@ def extract(
     from bench.extract import prepare  # torch and onnxruntime load only when a command needs them
 
     if executor == "ray":  # before any work: a missing Ray or an unreachable cluster is said at once
-        from bench.cluster import connect, extract_on_ray
+        from bench.cluster import connect
 
         connect(address)
-    store = store or paths.default_store()
+    store = store_url(store)
     job = prepare(backbone, dataset, root, store=store, protocol=protocol, fold=fold, batch_size=batch_size,
-                  limit=limit, skip_bad=skip_bad, overwrite=overwrite, options=parse_options(option))
-    model = job.model
+                  limit=limit, skip_bad=skip_bad, overwrite=overwrite, options=parse_pairs(option))
+    try:
+        _run(job, store, executor)
+    finally:
+        job.writer.release()  # the set's write lease: the next writer need not wait for this process to end
+
+
+def _run(job: Extraction, store: str, executor: str) -> None:
+    """Compute the job's missing chunks, here or on Ray, saying what is done and what is left."""
+    dataset, backbone, model = job.dataset, job.backbone, job.model
     how = "cached" if model.cached else f"exported, max |onnx - torch| = {model.parity_max_abs_diff:.2g}"
     console.print(f"model {model.path} (sha256 {model.sha256[:12]}, {how})", highlight=False)
     target = f"{dataset}/{backbone}/{job.key} in {store}"
     if not job.todo:
         console.print(f"{target} is already complete ({len(job.manifest)} images): nothing to do.", highlight=False)
         return
+    if job.writer.changed:
+        console.print(f"{job.writer.changed} image(s) changed since {target} was written: their chunks are "
+                      "computed again", highlight=False)
     done = job.writer.n_chunks - len(job.todo)
     if done:
         console.print(f"resuming {target}: {done} of {job.writer.n_chunks} chunks already done", highlight=False)
-    run = job.run if executor == "local" else functools.partial(extract_on_ray, job)
+    run = job.run
+    if executor == "ray":
+        from bench.cluster import extract_on_ray
+
+        run = functools.partial(extract_on_ray, job)
     start = time.perf_counter()
     try:
         with progress_bar() as bar:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
-from bench.cli.app import console, perf_app
-from bench.cli.catalogue import DatasetOptions, RootOption, parse_options
-from bench.cli.executor import AddressOption, ExecutorOption
+from bench.cli.app import perf_app
+from bench.cli.options import AddressOption, DatasetOptions, ExecutorOption, JsonOption, RootOption, parse_pairs
+from bench.cli.output import console, print_json, table
 
 
 @perf_app.command("extract")
@@ -21,7 +19,7 @@ def perf_extract(
     limit: Annotated[Optional[int], typer.Option(help="Measure on the first N manifest rows.")] = 500,
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 32,
     repeat: Annotated[int, typer.Option(help="Rounds; each figure is its best round (robust to others' load).")] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
+    as_json: JsonOption = False,
     option: DatasetOptions = [],  # noqa: B006 (typer reads it)
     executor: ExecutorOption = "local",
     workers: Annotated[int, typer.Option(help="With --executor ray: measure 1..N Ray workers.")] = 2,
@@ -33,40 +31,37 @@ def perf_extract(
 
     if executor == "ray":
         figures = measure_on_ray(backbone, dataset, root, workers=workers, limit=limit, batch_size=batch_size,
-                                 repeat=repeat, options=parse_options(option), address=address)
+                                 repeat=repeat, options=parse_pairs(option), address=address)
         if as_json:
-            print(json.dumps(figures))
+            print_json(figures)
         else:
             print_ray(figures, dataset, backbone)
         return
     figures = measure(backbone, dataset, root, limit=limit, batch_size=batch_size, repeat=repeat,
-                      options=parse_options(option))
+                      options=parse_pairs(option))
     if as_json:
-        print(json.dumps(figures))
+        print_json(figures)
         return
-    table = Table(title=f"extraction of {figures['images']} {dataset} images with {backbone} "
-                        f"({figures['cpus']} CPUs, load {figures['load_average_1min_before']}, best of {repeat})")
-    for column in ("", "images/s", "what it runs"):
-        table.add_column(column)
-    table.add_row("naive", f"{figures['naive_ips']:.1f}", "torch eager, one image at a time, decoding in the loop")
-    table.add_row("ceiling", f"{figures['ceiling_ips']:.1f}", "onnxruntime alone on pre-decoded batches")
-    table.add_row("pipeline", f"{figures['pipeline_ips']:.1f}", "bench extract (decode overlapped, store writes)")
-    console.print(table)
+    shown = table(f"extraction of {figures['images']} {dataset} images with {backbone} ({figures['cpus']} CPUs, "
+                  f"load {figures['load_average_1min_before']}, best of {repeat})", ("", "images/s", "what it runs"),
+                  right=("images/s",))
+    shown.add_row("naive", f"{figures['naive_ips']:.1f}", "torch eager, one image at a time, decoding in the loop")
+    shown.add_row("ceiling", f"{figures['ceiling_ips']:.1f}", "onnxruntime alone on pre-decoded batches")
+    shown.add_row("pipeline", f"{figures['pipeline_ips']:.1f}", "bench extract (decode overlapped, store writes)")
+    console.print(shown)
     console.print(f"pipeline = {figures['pipeline_vs_naive']:.2f} x naive, {figures['pipeline_vs_ceiling']:.0%} of "
                   f"the ceiling; start-up {figures['pipeline_startup_s']:.1f} s; peak RSS {figures['peak_rss_mb']:.0f} MB")
 
 
 def print_ray(figures: dict, dataset: str, backbone: str) -> None:
-    table = Table(title=f"extraction of {figures['images']} {dataset} images with {backbone} in {figures['shards']} "
-                        f"shards ({figures['cpus']} CPUs, load {figures['load_average_1min_before']}, best of "
-                        f"{figures['repeat']})")
-    for column in ("", "images/s", "what it runs"):
-        table.add_column(column)
-    table.add_row("local", f"{figures['local_ips']:.1f}", "bench extract in this process (onnxruntime on all cores)")
-    table.add_row("ray, cold", f"{figures['ray_cold_ips']:.1f}", "first Ray run: worker processes start, import torch")
+    shown = table(f"extraction of {figures['images']} {dataset} images with {backbone} in {figures['shards']} shards "
+                  f"({figures['cpus']} CPUs, load {figures['load_average_1min_before']}, best of {figures['repeat']})",
+                  ("", "images/s", "what it runs"), right=("images/s",))
+    shown.add_row("local", f"{figures['local_ips']:.1f}", "bench extract in this process (onnxruntime on all cores)")
+    shown.add_row("ray, cold", f"{figures['ray_cold_ips']:.1f}", "first Ray run: worker processes start, import torch")
     workers = sorted(int(k.split("_")[1]) for k in figures if k.endswith("_workers_ips"))
     for w in workers:
-        table.add_row(f"ray, {w} worker(s)", f"{figures[f'ray_{w}_workers_ips']:.1f}",
+        shown.add_row(f"ray, {w} worker(s)", f"{figures[f'ray_{w}_workers_ips']:.1f}",
                       f"{w} task(s) at a time, one CPU or GPU each")
-    console.print(table)
+    console.print(shown)
     console.print(f"Ray start-up {figures['ray_start_s']:.1f} s", highlight=False)

@@ -5,11 +5,12 @@ from typing import Annotated, Optional
 
 import typer
 from rich import get_console
-from rich.table import Table
 
-from bench.cli.app import app, console
-from bench.cli.executor import AddressOption, ExecutorOption
+from bench.cli.app import app
+from bench.cli.options import AddressOption, ExecutorOption, JsonOption, parse_pairs
+from bench.cli.output import console, print_json, table
 from bench.errors import BenchError
+from bench.results import check_writable
 
 DEFAULT_OUT = Path("bench-studies")
 
@@ -32,12 +33,14 @@ def reproduce(
     from bench.reproduce import Workspace, reproduce as run
     from bench.study import load_study
 
-    loaded = load_study(study, _roots(root))
+    roots = parse_pairs(root, "--root", "NAME=PATH (NAME: a dataset of the study)")
+    loaded = load_study(study, {name: Path(path) for name, path in roots.items()})
     if executor == "ray":  # a missing Ray or an unreachable cluster is said before any stage starts
         from bench.cluster import connect
 
         connect(address)
     folder = out or DEFAULT_OUT / loaded.name
+    check_writable(folder / "results.csv", folder / "predictions.csv")  # before hours of training, not after
     console.print(f"[bold]study {loaded.name}[/bold] ({loaded.path}) -> {folder}", highlight=False)
     try:
         # rich's global console, which the training progress bars use too: their displays nest in the study's
@@ -48,16 +51,10 @@ def reproduce(
     console.print(f"[bold green]report:[/bold green] {Workspace(folder).report}", highlight=False)
 
 
-def _roots(pairs: list[str]) -> dict[str, Path]:
-    bad = [p for p in pairs if "=" not in p]
-    if bad:
-        raise BenchError(f"--root takes NAME=PATH (NAME: a dataset of the study), got {bad}")
-    return {name: Path(path) for name, path in (p.split("=", 1) for p in pairs)}
-
-
 @app.command()
 def studies(
     name: Annotated[Optional[str], typer.Argument(help="Print this built-in study's file (to copy and edit).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """List the built-in studies `bench reproduce NAME` runs, or print one's study file."""
     from bench.study import builtin_studies, find_study
@@ -65,12 +62,15 @@ def studies(
     if name is not None:
         print(find_study(name).read_text(), end="")
         return
-    table = Table(title="Built-in studies (bench reproduce NAME; bench studies NAME prints the file)")
-    table.add_column("name")
-    table.add_column("description")
-    for study, path in builtin_studies().items():
-        table.add_row(study, _description(path))
-    console.print(table)
+    rows = [{"name": study, "description": _description(path), "file": str(path)}
+            for study, path in builtin_studies().items()]
+    if as_json:
+        print_json(rows)
+        return
+    shown = table("Built-in studies (bench reproduce NAME; bench studies NAME prints the file)", ("name", "description"))
+    for row in rows:
+        shown.add_row(row["name"], row["description"])
+    console.print(shown)
 
 
 def _description(path: Path) -> str:

@@ -2,35 +2,41 @@
 
 from __future__ import annotations
 
-from rich.table import Table
+import dataclasses
 
-from bench import paths
-from bench.cli.app import console, store_app
-from bench.cli.extract import StoreOption
-from featurestore import FeatureStore
+from bench.cli.app import store_app
+from bench.cli.options import JsonOption, StoreOption, store_url
+from bench.cli.output import console, print_json, table
+from featurestore import FeatureStore, StoreError
 
 
 @store_app.command("ls")
-def ls(store: StoreOption = None) -> None:
+def ls(store: StoreOption = None, as_json: JsonOption = False) -> None:
     """List the feature sets: dataset, backbone, key, size, completeness, model and date."""
-    store = store or paths.default_store()
-    infos = FeatureStore(store).list()
-    if not infos:
-        console.print(f"{store} holds no feature sets (make one with `bench extract`)", highlight=False)
+    url = store_url(store)
+    found = FeatureStore(url)
+    if not found.exists():
+        raise StoreError(f"no feature store at {url}: check --store (or $BENCH_STORE), or make one with "
+                         "`bench extract`")
+    infos = found.list()
+    if as_json:
+        print_json([{**dataclasses.asdict(i), "complete": i.complete} for i in infos])
         return
-    table = Table(title=f"Feature sets in {store}")
-    for column in ("dataset", "backbone", "key", "n", "d", "complete", "skipped", "model sha256", "created"):
-        table.add_column(column, justify="right" if column in ("n", "d", "skipped") else "left")
+    if not infos:
+        console.print(f"{url} holds no feature sets (make one with `bench extract`)", highlight=False)
+        return
+    shown = table(f"Feature sets in {url}", ("dataset", "backbone", "key", "n", "d", "complete", "skipped",
+                                             "model sha256", "created"), right=("n", "d", "skipped"))
     for i in infos:
         complete = "yes" if i.complete else f"[yellow]{i.chunks_done}/{i.chunks} chunks[/yellow]"
-        table.add_row(i.dataset, i.backbone, i.key, str(i.n - i.skipped), str(i.d), complete, str(i.skipped),
+        shown.add_row(i.dataset, i.backbone, i.key, str(i.n - i.skipped), str(i.d), complete, str(i.skipped),
                       i.model_sha256[:12], i.created)
-    console.print(table)
+    console.print(shown)
 
 
 @store_app.command("rm")
 def rm(dataset: str, backbone: str, key: str, store: StoreOption = None) -> None:
     """Remove one feature set (e.g. `bench store rm ham10000 efficientnet-lite0 frozen`)."""
-    store = store or paths.default_store()
-    FeatureStore(store).remove(dataset, backbone, key)
-    console.print(f"removed {dataset}/{backbone}/{key} from {store}", highlight=False)
+    url = store_url(store)
+    FeatureStore(url).remove(dataset, backbone, key)
+    console.print(f"removed {dataset}/{backbone}/{key} from {url}", highlight=False)

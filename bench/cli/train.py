@@ -1,15 +1,16 @@
 """`bench train`, `bench recipes` and `bench perf train`."""
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from bench import plugins
-from bench.cli.app import app, console, perf_app
-from bench.cli.catalogue import DatasetOptions, RootOption, parse_options
+from bench.cli.app import app, perf_app
+from bench.cli.options import DatasetOptions, JsonOption, RootOption, parse_pairs
+from bench.cli.output import console, print_json, table
 from bench.errors import BenchError
 from bench.recipes import Recipe, get_recipe, recipes as all_recipes
 
@@ -19,16 +20,18 @@ BatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Override
 
 
 @app.command()
-def recipes() -> None:
+def recipes(as_json: JsonOption = False) -> None:
     """List the training recipes `bench train --recipe NAME` accepts."""
-    table = Table(title="Training recipes (SGD, Nesterov momentum, L2; best validation epoch kept)")
-    for column in ("name", "epochs", "lr", "momentum", "L2", "image", "batch", "trains", "augments", "description"):
-        table.add_column(column)
+    if as_json:
+        print_json([dataclasses.asdict(r) for r in all_recipes().values()])
+        return
+    shown = table("Training recipes (SGD, Nesterov momentum, L2; best validation epoch kept)",
+                  ("name", "epochs", "lr", "momentum", "L2", "image", "batch", "trains", "augments", "description"))
     for r in all_recipes().values():
-        table.add_row(r.name, str(r.epochs), f"{r.lr:g}", f"{r.momentum:g}", f"{r.weight_decay:g}",
+        shown.add_row(r.name, str(r.epochs), f"{r.lr:g}", f"{r.momentum:g}", f"{r.weight_decay:g}",
                       f"{r.image_size} px", str(r.batch_size), _trains(r),
                       "every image" if r.augment == "all" else "minority copies", r.description)
-    console.print(table)
+    console.print(shown)
 
 
 def _trains(recipe: Recipe) -> str:
@@ -64,7 +67,7 @@ def train(
     if (protocol is None) != (fold is None):
         raise BenchError("fine-tuning needs both --protocol P and --fold K (a source stage takes neither)")
     chosen = get_recipe(recipe).with_overrides(epochs=epochs, image_size=image_size, batch_size=batch_size, lr=lr)
-    b, options = plugins.get_backbone(backbone), parse_options(option)
+    b, options = plugins.get_backbone(backbone), parse_pairs(option)
     if fold is None:
         job = source_stage_job(b, dataset, root, chosen, options=options, limit=limit, seed=seed)
     else:

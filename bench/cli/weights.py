@@ -5,7 +5,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from bench.cli.app import console, weights_app
+from bench.cli.app import weights_app
+from bench.cli.output import console
 from plugins.backbones import matconvnet, vggm
 
 

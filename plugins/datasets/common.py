@@ -70,6 +70,7 @@ def read_csv(path: Path, columns: list[str], dataset: str, **read_options: objec
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise BenchError(f"{dataset}: cannot read {path}: {exc}. Check that it is the CSV the dataset ships") from exc
     table.columns = [str(c).strip() for c in table.columns]
+    table.attrs["source"] = str(path)  # named by the manifest checks (blank or duplicated ids)
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise BenchError(f"{dataset}: {path} lacks column(s) {missing}; it has {list(table.columns)}")

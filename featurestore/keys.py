@@ -1,0 +1,38 @@
+"""Names and keys of feature sets: the one place a set's key is built and read back.
+
+A set lives at `/{dataset}/{backbone}/{key}/`, so every part must be a plain name: a dataset or backbone called
+`../x` would write outside the store (and its checkpoints outside bench's folders).
+"""
+
+from __future__ import annotations
+
+import re
+
+NAME_RULE = "a letter or digit, then letters, digits, '.', '_' or '-'"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+FROZEN = "frozen"
+
+
+def is_name(value: object) -> bool:
+    """Whether `value` is safe as one path component everywhere bench uses names (`[A-Za-z0-9][A-Za-z0-9._-]*`)."""
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None
+
+
+def feature_key(protocol: str | None = None, fold: str | None = None) -> str:
+    """`frozen`, or `ft-{protocol}-{fold}` for the model fine-tuned on that fold's training part.
+
+    The protocol is part of the key because a fine-tune learns that protocol's classes.
+    """
+    if fold is None:
+        return FROZEN
+    if protocol is None:
+        raise ValueError("a fine-tuned feature set needs its protocol as well as its fold")
+    return f"ft-{protocol}-{fold}"
+
+
+def parse_key(key: str) -> tuple[str, str] | None:
+    """(protocol, fold) of a fine-tuned set's key, None for `frozen`; fold keys (r0f1, official) hold no hyphen."""
+    if not key.startswith("ft-"):
+        return None
+    protocol, fold = key[3:].rsplit("-", 1)
+    return protocol, fold

@@ -1,0 +1,377 @@
+"""The bad-input catalogue of issue 14, walked as a user would, on small generated data: nothing lost, nothing stale,
+no tracebacks. Each failure must be one line on stderr, exit code 2, naming the path and the fix; the cases that
+already held (corrupt images, resumable extraction) are here too, so they keep holding."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import tiny_extraction as tiny
+from bench import plugins
+from bench.cli import app, main
+from bench.dataset import DatasetAdapter, attach_paths
+from bench.export import export_onnx
+from bench.hookspecs import hookimpl
+from featurestore import FeatureStore
+
+runner = CliRunner()
+DATASET = "labelled-images"
+N = 40  # 20 melanomas, 20 nevi: enough for 5x2 stratified folds
+
+
+def load(root: Path) -> pd.DataFrame:
+    """`labels.csv` (image_id, diagnosis) beside `<image_id>.png` files: labels can change without the images."""
+    table = pd.read_csv(root / "labels.csv", dtype=str, keep_default_na=False)
+    table.attrs["source"] = str(root / "labels.csv")
+    return attach_paths(table, root, DATASET)
+
+
+class Labelled:
+    @staticmethod
+    @hookimpl
+    def bench_register_datasets(register) -> None:
+        register(DatasetAdapter(DATASET, "test images with a labels file", load))
+
+
+@pytest.fixture(autouse=True)
+def plugin():
+    tiny.register()
+    plugins.plugin_manager().register(Labelled, name="test-reliability")
+    yield
+    plugins.plugin_manager().unregister(name="test-reliability")
+    tiny.unregister()
+
+
+@pytest.fixture(scope="module")
+def _onnx_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("onnx")
+
+
+@pytest.fixture(autouse=True)
+def shared_onnx_cache(bench_home, _onnx_cache):
+    """One ONNX cache for the module (keyed by content): exporting anew in every test costs seconds."""
+    (bench_home / "onnx").symlink_to(_onnx_cache, target_is_directory=True)
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    root = tiny.write_images(tmp_path / "data", N)
+    labels = pd.DataFrame({"image_id": [f"img{i:03d}" for i in range(N)],
+                           "diagnosis": ["melanoma" if i % 2 else "nevus" for i in range(N)]})
+    labels.to_csv(root / "labels.csv", index=False)
+    for image in root.glob("*.png"):  # files as old as a real dataset's, so a later edit has a later mtime
+        os.utime(image, ns=(1_000_000_000, 1_000_000_000))
+    return root
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    return tmp_path / "store"
+
+
+def bench(*args) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def fails(capsys, *args) -> str:
+    """Run `bench ARGS` as the console script does; the one error line it prints (exit code 2, no traceback)."""
+    return fails_after(capsys, *args)[0]
+
+
+def fails_after(capsys, *args) -> tuple[str, str]:
+    """`fails`, and what the command printed on stdout before it failed."""
+    capsys.readouterr()
+    sys.argv = ["bench", *map(str, args)]
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 2, out + err
+    assert "Traceback" not in out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0], out
+
+
+def extract(data: Path, store: Path, *more) -> str:
+    return bench("extract", "--backbone", tiny.NAME, "--dataset", DATASET, "--root", data, "--store", store, *more)
+
+
+def evaluate(data: Path, store: Path, tmp_path: Path, *more) -> list:
+    return ["evaluate", "--protocol", "mela-vs-ben", "--dataset", DATASET, "--backbone", tiny.NAME, "--root", data,
+            "--store", store, "--results", tmp_path / "results.csv", *more]
+
+
+def uncompressed(image: Path) -> Path:
+    """The PNG stored without compression (and old), so that other pixels keep its size in bytes exactly."""
+    Image.open(image).save(image, compress_level=0)
+    os.utime(image, ns=(1_000_000_000, 1_000_000_000))
+    return image
+
+
+def rewrite_same_size(image: Path) -> None:
+    """Other pixels, the same size in bytes: an in-place edit the old size-based fingerprint missed."""
+    before = image.stat().st_size
+    Image.fromarray(255 - np.asarray(Image.open(image))).save(image, compress_level=0)
+    assert image.stat().st_size == before
+
+
+# --- one writer per feature set -------------------------------------------------------------------------------
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import tiny_extraction as tiny
+tiny.register()
+from bench import extract
+job = extract.prepare(tiny.NAME, tiny.DATASET, Path(sys.argv[2]), store=sys.argv[3])  # takes the set's lease
+Path(sys.argv[4]).write_text("holding")
+while not Path(sys.argv[5]).exists():
+    time.sleep(0.05)
+job.run()
+"""
+
+
+@pytest.mark.slow  # two interpreters that import torch
+def test_a_second_writer_is_refused_and_the_first_ones_set_stays_correct(tmp_path, store):
+    full, subset = tiny.write_images(tmp_path / "full", 24), tiny.write_images(tmp_path / "subset", 8, seed=1)
+    export_onnx(tiny.backbone())  # both processes find the model in the cache
+    holding, go = tmp_path / "holding", tmp_path / "go"
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(Path(__file__).parent), str(full), str(store),
+                              str(holding), str(go)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not holding.exists():
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read().decode()
+            time.sleep(0.05)
+        script = ("import sys; sys.path.insert(0, sys.argv[1]); import tiny_extraction as tiny; tiny.register()\n"
+                  "from bench.cli import main; sys.argv = ['bench'] + sys.argv[2:]; main()")
+        second = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), "extract", "--backbone",
+                                 tiny.NAME, "--dataset", tiny.DATASET, "--root", str(subset), "--store", str(store)],
+                                capture_output=True, text=True, timeout=300)
+    finally:
+        go.write_text("go")
+        first.wait(timeout=300)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert f"being written by another process (pid {first.pid} on" in second.stderr
+    assert first.returncode == 0, first.stderr.read().decode()
+
+    held = FeatureStore(store).read(tiny.DATASET, tiny.NAME, "frozen")
+    clean = tmp_path / "clean"
+    bench("extract", "--backbone", tiny.NAME, "--dataset", tiny.DATASET, "--root", full, "--store", clean)
+    alone = FeatureStore(clean).read(tiny.DATASET, tiny.NAME, "frozen")
+    assert held.image_ids.tolist() == alone.image_ids.tolist() and len(held.image_ids) == 24
+    assert held.features.tobytes() == alone.features.tobytes()
+
+
+# --- content fingerprints ------------------------------------------------------------------------------------
+
+def test_an_image_changed_in_place_at_the_same_size_is_refused_by_evaluate_and_refreshed_by_extract(
+        data, store, tmp_path, capsys):
+    image = uncompressed(data / "img007.png")
+    extract(data, store)
+    bench(*evaluate(data, store, tmp_path))
+    rewrite_same_size(image)
+
+    error = fails(capsys, *evaluate(data, store, tmp_path))
+    assert "1 image(s) of labelled-images changed since" in error and "img007" in error
+    assert f"bench extract --backbone {tiny.NAME} --dataset {DATASET} --root {data}" in error
+
+    out = extract(data, store)
+    assert "1 image(s) changed since" in out and "wrote 40 images" in out  # one chunk: the whole set here
+    bench(*evaluate(data, store, tmp_path))
+
+
+def test_a_label_only_change_keeps_the_features_and_evaluates_with_a_note(data, store, tmp_path):
+    extract(data, store)
+    labels = pd.read_csv(data / "labels.csv")
+    labels.loc[0, "diagnosis"] = "melanoma"
+    labels.to_csv(data / "labels.csv", index=False)
+    assert "labels changed since the features were extracted" in bench(*evaluate(data, store, tmp_path))
+    assert "nothing to do" in extract(data, store)  # and it records today's labels: no note any more
+    assert "labels changed" not in bench(*evaluate(data, store, tmp_path))
+
+
+def test_skipped_images_are_recomputed_once_fixed(data, store, capsys):
+    good = (data / "img003.png").read_bytes()
+    (data / "img003.png").write_bytes(b"")  # a 0-byte image
+    error = fails(capsys, "extract", "--backbone", tiny.NAME, "--dataset", DATASET, "--root", data, "--store", store)
+    assert f"cannot decode image {data / 'img003.png'}" in error
+    assert "skipped 1 unreadable image" in extract(data, store, "--skip-bad")
+    assert FeatureStore(store).read(DATASET, tiny.NAME, "frozen").attrs["skipped"] == ["img003"]
+
+    (data / "img003.png").write_bytes(good)
+    assert "1 image(s) changed since" in extract(data, store)
+    assert FeatureStore(store).read(DATASET, tiny.NAME, "frozen").attrs["skipped"] == []
+
+
+# --- errors, not tracebacks ----------------------------------------------------------------------------------
+
+def test_a_full_disk_during_extract_is_one_line_and_the_rerun_resumes(data, store, capsys, monkeypatch):
+    from bench import extract as extraction
+    from featurestore import store as featurestore
+
+    monkeypatch.setattr(extraction, "CHUNK_BYTES", 8 * 4 * tiny.FEATURE_DIM)  # 5 chunks of 8 images
+    real, writes = featurestore.SetWriter.write_chunk, []
+
+    def fills_up(self, chunk, *args, **kwargs):
+        writes.append(chunk)
+        if len(writes) == 3:  # the disk fills up while the third chunk is written
+            raise featurestore.StoreError(f"cannot write chunk {chunk} of {self.where}: [Errno 28] No space left "
+                                          "on device. The 2 finished chunk(s) are kept")
+        return real(self, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(featurestore.SetWriter, "write_chunk", fills_up)
+    assert "No space left on device" in fails(capsys, "extract", "--backbone", tiny.NAME, "--dataset", DATASET,
+                                              "--root", data, "--store", store, "--batch-size", 4)
+    assert FeatureStore(store).list()[0].chunks_done == 2
+    monkeypatch.setattr(featurestore.SetWriter, "write_chunk", real)
+    out = extract(data, store, "--batch-size", 4)
+    assert "resuming" in out and "2 of 5 chunks already done" in out and FeatureStore(store).list()[0].complete
+
+
+def test_an_oserror_anywhere_is_one_line_naming_the_file(capsys, monkeypatch, tmp_path):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "x"))
+
+    monkeypatch.setattr("bench.cli.catalogue.plugins.backbones", full)
+    error = fails(capsys, "backbones")
+    assert f"No space left on device ({tmp_path / 'x'})" in error and "finished work is kept" in error
+
+
+@pytest.mark.parametrize("command", [
+    ["extract", "--backbone", tiny.NAME, "--dataset", DATASET],
+    ["evaluate", "--protocol", "mela-vs-ben", "--dataset", DATASET, "--backbone", tiny.NAME],
+    ["compare", tiny.NAME, tiny.NAME, "--protocol", "mela-vs-ben", "--dataset", DATASET],
+    ["perf", "evaluate", "--protocol", "mela-vs-ben", "--dataset", DATASET, "--backbone", tiny.NAME],
+    ["store", "ls"],
+    ["store", "rm", DATASET, tiny.NAME, "frozen"],
+])
+@pytest.mark.parametrize(("url", "says"), [("s3://bucket/x", "pip install s3fs"), ("nosuch://x/y", "Protocol not known")])
+def test_every_store_url_reaches_zarr_intact(command, url, says, data, capsys):
+    needs_root = ["--root", data] if "--dataset" in command else []
+    error = fails(capsys, *command, *needs_root, "--store", url)
+    assert f"cannot open the store {url}: " in error and says in error
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\x01\xfe\xff" * 8, b"dataset,fold\na,b,c,d\n"])
+def test_an_unreadable_results_file_is_refused_before_any_work(content, data, store, tmp_path, capsys):
+    (tmp_path / "results.csv").write_bytes(content)
+    error = fails(capsys, *evaluate(data, store, tmp_path))
+    assert f"{tmp_path / 'results.csv'} is not a readable results table" in error
+    assert (tmp_path / "results.csv").read_bytes() == content
+
+
+def test_unwritable_outputs_are_refused_before_any_work_and_the_table_comes_before_the_files(
+        data, store, tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("")
+    error = fails(capsys, *evaluate(data, store, tmp_path), "--predictions", tmp_path / "file" / "p.csv")
+    assert f"cannot write {tmp_path / 'file' / 'p.csv'}" in error and "nothing has been computed yet" in error
+    assert not (tmp_path / "results.csv").exists()
+
+    extract(data, store)
+    monkeypatch.setattr("pandas.DataFrame.to_csv", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space")))
+    error, out = fails_after(capsys, *evaluate(data, store, tmp_path), "--predictions", tmp_path / "p.csv")
+    assert "No space. No table was changed" in error and "mean" in out  # the scores were shown all the same
+    assert not (tmp_path / "results.csv").exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_a_study_checks_its_output_folder_before_any_stage(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    error = fails(capsys, "reproduce", "demo", "--out", tmp_path / "file" / "demo")
+    assert f"cannot write {tmp_path / 'file' / 'demo' / 'results.csv'}" in error
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_a_decompression_bomb_is_one_line_and_skippable(data, store, capsys, monkeypatch):
+    # PIL refuses images over twice its limit: here 2400 pixels, which the 20-47 px test images stay under
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1200)
+    Image.new("RGB", (60, 60)).save(data / "img005.png")
+    error = fails(capsys, "extract", "--backbone", tiny.NAME, "--dataset", DATASET, "--root", data, "--store", store)
+    assert f"cannot decode image {data / 'img005.png'}" in error and "decompression bomb" in error
+    out = extract(data, store, "--skip-bad")
+    assert "skipped" in out and str(data / "img005.png") in out
+
+
+# --- names are names -----------------------------------------------------------------------------------------
+
+def test_a_study_name_cannot_escape_its_folder(tmp_path, capsys):
+    study = tmp_path / "escape.toml"
+    study.write_text('recipe = "demo"\n[datasets.skin]\nadapter = "synthetic"\n'
+                     '[backbones."../../../../ESCAPED"]\nlike = "efficientnet-lite0"\n'
+                     '[[evaluate]]\ndataset = "skin"\nprotocols = ["mela-vs-ben"]\nfrozen = ["../../../../ESCAPED"]\n')
+    error = fails(capsys, "reproduce", study, "--out", tmp_path / "out")
+    assert "backbone '../../../../ESCAPED' is not a name" in error
+    assert not (tmp_path / "out").exists() and not any(tmp_path.parents[3].glob("ESCAPED*"))
+
+
+def test_a_fold_or_dataset_that_is_a_path_is_refused(data, store, capsys):
+    error = fails(capsys, "extract", "--backbone", tiny.NAME, "--dataset", DATASET, "--root", data, "--store", store,
+                  "--protocol", "mela-vs-ben", "--fold", "../../x")
+    assert "fold '../../x' is not a name" in error
+
+
+# --- pipes and scripts ---------------------------------------------------------------------------------------
+
+def test_listings_print_whole_names_when_piped_and_parse_as_json(data, store, tmp_path):
+    assert "efficientnet-lite0" in bench("backbones") and "efficientnet-lite2" in bench("backbones")
+    assert {b["name"] for b in json.loads(bench("backbones", "--json"))} == set(plugins.backbones())
+    assert {d["name"] for d in json.loads(bench("datasets", "--json"))} == set(plugins.datasets())
+    assert {r["name"] for r in json.loads(bench("recipes", "--json"))} >= {"paper", "cpu", "demo"}
+    assert {s["name"] for s in json.loads(bench("studies", "--json"))} >= {"demo", "menegola2017"}
+    shown = json.loads(bench("datasets", "show", DATASET, "--root", data, "--json"))
+    assert shown["images"] == N and shown["counts"]["diagnosis"] == {"nevus": 20, "melanoma": 20}
+
+    extract(data, store)
+    listed = json.loads(bench("store", "ls", "--store", store, "--json"))
+    assert [(s["dataset"], s["backbone"], s["key"], s["complete"]) for s in listed] == \
+        [(DATASET, tiny.NAME, "frozen", True)]
+    assert f"{DATASET} " in bench("store", "ls", "--store", store)  # the whole name, not "labelled-i…"
+    summary = json.loads(runner.invoke(app, list(map(str, evaluate(data, store, tmp_path, "--json")))).stdout)
+    assert summary[0]["backbone"] == tiny.NAME and 0 <= summary[0]["auc"] <= 1 and summary[0]["folds"] == 10
+    compared = json.loads(bench("compare", tiny.NAME, tiny.NAME, "--protocol", "mela-vs-ben", "--dataset", DATASET,
+                                "--root", data, "--store", store, "--json"))
+    assert compared["auc_difference"] == 0 and compared["folds"] == 10
+
+
+# --- unclear corners -----------------------------------------------------------------------------------------
+
+def test_store_ls_on_a_missing_store_is_an_error(tmp_path, capsys):
+    assert f"no feature store at {tmp_path / 'typo'}" in fails(capsys, "store", "ls", "--store", tmp_path / "typo")
+
+
+def test_evaluate_with_an_unknown_backbone_says_so(data, store, tmp_path, capsys):
+    error = fails(capsys, "evaluate", "--protocol", "mela-vs-ben", "--dataset", DATASET, "--backbone", "nosuch",
+                  "--root", data, "--store", store, "--results", tmp_path / "r.csv")
+    assert "unknown backbone 'nosuch'" in error and "efficientnet-lite0" in error
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    (lambda t: t.assign(image_id=t["image_id"].where(t.index != 4, "")), "1 row(s) of {csv} have a blank image id"),
+    (lambda t: t.assign(image_id=t["image_id"].where(t.index != 4, "img003")), "duplicated image ids in {csv}"),
+])
+def test_blank_and_duplicated_ids_name_the_labels_file(edit, says, data, capsys):
+    csv = data / "labels.csv"
+    edit(pd.read_csv(csv, dtype=str)).to_csv(csv, index=False)
+    assert says.format(csv=csv) in fails(capsys, "datasets", "show", DATASET, "--root", data)
+
+
+def test_datasets_show_decodes_every_image(data, capsys):
+    (data / "img010.png").write_bytes((data / "img010.png").read_bytes()[:60])  # truncated
+    (data / "img011.png").write_bytes(b"")
+    error = fails(capsys, "datasets", "show", DATASET, "--root", data)
+    assert "2 of 40 image(s) cannot be decoded" in error
+    assert str(data / "img010.png") in error and str(data / "img011.png") in error
