@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 import tiny_extraction as tiny
 from bench import extract
-from bench.reproduce import ran_stages, reproduce
+from bench.reproduce import reproduce
+from bench.runner import ran_stages
 from bench.study import load_study
 from bench.cli import app
 from bench.cli.app import console

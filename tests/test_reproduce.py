@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -19,10 +20,21 @@ import pytest
 from rich.console import Console
 
 from bench.errors import BenchError
-from bench.reproduce import Action, Ledger, execute, ran_stages, reproduce
-from bench.study import Stage, load_study, plan
+from bench.plan import plan
+from bench.reproduce import reproduce
+from bench.runner import Action, Ledger, execute, ran_stages
+from bench.study import load_study
 
 # --- the runner, with fake stage functions -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Stage:
+    """What the runner needs of a stage, with free-form parameters."""
+
+    key: str
+    kind: str
+    params: dict
+    deps: tuple[str, ...] = ()
 
 
 def fake_graph(epochs: int = 2) -> list[Stage]:

@@ -19,7 +19,7 @@ from bench.export import export_onnx
 from bench.extract import prepare
 from bench.hookspecs import hookimpl
 from bench.recipes import get_recipe, recipes
-from bench.stages import finetune_job, source_stage_job
+from bench.jobs import finetune_job, source_stage_job
 from bench import train
 from protocols.errors import ProtocolError
 from protocols.splits import make_folds

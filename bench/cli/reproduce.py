@@ -29,8 +29,9 @@ def reproduce(
     A stage already done with the same inputs is skipped, so an interrupted study resumes where it stopped and
     an unchanged one finishes at once. The report lands in OUT/report.md.
     """
-    from bench.reproduce import Workspace, reproduce as run
+    from bench.reproduce import reproduce as run
     from bench.study import load_study
+    from bench.workspace import Workspace
 
     loaded = load_study(study, _roots(root))
     if executor == "ray":  # a missing Ray or an unreachable cluster is said before any stage starts
