@@ -20,10 +20,11 @@ import pytest
 from rich.console import Console
 
 from bench.errors import BenchError
-from bench.plan import plan
+from bench.plan import StudyData, plan
 from bench.reproduce import reproduce
-from bench.runner import Action, Ledger, execute, ran_stages
+from bench.runner import Action, Ledger, execute, fingerprint, ran_stages
 from bench.study import load_study
+from bench.workspace import worker_env
 
 # --- the runner, with fake stage functions -------------------------------------------------------------------
 
@@ -242,6 +243,22 @@ def test_every_built_in_study_reads_or_says_which_root_to_fill_in(tmp_path):
             load_study(name)
         except BenchError as error:
             assert "root" in str(error), str(error)
+
+
+@pytest.mark.slow
+def test_the_committed_study_ledger_is_still_valid(shared_data, tmp_path):
+    """Every stage of the published study keeps its fingerprint, so a rerun of it skips everything: a change
+    that breaks this must say why the published study has to run again."""
+    root = Path(__file__).resolve().parents[1]
+    study = load_study("menegola2017-cpu", {"ham10000": shared_data / "ham10000",
+                                            "retinopathy": shared_data / "kaggle-dr"})
+    ledger = Ledger(root / "leaderboard" / "menegola2017-cpu" / "ledger.json")
+    with worker_env(tmp_path / "home", study):
+        data = StudyData.load(study)
+        stages = plan(study, data.fold_keys)
+        changed = [s.key for s in stages
+                   if fingerprint(s, ledger, data.identity(s)) != ledger.entry(s.key)["fingerprint"]]
+    assert len(stages) == len(ledger.stages) and changed == []
 
 
 # --- whole studies --------------------------------------------------------------------------------------------
