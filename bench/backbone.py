@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
-import torch
-from torch import nn
 
 from bench.errors import BenchError
+
+if TYPE_CHECKING:  # torch is imported where a network is built or read: listing backbones does not pay for it
+    from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,6 +63,8 @@ class SourceStage:
 
 def save_checkpoint(path: Path, net: nn.Module, backbone: str, preprocessing: Preprocessing, **meta) -> Path:
     """The one checkpoint format: feature-net state dict + the preprocessing it was trained with + provenance."""
+    import torch
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -73,6 +76,8 @@ def save_checkpoint(path: Path, net: nn.Module, backbone: str, preprocessing: Pr
 
 def read_checkpoint(path: Path) -> dict:
     """A checkpoint as a dict with at least `state_dict` (a plain state dict file is wrapped)."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"weights file not found: {path}")

@@ -34,6 +34,10 @@ def default_store() -> Path:
     return Path(os.environ.get("BENCH_STORE") or "bench-store")
 
 
+DEFAULT_RESULTS = Path("leaderboard/results.csv")  # `bench evaluate`'s results table
+DEFAULT_LEADERBOARD = Path("leaderboard/README.md")  # `bench leaderboard`'s markdown
+
+
 def feature_key(protocol: str | None = None, fold: str | None = None) -> str:
     """Feature-set key: `frozen`, or `ft-{protocol}-{fold}` for the model fine-tuned on that fold's training part.
 

@@ -17,7 +17,7 @@ from bench.cli import app
 from bench.cli.app import console
 from bench.errors import BenchError
 from plugins.backbones import efficientnet, vggm
-from plugins.backbones.vggm import VGGM
+from plugins.backbones.vggm_net import VGGM
 
 BUILTIN = ["vgg-m", "vgg16", "scratch", "retino", "double", "efficientnet-lite0", "efficientnet-lite2"]
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat

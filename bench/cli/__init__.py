@@ -12,7 +12,6 @@ from bench.cli import reproduce  # noqa: F401
 from bench.cli import weights  # noqa: F401
 from bench.cli.app import app, err_console
 from bench.errors import BenchError
-from featurestore.errors import StoreError
 from protocols.errors import ProtocolError
 
 __all__ = ["app", "main"]
@@ -21,6 +20,10 @@ __all__ = ["app", "main"]
 def main() -> None:
     try:
         app()
-    except (BenchError, StoreError, ProtocolError) as exc:
+    except Exception as exc:
+        from featurestore.errors import StoreError  # here: importing featurestore loads zarr
+
+        if not isinstance(exc, (BenchError, StoreError, ProtocolError)):
+            raise
         err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)  # "bench[x]" is text
         sys.exit(2)

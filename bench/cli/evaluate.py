@@ -1,28 +1,32 @@
-"""`bench evaluate`, `bench compare`, `bench leaderboard` and `bench perf evaluate`."""
+"""`bench evaluate`, `bench compare`, `bench leaderboard` and `bench perf evaluate`.
+
+The evaluation and its statistics are imported when a command runs: `bench --help` does not pay for them."""
+
+from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import pandas as pd
 import typer
 from rich.table import Table
 
 from bench.cli.app import app, console, err_console, perf_app
 from bench.cli.catalogue import DatasetOptions, RootOption, parse_options
 from bench.errors import BenchError
-from bench.evaluate import Evaluation, Request, evaluate as run_evaluation, prepare, run
-from bench.leaderboard import DEFAULT_OUT, DEFAULT_RESULTS, EVALUATION, KEY, read_table, render, upsert
-from protocols import stats
-from protocols.metrics import METRICS
-from protocols.splits import SPLITS
+from bench.paths import DEFAULT_LEADERBOARD, DEFAULT_RESULTS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from bench.evaluate import Evaluation
 
 Protocol = Annotated[str, typer.Option(help="Label design: mal-vs-ben, mela-vs-ben or mela-vs-carc-vs-ben.")]
 Dataset = Annotated[str, typer.Option(help="Dataset adapter (see `bench datasets`).")]
 Backbone = Annotated[str, typer.Option(help="Backbone whose features are scored (see `bench backbones`).")]
 Finetuned = Annotated[bool, typer.Option("--finetuned", help="Use each fold's fine-tuned set ft-<protocol>-<fold>.")]
-Split = Annotated[str, typer.Option(help=f"How folds are made: {', '.join(SPLITS)}.")]
+Split = Annotated[str, typer.Option(help="How folds are made: 5x2, official or reference.")]
 ReferenceDir = Annotated[Optional[Path], typer.Option(help="The paper's fold files (a folder or one .yml file).")]
 KeepDuplicates = Annotated[bool, typer.Option("--keep-duplicate-folds",
                                               help="Reference split: also run the repeated partitions.")]
@@ -52,6 +56,9 @@ def evaluate(
     fold: Folds = [],  # noqa: B006 (typer reads it)
 ) -> None:
     """Score a feature set with the paper's linear-SVM protocol on every fold; write results (and predictions)."""
+    from bench.evaluate import Request, evaluate as run_evaluation
+    from bench.leaderboard import KEY, upsert
+
     request = Request(dataset, backbone, protocol, split, finetuned, seed, root, store, reference_dir,
                       keep_duplicate_folds, tuple(parse_options(option).items()), tuple(fold))
     done = run_evaluation(request)
@@ -63,6 +70,9 @@ def evaluate(
 
 
 def _print(done: Evaluation) -> None:
+    from protocols import stats
+    from protocols.metrics import METRICS
+
     for note in done.inputs.notes:
         err_console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     r = done.results
@@ -84,6 +94,8 @@ def _print(done: Evaluation) -> None:
 
 
 def _print_difficulty(done: Evaluation) -> None:
+    from protocols import stats
+
     manifest = done.inputs.manifest
     if "difficulty" not in manifest or manifest["difficulty"].isna().all():
         return
@@ -97,6 +109,8 @@ def _print_difficulty(done: Evaluation) -> None:
 
 
 def _print_referral(done: Evaluation) -> None:
+    from protocols import stats
+
     table = Table(title="Referral: refer confident positives and low-confidence cases (fold-averaged curve)",
                   caption="bold: the figure read off the curve for the other one")
     table.add_column("cases referred", justify="right")
@@ -124,6 +138,9 @@ def compare(
         help="Read both backbones' test scores from this file instead of recomputing them.")] = None,
 ) -> None:
     """Paired bootstrap test of two backbones' mean AUC on the same folds and test images."""
+    from bench.evaluate import Request, evaluate as run_evaluation
+    from protocols import stats
+
     def scores(backbone: str) -> pd.DataFrame:
         if predictions is not None:
             return _stored_predictions(predictions, dataset, protocol, backbone, finetuned, split)
@@ -141,6 +158,10 @@ def compare(
 
 def _stored_predictions(path: Path, dataset: str, protocol: str, backbone: str, finetuned: bool,
                         split: str) -> pd.DataFrame:
+    import pandas as pd
+
+    from bench.leaderboard import EVALUATION, read_table
+
     table = read_table(path)
     wanted = dict(zip(EVALUATION, (dataset, protocol, backbone, finetuned, split)))
     rows = table[(table[list(wanted)] == pd.Series(wanted)).all(axis=1)]
@@ -154,10 +175,13 @@ def _stored_predictions(path: Path, dataset: str, protocol: str, backbone: str, 
 def leaderboard(
     results: Annotated[Path, typer.Option(help="Results table written by `bench evaluate`.")] = DEFAULT_RESULTS,
     predictions: Annotated[Optional[Path], typer.Option(help="Per-image scores, for the ROC curves.")] = None,
-    out: Annotated[Path, typer.Option(help="Markdown file to write; ROC PNGs go next to it.")] = DEFAULT_OUT,
+    out: Annotated[Path, typer.Option(
+        help="Markdown file to write; ROC PNGs go next to it.")] = DEFAULT_LEADERBOARD,
     note: Annotated[str, typer.Option(help="A paragraph printed under the title (e.g. where the data came from).")] = "",
 ) -> None:
     """Render the markdown leaderboard (and ROC curves) from the results table."""
+    from bench.leaderboard import read_table, render
+
     scores = read_table(predictions) if predictions is not None else None
     path = render(read_table(results), out, scores, note)
     console.print(f"leaderboard -> {path}")
@@ -174,6 +198,8 @@ def perf_evaluate(
     option: DatasetOptions = [],  # noqa: B006 (typer reads it)
 ) -> None:
     """Seconds for a whole evaluation (manifest, folds, features, SVM on every fold, bootstrap); writes nothing."""
+    from bench.evaluate import Request, prepare, run
+
     request = Request(dataset, backbone, protocol, split, root=root, store=store,
                       options=tuple(parse_options(option).items()))
     started, cpu = time.perf_counter(), time.process_time()

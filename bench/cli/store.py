@@ -7,12 +7,13 @@ from rich.table import Table
 from bench import paths
 from bench.cli.app import console, store_app
 from bench.cli.extract import StoreOption
-from featurestore import FeatureStore
 
 
 @store_app.command("ls")
 def ls(store: StoreOption = None) -> None:
     """List the feature sets: dataset, backbone, key, size, completeness, model and date."""
+    from featurestore import FeatureStore
+
     store = store or paths.default_store()
     infos = FeatureStore(store).list()
     if not infos:
@@ -31,6 +32,8 @@ def ls(store: StoreOption = None) -> None:
 @store_app.command("rm")
 def rm(dataset: str, backbone: str, key: str, store: StoreOption = None) -> None:
     """Remove one feature set (e.g. `bench store rm ham10000 efficientnet-lite0 frozen`)."""
+    from featurestore import FeatureStore
+
     store = store or paths.default_store()
     FeatureStore(store).remove(dataset, backbone, key)
     console.print(f"removed {dataset}/{backbone}/{key} from {store}", highlight=False)
