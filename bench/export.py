@@ -51,13 +51,14 @@ def export_onnx(backbone: Backbone, weights: Path | None = None, preprocessing: 
         meta = json.loads(sidecar.read_text())
         if meta["sha256"] == file_sha256(path):  # a damaged cache entry is exported again
             return _exported(path, meta, backbone, preprocessing, cached=True)
-    meta = _export(net, backbone, preprocessing, path)
+    meta = export_network(net, backbone, preprocessing, path)
     meta["source"] = {"weights": str(weights), "sha256": file_sha256(Path(weights))} if weights else "initial weights"
     sidecar.write_text(json.dumps(meta, indent=2))  # written last: the entry counts only once the sidecar exists
     return _exported(path, meta, backbone, preprocessing, cached=False)
 
 
-def _export(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, path: Path) -> dict:
+def export_network(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, path: Path) -> dict:
+    """`net` as ONNX at `path`, checked against torch (bench.testing checks plugins with it); its metadata."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".onnx.tmp")
     size = preprocessing.size
