@@ -44,6 +44,11 @@ class Preprocessing:
         x -= (np.asarray(self.mean, np.float32) / std).reshape(3, 1, 1)
         return x
 
+    @classmethod
+    def from_dict(cls, saved: dict) -> Preprocessing:
+        """The inverse of `to_dict` (JSON and checkpoints keep tuples as lists)."""
+        return cls(**{**saved, "mean": tuple(saved["mean"]), "std": tuple(saved["std"])})
+
     def with_size(self, size: int) -> Preprocessing:
         return replace(self, size=size)
 
@@ -95,7 +100,7 @@ def checkpoint_preprocessing(path: Path, default: Preprocessing) -> Preprocessin
     saved = read_checkpoint(path).get("preprocessing")
     if not saved:
         return default
-    return Preprocessing(**{**saved, "mean": tuple(saved["mean"]), "std": tuple(saved["std"])})
+    return Preprocessing.from_dict(saved)
 
 
 def load_state_dict_file(net: nn.Module, path: Path) -> None:
