@@ -45,16 +45,13 @@ freezing random layers would not be training from scratch.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import tomllib
 from dataclasses import dataclass, fields
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from bench import paths, plugins
-from bench.backbone import Backbone, SourceStage, load_state_dict_file
+from bench import plugins
 from bench.errors import BenchError
 from bench.recipes import Recipe, get_recipe
 
@@ -384,39 +381,3 @@ class _Reader:
         unknown = sorted(set(table) - allowed)
         if unknown:
             raise self.fail(where, f"unknown key(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
-
-
-# --- the backbones a study defines ----------------------------------------------------------------------------
-
-def defined_backbones(study: Study) -> list[Backbone]:
-    """The study's own backbones as plugin objects, in definition order (each `like` exists before it).
-
-    They run at the study recipe's image size, frozen as well as fine-tuned, so that a column "without FT" and
-    its "with FT" see the same pixels (an installed backbone's frozen features use its own input size).
-    """
-    made: dict[str, Backbone] = {}
-    for spec in study.backbones.values():
-        like = made.get(spec.like) or plugins.get_backbone(spec.like)
-        common = {"name": spec.name, "preprocessing": like.preprocessing.with_size(study.recipe.image_size)}
-        if spec.random:
-            backbone = dataclasses.replace(like, **common, load_initial=None, random_init=True,
-                                           initial_weights=f"random ({like.architecture}'s own initialisation)")
-        elif spec.source:
-            adapter = study.datasets[spec.source].adapter
-            output = f"{spec.name}.pt"
-            backbone = dataclasses.replace(
-                like, **common, initial_weights=f"{like.name}'s, trained on {adapter} by the study", random_init=False,
-                load_initial=functools.partial(_load_source_output, output, spec.name),
-                source_stages=(SourceStage(dataset=adapter, task=f"{adapter} labels", start=like.name,
-                                           output=output),))
-        else:
-            backbone = dataclasses.replace(like, **common, initial_weights=f"{like.name}'s")
-        made[spec.name] = backbone
-    return list(made.values())
-
-
-def _load_source_output(output: str, backbone: str, net: Any) -> None:
-    path = paths.weights_dir() / output
-    if not path.is_file():
-        raise BenchError(f"{path} not found: {backbone} is made by its study's source stage; run the study")
-    load_state_dict_file(net, path)

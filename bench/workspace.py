@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from bench import paths, plugins
-from bench.backbone import Backbone
+from bench.backbone import Backbone, SourceStage, load_state_dict_file
+from bench.errors import BenchError
 from bench.hookspecs import hookimpl
-from bench.study import Study, defined_backbones
+from bench.study import Study
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,40 @@ def study_backbones(study: Study) -> Iterator[None]:
         yield
     finally:
         manager.unregister(name=name)
+
+
+def defined_backbones(study: Study) -> list[Backbone]:
+    """The study's own backbones as plugin objects, in definition order (each `like` exists before it).
+
+    They run at the study recipe's image size, frozen as well as fine-tuned, so that a column "without FT" and
+    its "with FT" see the same pixels (an installed backbone's frozen features use its own input size).
+    """
+    made: dict[str, Backbone] = {}
+    for spec in study.backbones.values():
+        like = made.get(spec.like) or plugins.get_backbone(spec.like)
+        common = {"name": spec.name, "preprocessing": like.preprocessing.with_size(study.recipe.image_size)}
+        if spec.random:
+            backbone = dataclasses.replace(like, **common, load_initial=None, random_init=True,
+                                           initial_weights=f"random ({like.architecture}'s own initialisation)")
+        elif spec.source:
+            adapter = study.datasets[spec.source].adapter
+            output = f"{spec.name}.pt"
+            backbone = dataclasses.replace(
+                like, **common, initial_weights=f"{like.name}'s, trained on {adapter} by the study", random_init=False,
+                load_initial=functools.partial(_load_source_output, output, spec.name),
+                source_stages=(SourceStage(dataset=adapter, task=f"{adapter} labels", start=like.name,
+                                           output=output),))
+        else:
+            backbone = dataclasses.replace(like, **common, initial_weights=f"{like.name}'s")
+        made[spec.name] = backbone
+    return list(made.values())
+
+
+def _load_source_output(output: str, backbone: str, net: Any) -> None:
+    path = paths.weights_dir() / output
+    if not path.is_file():
+        raise BenchError(f"{path} not found: {backbone} is made by its study's source stage; run the study")
+    load_state_dict_file(net, path)
 
 
 def share_caches(user_home: Path, home: Path, study: Study) -> None:
