@@ -26,6 +26,7 @@ from bench.cli.app import console
 from bench.errors import BenchError
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'bench[ray]'")
+pytestmark = pytest.mark.slow  # every test here shares a local Ray instance, which takes seconds to start
 
 runner = CliRunner()
 BATCH = 4
