@@ -44,7 +44,7 @@ def export_onnx(backbone: Backbone, weights: Path | None = None, preprocessing: 
     from it before without building the network or hashing its weights, so a finished `bench extract` re-runs at
     once. Initial weights have no such key (a plugin may change them in code), so they are built and hashed.
     """
-    if weights is None:
+    if weights is None or not Path(weights).is_file():  # a missing file is reported by the checkpoint reader
         return _find_or_export(backbone, weights, preprocessing)
     memo = _memo(backbone, Path(weights), preprocessing)
     model = _remembered(memo, backbone)
@@ -183,8 +183,8 @@ def _exported(path: Path, meta: dict, backbone: Backbone, preprocessing: Preproc
 
 def _memo(backbone: Backbone, weights: Path, preprocessing: Preprocessing | None) -> Path:
     """The memo file of an export from a weights file. Its key is what decides the model without reading the
-    weights: the file's path, inode, size and modification time, and the backbone's declaration and code version (bench's,
-    and its plugin distribution's), as the content cache ignores code too."""
+    weights: the file's path, inode, size and modification time, and the backbone's declaration and code version
+    (bench's, and its plugin distribution's); like the content cache, it does not see code edited in place."""
     try:
         plugin_version = version(backbone.plugin)
     except (PackageNotFoundError, ValueError):  # a built-in, or a study's own backbone
