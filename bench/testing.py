@@ -74,8 +74,13 @@ def _parameterised(net: nn.Module) -> list[nn.Module]:
 def _check_layer_order(backbone: Backbone, net: nn.Module, x: np.ndarray) -> None:
     """`train_last` counts layers in registration order; that is only the forward's last layers if they agree."""
     layers = _parameterised(net)
-    ran: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda m, i, o: ran.append(m) if m not in ran else None) for m in layers]
+    ran: list[nn.Module] = []  # in the order of their first call (a layer may run twice)
+
+    def record(module: nn.Module, inputs: object, output: object) -> None:
+        if module not in ran:
+            ran.append(module)
+
+    hooks = [m.register_forward_hook(record) for m in layers]
     try:
         with torch.no_grad():
             net(torch.from_numpy(x[:1]))
