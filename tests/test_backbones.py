@@ -13,7 +13,7 @@ from skimage import data
 from typer.testing import CliRunner
 
 from bench import paths, plugins
-from bench.backbone import Backbone, Preprocessing, checkpoint_preprocessing, load_state_dict_file, save_checkpoint
+from bench.backbone import Backbone, Preprocessing, checkpoint_preprocessing, save_checkpoint
 from bench.cli import app
 from bench.cli.app import console
 from bench.errors import BenchError
