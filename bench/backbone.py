@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
-import torch
-from torch import nn
 
 from bench.atomic import atomic_path
 from bench.errors import BenchError
+
+if TYPE_CHECKING:  # torch is imported where a network is built or read: listing backbones does not pay for it
+    from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,6 +45,11 @@ class Preprocessing:
         x -= (np.asarray(self.mean, np.float32) / std).reshape(3, 1, 1)
         return x
 
+    @classmethod
+    def from_dict(cls, saved: dict) -> Preprocessing:
+        """The inverse of `to_dict` (JSON and checkpoints keep tuples as lists)."""
+        return cls(**{**saved, "mean": tuple(saved["mean"]), "std": tuple(saved["std"])})
+
     def with_size(self, size: int) -> Preprocessing:
         return replace(self, size=size)
 
@@ -63,6 +69,8 @@ class SourceStage:
 
 def save_checkpoint(path: Path, net: nn.Module, backbone: str, preprocessing: Preprocessing, **meta) -> Path:
     """The one checkpoint format: feature-net state dict + the preprocessing it was trained with + provenance."""
+    import torch
+
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     with atomic_path(path) as tmp:  # an interrupted save never leaves a half-written checkpoint behind
         torch.save({"state_dict": state, "backbone": backbone, "preprocessing": preprocessing.to_dict(), "meta": meta},
@@ -72,6 +80,8 @@ def save_checkpoint(path: Path, net: nn.Module, backbone: str, preprocessing: Pr
 
 def read_checkpoint(path: Path) -> dict:
     """A checkpoint as a dict with at least `state_dict` (a plain state dict file is wrapped)."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise BenchError(f"weights file not found: {path}")
@@ -89,7 +99,7 @@ def checkpoint_preprocessing(path: Path, default: Preprocessing) -> Preprocessin
     saved = read_checkpoint(path).get("preprocessing")
     if not saved:
         return default
-    return Preprocessing(**{**saved, "mean": tuple(saved["mean"]), "std": tuple(saved["std"])})
+    return Preprocessing.from_dict(saved)
 
 
 def load_state_dict_file(net: nn.Module, path: Path) -> None:

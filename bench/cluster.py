@@ -1,8 +1,6 @@
 """`--executor ray`: bench's work as Ray tasks, on a local Ray instance or an existing cluster.
 
-A study (`bench reproduce`) runs each stage as a task, submitted as soon as the stages it reads are done. The
-study's own process keeps the ledger and the results tables, so the same fingerprints decide what is done
-whichever executor ran a stage, and a study moves freely between local and Ray runs.
+A study (`bench reproduce`) runs each stage as a task: see `bench.executors.RayStages`.
 
 Extraction (`bench extract`) is cut into shards of one store chunk each. Every shard is a task that opens its own
 onnxruntime session, decodes its images and writes its chunk whole, then marks it done, exactly as a local run
@@ -19,22 +17,20 @@ import logging
 import os
 import socket
 import tempfile
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from bench import atomic
 from bench.errors import BenchError
-from bench.export import ExportedModel
-from bench.extract import Extraction
-from bench.reproduce import Finished
-from bench.study import Stage, Study
 from featurestore.errors import StoreError
 from protocols.errors import ProtocolError
 
+if TYPE_CHECKING:
+    from bench.export import ExportedModel
+    from bench.extract import Extraction
+
 INSTALL = "pip install 'bench[ray]'"
 RETRIES = 3  # runs of a task after the first whose worker died, before the run fails
-TORCH_KINDS = ("source", "finetune", "extract")  # the stages that run a network: a GPU where there is one
 
 
 def connect(address: str | None = None) -> Any:
@@ -70,7 +66,7 @@ def has_gpus(ray: Any) -> bool:
     return ray.cluster_resources().get("GPU", 0) >= 1
 
 
-def _result(ray: Any, ref: Any) -> Any:
+def result(ray: Any, ref: Any) -> Any:
     """The task's value; a bench error raised in the task is raised here as itself, without Ray's traceback."""
     try:
         return ray.get(ref)
@@ -78,66 +74,6 @@ def _result(ray: Any, ref: Any) -> Any:
         if isinstance(exc.cause, (BenchError, StoreError, ProtocolError)):
             raise exc.cause from None
         raise
-
-
-# --- study stages ----------------------------------------------------------------------------------------------
-
-class RayStages:
-    """The executor of `bench reproduce --executor ray` (see bench.reproduce.InProcess for the interface).
-
-    Every stage takes as many CPUs, and runs torch and BLAS on as many threads, as torch uses in this process:
-    their sums, so trained weights and SVM scores, depend on the thread count, and this way a stage gives the
-    bytes a local run on this machine gives. Training and extraction also take a GPU where the cluster has them.
-    """
-
-    full = False  # Ray itself queues the tasks that do not fit yet
-
-    def __init__(self, home: Path, study: Study, address: str | None = None):
-        import torch
-
-        self.ray = connect(address)
-        self.home, self.study = home, study
-        self.task = self.ray.remote(max_retries=RETRIES)(_run_stage)
-        biggest = max(node["Resources"].get("CPU", 0) for node in self.ray.nodes() if node["Alive"])
-        self.threads = max(1, min(torch.get_num_threads(), int(biggest)))
-        self.gpus = has_gpus(self.ray)
-        self.inflight: dict[Any, tuple[Stage, str]] = {}
-
-    @property
-    def running(self) -> int:
-        return len(self.inflight)
-
-    def submit(self, stage: Stage, fingerprint: str, run: Callable[[Stage], Any]) -> None:
-        gpus = int(self.gpus and stage.kind in TORCH_KINDS)
-        ref = self.task.options(num_cpus=self.threads, num_gpus=gpus).remote(run, stage, self.home, self.study,
-                                                                            self.threads)
-        self.inflight[ref] = (stage, fingerprint)
-
-    def next_finished(self) -> Finished:
-        [ref], _ = self.ray.wait(list(self.inflight), num_returns=1)
-        stage, fingerprint = self.inflight.pop(ref)
-        try:
-            value, seconds = _result(self.ray, ref)
-        except Exception as exc:
-            return Finished(stage, fingerprint, error=exc)
-        return Finished(stage, fingerprint, value, seconds)
-
-
-def _run_stage(run: Callable[[Stage], Any], stage: Stage, home: Path, study: Study,
-               threads: int) -> tuple[Any, float]:
-    """In a Ray worker: one stage, with the study's BENCH_HOME, backbones and thread count."""
-    from threadpoolctl import threadpool_limits
-
-    from bench.reproduce import bench_home, study_backbones
-
-    if stage.kind in TORCH_KINDS:
-        import torch
-
-        torch.set_num_threads(threads)
-    started = time.monotonic()
-    with threadpool_limits(threads), bench_home(home), study_backbones(study):  # Ray's default: 1 BLAS thread
-        value = run(stage)
-    return value, time.monotonic() - started
 
 
 # --- extraction shards -----------------------------------------------------------------------------------------
@@ -158,7 +94,7 @@ def extract_on_ray(job: Extraction, advance: Callable[[int], None] = lambda n: N
                 running[shard.remote(base, chunk, model)] = chunk
             [ready], _ = ray.wait(list(running), num_returns=1)
             chunk = running.pop(ready)
-            skipped[chunk] = _result(ray, ready)
+            skipped[chunk] = result(ray, ready)
             advance(len(job.writer.chunk_rows_of(chunk)))
     finally:
         for ref in running:  # after a failure or Ctrl-C; finished chunks are kept for the next run

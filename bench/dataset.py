@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Callable
 
 from bench import digests
 from bench.errors import BenchError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
 
 # Every adapter maps its own labels onto these (melanoma subtypes and metastases are all `melanoma`).
 DIAGNOSES = (

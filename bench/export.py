@@ -6,17 +6,20 @@ import hashlib
 import json
 import warnings
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-import torch
 from PIL import Image
-from torch import nn
 
+import bench
 from bench import atomic, paths
 from bench.backbone import Backbone, Preprocessing, checkpoint_preprocessing
 from bench.errors import BenchError
+
+if TYPE_CHECKING:  # torch is imported where a network is built: a re-run that finds its model does not pay for it
+    from torch import nn
 
 OPSET = 18
 PARITY_RTOL = 1e-3  # bound on max |onnx - torch|, relative to the largest torch feature
@@ -36,6 +39,23 @@ class ExportedModel:
 def export_onnx(backbone: Backbone, weights: Path | None = None, preprocessing: Preprocessing | None = None) -> ExportedModel:
     """The backbone with `weights` (else its initial weights) as ONNX with a dynamic batch axis.
 
+    From a weights file (a fine-tune, a source stage, --weights), a memo keyed by the file finds the model exported
+    from it before without building the network or hashing its weights, so a finished `bench extract` re-runs at
+    once. Initial weights have no such key (a plugin may change them in code), so they are built and hashed.
+    """
+    if weights is None or not Path(weights).is_file():  # a missing file is reported by the checkpoint reader
+        return _find_or_export(backbone, weights, preprocessing)
+    memo = _memo(backbone, Path(weights), preprocessing)
+    model = _remembered(memo, backbone)
+    if model is None:
+        model = _find_or_export(backbone, weights, preprocessing)
+        _remember(memo, model)
+    return model
+
+
+def _find_or_export(backbone: Backbone, weights: Path | None, preprocessing: Preprocessing | None) -> ExportedModel:
+    """The backbone with `weights` (else its initial weights) as ONNX with a dynamic batch axis.
+
     The preprocessing defaults to the one saved in the checkpoint (fine-tunes may use another size), else the
     backbone's. The cache key is (backbone, sha256 of the state dict, preprocessing), so exporting the same weights
     again returns the cached file without exporting.
@@ -50,7 +70,7 @@ def export_onnx(backbone: Backbone, weights: Path | None = None, preprocessing: 
     meta = _cached_meta(sidecar, path)
     if meta is not None:
         return _exported(path, meta, backbone, preprocessing, cached=True)
-    meta = _export(net, backbone, preprocessing, path)
+    meta = export_network(net, backbone, preprocessing, path)
     meta["source"] = {"weights": str(weights), "sha256": file_sha256(Path(weights))} if weights else "initial weights"
     atomic.write_text(sidecar, json.dumps(meta, indent=2))  # written last: the entry counts only once it exists
     return _exported(path, meta, backbone, preprocessing, cached=False)
@@ -65,7 +85,11 @@ def _cached_meta(sidecar: Path, model: Path) -> dict | None:
         return None
 
 
-def _export(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, path: Path) -> dict:
+def export_network(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, path: Path) -> dict:
+    """`net` as ONNX at `path`, checked against torch (bench.testing checks plugins with it); its metadata."""
+    import onnx
+    import torch
+
     with atomic.atomic_path(path) as tmp:
         diff = _export_to(net, backbone, preprocessing, tmp)
     return {
@@ -82,6 +106,8 @@ def _export(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, pa
 
 def _export_to(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, tmp: Path) -> float:
     """Export to `tmp` and check it against torch; the max |onnx - torch|."""
+    import torch
+
     size = preprocessing.size
     # the dynamo exporter: torch's supported path; the input size is fixed, so 'same' padding becomes constant.
     # external_data=False keeps the weights inside the one file whose sha256 identifies the model.
@@ -101,6 +127,7 @@ def _export_to(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing,
 def _parity(net: nn.Module, model: Path, preprocessing: Preprocessing, feature_dim: int) -> float:
     """Max |onnx - torch| on a few image-like inputs, at a batch size other than the exported one."""
     import onnxruntime as ort
+    import torch
 
     x = preprocessing.normalise(sample_images(3, preprocessing.size))
     with torch.no_grad():
@@ -130,6 +157,8 @@ def sample_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def state_dict_sha256(net: nn.Module) -> str:
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in sorted(net.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
@@ -156,3 +185,43 @@ def _exported(path: Path, meta: dict, backbone: Backbone, preprocessing: Preproc
         parity_max_abs_diff=meta["parity_max_abs_diff"],
         cached=cached,
     )
+
+
+# --- the memo: a weights file -> the model exported from it -------------------------------------------------------
+
+def _memo(backbone: Backbone, weights: Path, preprocessing: Preprocessing | None) -> Path:
+    """The memo file of an export from a weights file. Its key is what decides the model without reading the
+    weights: the file's path, inode, size and modification time, and the backbone's declaration and code version
+    (bench's, and its plugin distribution's); like the content cache, it does not see code edited in place."""
+    try:
+        plugin_version = version(backbone.plugin)
+    except (PackageNotFoundError, ValueError):  # a built-in, or a study's own backbone
+        plugin_version = None
+    identity = [backbone.name, backbone.architecture, backbone.feature_dim, backbone.preprocessing.to_dict(),
+                backbone.plugin, plugin_version, bench.__version__, _file_identity(weights),
+                preprocessing.to_dict() if preprocessing else None, OPSET]
+    key = hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()
+    return paths.onnx_dir() / "memo" / f"{backbone.name}-{key[:16]}.json"
+
+
+def _file_identity(path: Path) -> list:
+    stat = path.stat()  # bench writes a file anew (a new inode) by renaming: a rewrite changes the inode too
+    return [str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns]
+
+
+def _remembered(memo: Path, backbone: Backbone) -> ExportedModel | None:
+    """The model the memo names, if it and its sidecar are there unchanged since (a changed file is exported again)."""
+    try:
+        entry = json.loads(memo.read_text())
+        path = Path(entry["path"])
+        meta = json.loads(path.with_suffix(".json").read_text())
+        if _file_identity(path) != entry["file"]:
+            return None
+    except (OSError, ValueError, KeyError):
+        return None
+    return _exported(path, meta, backbone, Preprocessing.from_dict(meta["preprocessing"]), cached=True)
+
+
+def _remember(memo: Path, model: ExportedModel) -> None:
+    # atomic: a concurrent run reads the old memo or the new one, never half of one
+    atomic.write_text(memo, json.dumps({"path": str(model.path), "file": _file_identity(model.path)}))

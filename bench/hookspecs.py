@@ -1,11 +1,14 @@
 """The hooks a bench plugin implements. Built-ins in `plugins/` use exactly these."""
 
-from typing import Callable
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
 
 import pluggy
 
-from bench.backbone import Backbone
-from bench.dataset import DatasetAdapter
+if TYPE_CHECKING:  # a plugin imports what it registers; the hooks themselves import nothing heavy
+    from bench.backbone import Backbone
+    from bench.dataset import DatasetAdapter
 
 hookspec = pluggy.HookspecMarker("bench")
 hookimpl = pluggy.HookimplMarker("bench")

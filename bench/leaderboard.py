@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_curve
 
 from bench import atomic
 from bench.results import EVALUATION, select
@@ -19,7 +18,6 @@ from protocols.designs import DESIGNS
 from protocols.metrics import METRICS
 from protocols.stats import format_mean_sd, mean_sd
 
-DEFAULT_OUT = Path("leaderboard/README.md")
 # the paper's transfer sources (Table 1); the VGG-M backbones share one row of the pivot
 SOURCES = {"scratch": "no transfer", "retino": "Retinopathy", "double": "double", "vgg-m": "ImageNet",
            "vgg16": "ImageNet", "efficientnet-lite0": "ImageNet", "efficientnet-lite2": "ImageNet"}
@@ -133,6 +131,8 @@ def _roc_png(dataset: str, protocol: str, summary: pd.DataFrame, predictions: pd
 
 def _mean_roc(rows: pd.DataFrame) -> np.ndarray:
     """Vertical average over folds of the sensitivity at each 1 - specificity."""
+    from sklearn.metrics import roc_curve  # here: a leaderboard without curves does not pay for scikit-learn
+
     curves = []
     for _, fold in rows.groupby("fold"):
         fpr, tpr, _ = roc_curve(fold["label"] == 1, fold["score"])

@@ -38,6 +38,10 @@ def default_store() -> str:
     return os.environ.get("BENCH_STORE") or "bench-store"
 
 
+DEFAULT_RESULTS = Path("leaderboard/results.csv")  # `bench evaluate`'s results table
+DEFAULT_LEADERBOARD = Path("leaderboard/README.md")  # `bench leaderboard`'s markdown
+
+
 def finetuned_checkpoint(dataset: str, backbone: str, protocol: str, fold: str) -> Path:
     """Where `bench train --protocol P --fold K` leaves its checkpoint and `bench extract --fold K` finds it."""
     for what, value in {"dataset": dataset, "backbone": backbone, "protocol": protocol, "fold": fold}.items():

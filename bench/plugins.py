@@ -7,21 +7,23 @@ import os
 import warnings
 from functools import cache
 from importlib.metadata import entry_points
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pluggy
 
 from bench import hookspecs
-from bench.backbone import Backbone
-from bench.dataset import DatasetAdapter
 from bench.errors import BenchError
 from featurestore.keys import NAME_RULE, is_name
+
+if TYPE_CHECKING:  # the plugins are imported when first asked for, so a CLI that never asks starts at once
+    from bench.backbone import Backbone
+    from bench.dataset import DatasetAdapter
 
 ENTRY_POINT_GROUP = "bench"
 DISABLE_AUTOLOAD = "BENCH_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN = "bench (built-in)"
 
-T = TypeVar("T", Backbone, DatasetAdapter)
+T = TypeVar("T", "Backbone", "DatasetAdapter")
 
 
 @cache

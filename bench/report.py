@@ -20,7 +20,8 @@ from protocols import stats
 from protocols.designs import DESIGNS
 
 if TYPE_CHECKING:
-    from bench.reproduce import StudyData, Workspace
+    from bench.plan import StudyData
+    from bench.workspace import Workspace
     from bench.study import Study
 
 # Menegola et al. 2017 (DESIGN section 4), AUC in %

@@ -19,7 +19,6 @@ from bench.errors import BenchError
 KEY = ["dataset", "protocol", "backbone", "finetuned", "split", "fold"]
 EVALUATION = KEY[:-1]  # all folds of one evaluation: one leaderboard row
 PREDICTION_KEY = KEY + ["image_id"]
-DEFAULT_RESULTS = Path("leaderboard/results.csv")
 
 
 def read_table(path: Path) -> pd.DataFrame:

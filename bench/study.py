@@ -1,5 +1,5 @@
 """Study files: a whole benchmark (datasets, source training, fine-tunes, extractions, evaluations) in one small
-TOML file, checked with errors that name the file and the key, and the graph of stages it expands to.
+TOML file, checked with errors that name the file and the key (`bench.plan` expands it to stages).
 
 A study file (see `bench/studies/*.toml`, listed by `bench studies`):
 
@@ -45,20 +45,16 @@ freezing random layers would not be training from scratch.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import tomllib
 from dataclasses import dataclass, fields
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from bench import paths, plugins
-from bench.backbone import Backbone, SourceStage, load_state_dict_file
+from bench import plugins
 from bench.errors import BenchError
-from bench.paths import check_name, feature_key
+from bench.paths import check_name
 from bench.recipes import Recipe, get_recipe
-from protocols.svm import SOLVER
 
 TRANSFER_COLUMNS = ("none", "retino", "imagenet", "double")
 TOP_KEYS = {"description", "recipe", "seed", "overrides", "architectures", "datasets", "sources", "backbones",
@@ -146,16 +142,6 @@ class Study:
     def recipe_for(self, start: str) -> Recipe:
         """The recipe of a training run starting from `start`'s weights: every layer trains from random weights."""
         return self.recipe.starting_from(self.random_init(start))
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One unit of work: `params` is everything it depends on besides its `deps` (stage keys)."""
-
-    key: str
-    kind: str  # source | finetune | extract | evaluate | report
-    params: dict[str, Any]
-    deps: tuple[str, ...] = ()
 
 
 # --- finding and reading study files --------------------------------------------------------------------------
@@ -399,127 +385,3 @@ class _Reader:
         unknown = sorted(set(table) - allowed)
         if unknown:
             raise self.fail(where, f"unknown key(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
-
-
-# --- the stage graph ------------------------------------------------------------------------------------------
-
-def plan(study: Study, fold_keys: dict[int, list[str]]) -> list[Stage]:
-    """Every stage of the study in dependency order. `fold_keys[i]` are the folds evaluation i runs on."""
-    stages: dict[str, Stage] = {}
-    # installed backbones' sources first: a study-defined backbone may start from one (`like = "retino"`)
-    for backbone in [*study.sources, *(b for b, spec in study.backbones.items() if spec.source)]:
-        stage = _source_stage(study, backbone)
-        stages[stage.key] = stage
-    evaluations = []
-    for i, evaluation in enumerate(study.evaluations):
-        spec = study.datasets[evaluation.dataset]
-        for backbone in evaluation.frozen:
-            key = _extract_stage(stages, study, spec, backbone, None, None)
-            for protocol in evaluation.protocols:
-                evaluations.append(_evaluate_stage(study, evaluation, spec, backbone, protocol, fold_keys[i], False,
-                                                   [key]))
-        for backbone in evaluation.finetuned:
-            for protocol in evaluation.protocols:
-                keys = []
-                for fold in fold_keys[i]:
-                    ft = _finetune_stage(stages, study, evaluation, spec, backbone, protocol, fold)
-                    keys.append(_extract_stage(stages, study, spec, backbone, protocol, fold, ft))
-                evaluations.append(_evaluate_stage(study, evaluation, spec, backbone, protocol, fold_keys[i], True,
-                                                   keys))
-    for stage in evaluations:
-        stages[stage.key] = stage
-    stages["report"] = Stage("report", "report", {"study": study.name}, tuple(s.key for s in evaluations))
-    return list(stages.values())
-
-
-def source_key(backbone: str) -> str:
-    return f"source {backbone}"
-
-
-def _weights_stage(study: Study, backbone: str) -> tuple[str, ...]:
-    """The source stage that makes `backbone`'s initial weights, as a dependency, if the study trains them."""
-    made_by = study.weights_from(backbone)
-    return (source_key(made_by),) if made_by else ()
-
-
-def _dataset_params(spec: DatasetSpec) -> dict[str, Any]:
-    return {"name": spec.name, "adapter": spec.adapter, "options": spec.options, "limit": spec.limit}
-
-
-def source_start(study: Study, backbone: str) -> str:
-    """The backbone a source stage starts from: a defined backbone's `like`, an installed one's stage start."""
-    spec = study.backbones.get(backbone)
-    return spec.like if spec else plugins.get_backbone(backbone).source_stages[0].start
-
-
-def _source_stage(study: Study, backbone: str) -> Stage:
-    start = source_start(study, backbone)
-    params = {"backbone": backbone, "start": start, "dataset": _dataset_params(study.datasets[
-              study.source_dataset(backbone)]), "recipe": study.recipe_for(start).to_dict(), "seed": study.seed}
-    return Stage(source_key(backbone), "source", params, _weights_stage(study, start))
-
-
-def _finetune_stage(stages: dict[str, Stage], study: Study, evaluation: Evaluation, spec: DatasetSpec,
-                    backbone: str, protocol: str, fold: str) -> str:
-    key = f"finetune {spec.name}/{backbone}/{feature_key(protocol, fold)}"
-    params = {"backbone": backbone, "dataset": _dataset_params(spec), "protocol": protocol, "split": evaluation.split,
-              "fold": fold, "recipe": study.recipe_for(backbone).to_dict(), "seed": study.seed,
-              "reference": str(evaluation.reference) if evaluation.reference else None}
-    stages.setdefault(key, Stage(key, "finetune", params, _weights_stage(study, backbone)))
-    return key
-
-
-def _extract_stage(stages: dict[str, Stage], study: Study, spec: DatasetSpec, backbone: str, protocol: str | None,
-                   fold: str | None, finetune: str | None = None) -> str:
-    """Shared by every evaluation that reads the same feature set."""
-    key = f"extract {spec.name}/{backbone}/{feature_key(protocol, fold)}"
-    params = {"backbone": backbone, "dataset": _dataset_params(spec), "protocol": protocol, "fold": fold}
-    stages.setdefault(key, Stage(key, "extract", params,
-                                 (finetune,) if finetune else _weights_stage(study, backbone)))
-    return key
-
-
-def _evaluate_stage(study: Study, evaluation: Evaluation, spec: DatasetSpec, backbone: str, protocol: str,
-                    folds: list[str], finetuned: bool, extracts: list[str]) -> Stage:
-    key = f"evaluate {spec.name}/{backbone}/{protocol}/{'ft' if finetuned else 'frozen'}"
-    params = {"backbone": backbone, "dataset": _dataset_params(spec), "protocol": protocol,
-              "split": evaluation.split, "folds": list(folds), "finetuned": finetuned, "seed": study.seed,
-              "svm": SOLVER,
-              "reference": str(evaluation.reference) if evaluation.reference else None}
-    return Stage(key, "evaluate", params, tuple(extracts))
-
-
-# --- the backbones a study defines ----------------------------------------------------------------------------
-
-def defined_backbones(study: Study) -> list[Backbone]:
-    """The study's own backbones as plugin objects, in definition order (each `like` exists before it).
-
-    They run at the study recipe's image size, frozen as well as fine-tuned, so that a column "without FT" and
-    its "with FT" see the same pixels (an installed backbone's frozen features use its own input size).
-    """
-    made: dict[str, Backbone] = {}
-    for spec in study.backbones.values():
-        like = made.get(spec.like) or plugins.get_backbone(spec.like)
-        common = {"name": spec.name, "preprocessing": like.preprocessing.with_size(study.recipe.image_size)}
-        if spec.random:
-            backbone = dataclasses.replace(like, **common, load_initial=None, random_init=True,
-                                           initial_weights=f"random ({like.architecture}'s own initialisation)")
-        elif spec.source:
-            adapter = study.datasets[spec.source].adapter
-            output = f"{spec.name}.pt"
-            backbone = dataclasses.replace(
-                like, **common, initial_weights=f"{like.name}'s, trained on {adapter} by the study", random_init=False,
-                load_initial=functools.partial(_load_source_output, output, spec.name),
-                source_stages=(SourceStage(dataset=adapter, task=f"{adapter} labels", start=like.name,
-                                           output=output),))
-        else:
-            backbone = dataclasses.replace(like, **common, initial_weights=f"{like.name}'s")
-        made[spec.name] = backbone
-    return list(made.values())
-
-
-def _load_source_output(output: str, backbone: str, net: Any) -> None:
-    path = paths.weights_dir() / output
-    if not path.is_file():
-        raise BenchError(f"{path} not found: {backbone} is made by its study's source stage; run the study")
-    load_state_dict_file(net, path)

@@ -7,18 +7,20 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
+from torch import nn
 from PIL import Image
 from skimage import data
 from typer.testing import CliRunner
 
 from bench import paths, plugins
-from bench.backbone import checkpoint_preprocessing, load_state_dict_file, save_checkpoint
+from bench.backbone import Backbone, Preprocessing, checkpoint_preprocessing, save_checkpoint
 from bench.cli import app
 from bench.errors import BenchError
+from bench.testing import check_backbone
 from plugins.backbones import efficientnet, vggm
-from plugins.backbones.vggm import VGGM
+from plugins.backbones.vggm_net import VGGM
 
-BUILTIN = ["vgg-m", "vgg16", "scratch", "retino", "double", "efficientnet-lite0", "efficientnet-lite2"]
+REGISTERED = list(plugins.backbones())  # built-ins and installed plugins alike: a new one is tested unlisted
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 IMAGENET_COFFEE = range(967, 969)  # espresso, cup
 SMALL = (8, 16, 16, 16, 16)  # VGG-M conv widths for tests (the geometry is the real one)
@@ -32,25 +34,66 @@ def _resized(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 
-def test_bench_backbones_lists_the_seven_builtins(monkeypatch):
+def test_bench_backbones_lists_every_registered_backbone(monkeypatch):
     result = runner.invoke(app, ["backbones"])
     assert result.exit_code == 0, result.output
-    for name in BUILTIN:
+    builtin = {"vgg-m", "vgg16", "scratch", "retino", "double", "efficientnet-lite0", "efficientnet-lite2"}
+    assert builtin <= set(REGISTERED)
+    for name in REGISTERED:
         assert f" {name} " in result.output
 
 
-@pytest.mark.parametrize("name", BUILTIN)
-def test_forward_gives_finite_features_of_the_declared_size(name):
-    backbone = plugins.get_backbone(name)
-    net = backbone.build().eval()  # the VGG backbones' initial weights are files the user makes; see below
-    size = 64 if name in ("vgg-m", "vgg16", "scratch", "retino", "double") else backbone.preprocessing.size
-    with torch.no_grad():
-        features = net(torch.randn(2, 3, size, size))
-    assert features.shape == (2, backbone.feature_dim)
-    assert torch.isfinite(features).all()
+def one_per_architecture() -> list[str]:
+    """The first name registered for each `build` (vgg-m, scratch, retino and double share VGG-M's)."""
+    first: dict = {}
+    for name, backbone in plugins.backbones().items():
+        first.setdefault(backbone.build, name)
+    return list(first.values())
+
+
+@pytest.mark.parametrize("name", one_per_architecture())
+def test_every_architecture_keeps_the_backbone_contract(name):
+    """Preprocessing, forward shape, layer order and train_last, at 64 px to keep the fast loop fast."""
+    check_backbone(plugins.get_backbone(name), size=64, onnx=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", REGISTERED)
+def test_every_backbone_keeps_its_contract_onnx_export_included(name):
+    check_backbone(plugins.get_backbone(name), size=64)
+
+
+class _Net(nn.Module):
+    """conv -> pool -> linear, with the layers registered in `order`, and optionally an unused classifier."""
+
+    def __init__(self, order: tuple[str, ...] = ("conv", "head"), unused_classifier: bool = False):
+        super().__init__()
+        for name in order:
+            setattr(self, name, nn.Conv2d(3, 4, 3) if name == "conv" else nn.Linear(4, 4))
+        if unused_classifier:
+            self.classifier = nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("net, feature_dim, words", [
+    (_Net, 5, r"maps 1 image\(s\) to \(1, 4\), not \(1, 5\)"),
+    (lambda: _Net(order=("head", "conv")), 4, "registered in another order"),
+    (lambda: _Net(unused_classifier=True), 4, "gets no gradient"),
+])
+def test_check_backbone_names_the_broken_promise(net, feature_dim, words):
+    broken = Backbone("broken", "test", Preprocessing(size=16), "head", feature_dim, "random", build=net)
+    with pytest.raises(AssertionError, match=words):
+        check_backbone(broken, onnx=False)
+
+
+def test_check_backbone_passes_the_sound_net_and_exports_it():
+    check_backbone(Backbone("sound", "test", Preprocessing(size=16), "head", 4, "random", build=_Net))
 
 
 @pytest.mark.parametrize("variant", ["lite0", "lite2"])
+@pytest.mark.slow
 def test_efficientnet_weights_are_the_real_imagenet_ones(variant):
     backbone = plugins.get_backbone(f"efficientnet-{variant}")
     net = backbone.create()

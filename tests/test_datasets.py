@@ -338,6 +338,7 @@ def test_synthetic_is_seeded_cached_and_deterministic(monkeypatch: pytest.Monkey
     assert digest_folder(other) != digest_folder(first)
 
 
+@pytest.mark.slow
 def test_synthetic_classes_lesions_split_and_difficulty():
     m = manifest("synthetic")
     assert len(m) == 240 and m["image_id"].is_monotonic_increasing

@@ -97,3 +97,25 @@ def test_an_export_that_differs_from_torch_is_refused(bench_home):
 def test_a_wrong_feature_dim_is_reported():
     with pytest.raises(BenchError, match=r"features of shape \(3, 16\), not \(3, 8\)"):
         export_onnx(dataclasses.replace(tiny.backbone(), feature_dim=8))
+
+
+def test_a_model_exported_from_a_weights_file_is_found_again_without_building_the_network(tmp_path, monkeypatch):
+    checkpoint = save_checkpoint(tmp_path / "ft.pt", tiny.backbone().create(), tiny.NAME, Preprocessing(size=32))
+    first = export_onnx(tiny.backbone(), checkpoint)
+    unbuildable = dataclasses.replace(tiny.backbone(), build=lambda: pytest.fail("built the network"))
+    monkeypatch.setattr(export, "state_dict_sha256", lambda net: pytest.fail("hashed the weights"))
+    again = export_onnx(unbuildable, checkpoint)
+    assert again.cached and (again.path, again.sha256, again.preprocessing) == (first.path, first.sha256,
+                                                                                first.preprocessing)
+
+
+def test_a_rewritten_weights_file_is_exported_again(tmp_path):
+    backbone = tiny.backbone()
+    net = backbone.create()
+    checkpoint = save_checkpoint(tmp_path / "ft.pt", net, tiny.NAME, Preprocessing(size=32))
+    first = export_onnx(backbone, checkpoint)
+    with torch.no_grad():
+        net[0].weight.mul_(2)
+    save_checkpoint(checkpoint, net, tiny.NAME, Preprocessing(size=32))  # a fine-tune run again, other weights
+    again = export_onnx(backbone, checkpoint)
+    assert not again.cached and again.sha256 != first.sha256

@@ -110,6 +110,7 @@ def test_a_finished_extraction_reruns_as_a_no_op(images, store, monkeypatch):
     assert "already complete (10 images): nothing to do" in out.output
 
 
+@pytest.mark.slow
 def test_a_killed_extraction_resumes_to_the_same_bytes(tmp_path, images, store, monkeypatch):
     monkeypatch.setattr(extract, "CHUNK_BYTES", 8 * 4 * tiny.FEATURE_DIM)
     export_onnx(tiny.backbone())  # the subprocess finds the model in the cache

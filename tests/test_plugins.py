@@ -1,11 +1,12 @@
 """Third-party plugins: found through the `bench` entry-point group, isolated when broken, switchable off, and the
-README's example plugin installs and works as its own package."""
+README's example plugins work: the backbone plugin installs as its own package and passes the README's test."""
 
 import os
 import re
 import subprocess
 import sys
 import tomllib
+import types
 from pathlib import Path
 
 import pytest
@@ -84,17 +85,19 @@ def test_a_duplicate_name_keeps_the_first_and_warns(site):
     assert found["vgg-m"].plugin.startswith("bench (built-in)") and found["vgg-m"].feature_dim == 4096
 
 
-def readme_plugin() -> tuple[str, str]:
-    """The python and toml blocks of the README's `Writing a backbone plugin` section (exactly one of each)."""
+def readme_blocks() -> dict[str, list[str]]:
+    """The python and toml blocks of the README's `Writing a backbone plugin` section: the backbone plugin, the test
+    its author adds, the dataset plugin; the backbone plugin's pyproject.toml."""
     section = README.read_text().split("## Writing a backbone plugin", 1)[1].split("\n## ", 1)[0]
     blocks = {lang: re.findall(rf"```{lang}\n(.*?)```", section, re.S) for lang in ("python", "toml")}
-    assert len(blocks["python"]) == 1 and len(blocks["toml"]) == 1, "the section needs one python and one toml block"
-    return blocks["python"][0], blocks["toml"][0]
+    assert len(blocks["python"]) == 3 and len(blocks["toml"]) == 1, "the section's examples are not as this test says"
+    return blocks
 
 
 @pytest.mark.slow
-def test_the_readme_plugin_installs_as_a_package_and_is_usable(tmp_path):
-    code, pyproject = readme_plugin()
+def test_the_readme_plugin_installs_as_a_package_and_passes_its_readme_test(tmp_path):
+    blocks = readme_blocks()
+    (code, check, _), (pyproject,) = blocks["python"], blocks["toml"]
     module = tomllib.loads(pyproject)["project"]["entry-points"]["bench"]
     (name,) = module.values()
     package = tmp_path / "package"
@@ -109,8 +112,20 @@ def test_the_readme_plugin_installs_as_a_package_and_is_usable(tmp_path):
     bench = Path(sys.executable).with_name("bench")  # the console script installed beside this interpreter
     listed = subprocess.run([bench, "backbones"], env=env, capture_output=True, text=True, check=True).stdout
     assert re.search(r"tiny-cnn .* bench-tinycnn", listed), listed
-    features = ("import torch; from bench import plugins; b = plugins.get_backbone('tiny-cnn'); "
-                "s = b.preprocessing.size; x = b.create()(torch.rand(2, 3, s, s)); "
-                "print(*x.shape, b.feature_dim, bool(torch.isfinite(x).all()))")
-    used = subprocess.run([sys.executable, "-c", features], env=env, capture_output=True, text=True, check=True)
-    assert used.stdout.split() == ["2", "64", "64", "True"], used.stderr
+    (test,) = re.findall(r"^def (test_\w+)", check, re.M)
+    checked = subprocess.run([sys.executable, "-c", f"{check}\n{test}()\nprint('passed')"], env=env,
+                             capture_output=True, text=True)
+    assert checked.stdout.strip() == "passed", checked.stderr
+
+
+def test_the_readme_dataset_plugin_gives_a_manifest(tmp_path):
+    from PIL import Image
+
+    module = types.ModuleType("bench_myclinic")
+    exec(readme_blocks()["python"][2], module.__dict__)
+    plugins.plugin_manager().register(module, name="bench-myclinic")
+    for file in ("a1.jpg", "b2.jpg"):
+        Image.new("RGB", (8, 8)).save(tmp_path / file)
+    (tmp_path / "labels.csv").write_text("file,diagnosis\na1.jpg,mel\nb2.jpg,nev\n")
+    manifest = plugins.get_dataset("myclinic").manifest(tmp_path)
+    assert manifest[["image_id", "diagnosis"]].values.tolist() == [["a1", "melanoma"], ["b2", "nevus"]]

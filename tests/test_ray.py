@@ -18,12 +18,14 @@ from typer.testing import CliRunner
 
 import tiny_extraction as tiny
 from bench import extract
-from bench.reproduce import ran_stages, reproduce
+from bench.reproduce import reproduce
+from bench.runner import ran_stages
 from bench.study import load_study
 from bench.cli import app
 from bench.errors import BenchError
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'bench[ray]'")
+pytestmark = pytest.mark.slow  # every test here shares a local Ray instance, which takes seconds to start
 
 runner = CliRunner()
 BATCH = 4

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -19,10 +20,22 @@ import pytest
 from rich.console import Console
 
 from bench.errors import BenchError
-from bench.reproduce import Action, Ledger, execute, ran_stages, reproduce
-from bench.study import Stage, load_study, plan
+from bench.plan import StudyData, plan
+from bench.reproduce import reproduce
+from bench.runner import Action, Ledger, execute, fingerprint, ran_stages
+from bench.study import load_study
+from bench.workspace import worker_env
 
 # --- the runner, with fake stage functions -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Stage:
+    """What the runner needs of a stage, with free-form parameters."""
+
+    key: str
+    kind: str
+    params: dict
+    deps: tuple[str, ...] = ()
 
 
 def fake_graph(epochs: int = 2) -> list[Stage]:
@@ -132,6 +145,7 @@ description = "a tiny study for the tests"
 recipe = "demo"
 seed = 0
 overrides = { epochs = 1, image_size = 32, batch_size = 8 }
+architectures = ["efficientnet-lite0", "lite0-double"]
 
 [datasets.skin]
 adapter = "synthetic"
@@ -154,7 +168,7 @@ dataset = "skin"
 split = "official"
 protocols = ["mela-vs-ben"]
 frozen = ["efficientnet-lite0", "lite0-double"]
-finetuned = ["efficientnet-lite0"]
+finetuned = ["efficientnet-lite0", "lite0-double"]
 """
 
 
@@ -173,9 +187,9 @@ def write_study(folder: Path, text: str = TINY, name: str = "tiny") -> Path:
     (("options = { n = 80, size = 48 }", "options = { n = 80 }\nlimit = 10"), "datasets.skin.limit"),
     (("protocols = [\"mela-vs-ben\"]", "protocols = [\"mela\"]"), "evaluate[0].protocols: unknown protocol 'mela'"),
     (("split = \"official\"", "split = \"3x3\""), "evaluate[0].split: unknown split '3x3'"),
-    (("finetuned = [\"efficientnet-lite0\"]", "finetuned = [\"lite1\"]"),
+    (("finetuned = [\"efficientnet-lite0\", \"lite0-double\"]", "finetuned = [\"lite1\"]"),
      "evaluate[0].finetuned: unknown backbone 'lite1'"),
-    (("finetuned = [\"efficientnet-lite0\"]", "finetuned = [\"retino\"]"),
+    (("finetuned = [\"efficientnet-lite0\", \"lite0-double\"]", "finetuned = [\"retino\"]"),
      "name the study's dataset for it under [sources]"),
     (("like = \"efficientnet-lite0\"", "like = \"lite9\""), "backbones.lite0-double.like: unknown backbone 'lite9'"),
     (("source = \"fundus\"", "source = \"eyes\""), "backbones.lite0-double.source: 'eyes' is not a dataset"),
@@ -232,6 +246,22 @@ def test_every_built_in_study_reads_or_says_which_root_to_fill_in(tmp_path):
             assert "root" in str(error), str(error)
 
 
+@pytest.mark.slow
+def test_the_committed_study_ledger_is_still_valid(shared_data, tmp_path):
+    """Every stage of the published study keeps its fingerprint, so a rerun of it skips everything: a change
+    that breaks this must say why the published study has to run again."""
+    root = Path(__file__).resolve().parents[1]
+    study = load_study("menegola2017-cpu", {"ham10000": shared_data / "ham10000",
+                                            "retinopathy": shared_data / "kaggle-dr"})
+    ledger = Ledger(root / "leaderboard" / "menegola2017-cpu" / "ledger.json")
+    with worker_env(tmp_path / "home", study):
+        data = StudyData.load(study)
+        stages = plan(study, data.fold_keys)
+        changed = [s.key for s in stages
+                   if fingerprint(s, ledger, data.identity(s)) != ledger.entry(s.key)["fingerprint"]]
+    assert len(stages) == len(ledger.stages) and changed == []
+
+
 # --- whole studies --------------------------------------------------------------------------------------------
 
 def bench_command(*args: str) -> list[str]:
@@ -253,7 +283,8 @@ def wait_for_finished_stages(ledger: Path, process: subprocess.Popen, count: int
 def killed_then_finished(tmp_path_factory) -> tuple[Path, Path, set[str]]:
     """The tiny study run in a subprocess, killed once two stages are done, then run again to the end.
 
-    Module-scoped (every real stage costs seconds): the tests below read what it left, and change copies of it.
+    Module-scoped (every real stage costs seconds): the tests below read what it left, and change copies of it;
+    they are marked slow (about a minute together here), so `-m "not slow"` skips the study.
     """
     folder = tmp_path_factory.mktemp("study")
     with pytest.MonkeyPatch.context() as patch:
@@ -274,6 +305,7 @@ def quiet_console() -> Console:
     return Console(file=io.StringIO(), width=120)
 
 
+@pytest.mark.slow
 def test_a_killed_study_resumes_without_redoing_a_finished_stage(killed_then_finished):
     path, out, finished_before_kill = killed_then_finished
     first, second = ran_stages(out / "log.jsonl")
@@ -283,35 +315,80 @@ def test_a_killed_study_resumes_without_redoing_a_finished_stage(killed_then_fin
     assert set(json.loads((out / "ledger.json").read_text())["stages"]) == everything  # ...and all got done
 
 
+@pytest.mark.slow
 def test_the_report_lays_out_the_papers_tables_from_real_runs(killed_then_finished):
     _, out, _ = killed_then_finished
     report = (out / "report.md").read_text()
     assert "SYNTHETIC DATA" in report
     row = next(line for line in report.splitlines() if line.startswith("| mela-vs-ben |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    # Table 1, all eight columns: ImageNet without and with FT measured here (AUC and its interval) beside the
-    # paper's figures; double transfer frozen measured (the paper has no such column), with FT not run
+    # Table 1, all eight columns: ImageNet without and with FT and double transfer with FT measured here (AUC and
+    # its interval) beside the paper's figures; double transfer frozen measured (the paper has no such column)
     measured = r"\d+\.\d \(\d+\.\d–\d+\.\d\)"
     assert re.fullmatch(measured + r" \[77\.9\]", cells[5]) and re.fullmatch(measured + r" \[80\.9\]", cells[6])
-    assert re.fullmatch(measured, cells[7]) and cells[8] == "– [80.9]" and cells[1] == ""
+    assert re.fullmatch(measured, cells[7]) and re.fullmatch(measured + r" \[80\.9\]", cells[8])
+    assert cells[1] == "" and cells[2] == "– [75.7]"  # no transfer was not run
     claim = next(line for line in report.splitlines() if "fine-tuning helps (ImageNet)" in line)
     assert "| efficientnet-lite0 FT | efficientnet-lite0 no FT |" in claim
     assert "(roc-synthetic-mela-vs-ben.png)" in report
     assert (out / "roc-synthetic-mela-vs-ben.png").stat().st_size > 0 and (out / "leaderboard.md").is_file()
     results = pd.read_csv(out / "results.csv")
     assert set(zip(results["backbone"], results["finetuned"])) == {
-        ("efficientnet-lite0", False), ("efficientnet-lite0", True), ("lite0-double", False)}
+        ("efficientnet-lite0", False), ("efficientnet-lite0", True), ("lite0-double", False), ("lite0-double", True)}
 
 
+def table(report: str, heading: str) -> list[list[str]]:
+    """The cells of the markdown table under the report's heading that starts with `heading`."""
+    section = report.split(f"\n{heading}", 1)[1].split("\n#", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("|---")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+
+
+@pytest.mark.slow
+def test_the_report_has_tables_2_3_4_and_the_referral_table(killed_then_finished):
+    from protocols import stats
+
+    _, out, _ = killed_then_finished
+    report = (out / "report.md").read_text()
+    percent = r"\d+\.\d"
+    # Table 2: every metric of each model on the official split, then the paper's rows in italics
+    header, *rows = table(report, "## Table 2 · synthetic")
+    assert header == ["model", "design", "AUC", "mAP", "ACC", "SE", "SP"]
+    models = [r[0] for r in rows if not r[0].startswith("*")]
+    assert sorted(models) == ["efficientnet-lite0 FT", "efficientnet-lite0 no FT", "lite0-double FT",
+                              "lite0-double no FT"]
+    assert all(re.fullmatch(percent, c) for r in rows if not r[0].startswith("*") for c in r[2:])
+    assert ["*paper: VGG-16, ImageNet + FT*", "mela-vs-ben", "*80.7*", "*54.9*", "*79.2*", "*47.6*", "*88.1*"] in rows
+    # Table 3: the study's architectures (fine-tuned), the paper's, and the paired test of the second against the first
+    header, *rows = table(report, "## Table 3 · synthetic")
+    assert header == ["architecture", "mela-vs-ben"]
+    assert [r[0] for r in rows[:2]] == ["efficientnet-lite0", "lite0-double"]
+    assert all(re.fullmatch(rf"{percent} \({percent}–{percent}\)", r[1]) for r in rows[:2])
+    assert ["*paper: VGG-16*", "*83.5*"] in rows
+    assert any(r[1] == "lite0-double vs efficientnet-lite0" for r in rows)
+    # Table 4: AUC per difficulty level of ImageNet + FT, the paper's figures in brackets
+    header, *rows = table(report, "## Table 4 · synthetic")
+    assert header == ["design", "low", "medium", "high", "all"] and len(rows) == 1
+    design, *cells = rows[0]
+    assert design == "mela-vs-ben" and re.fullmatch(rf"{percent} \[80\.9\]", cells[3])
+    assert all(re.fullmatch(rf"({percent}|–) \[{paper}\]", c) for c, paper in zip(cells, ("93.0", "79.6", "56.6")))
+    # Referral: sensitivity at fixed shares referred, then the shares referred for target sensitivities
+    header, *rows = table(report, "## Referral · synthetic")
+    assert len(header) == 1 + len(stats.REFERRAL_FRACTIONS) + len(stats.REFERRAL_TARGETS) and len(rows) == 1
+    assert rows[0][0] == "mela-vs-ben" and all(re.fullmatch(r"\d+", c) for c in rows[0][1:])
+
+
+@pytest.mark.slow
 def test_an_unchanged_study_finishes_at_once(killed_then_finished, monkeypatch):
     path, out, _ = killed_then_finished
     from bench import train
 
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained again"))
     counts = reproduce(load_study(path), out, quiet_console())
-    assert counts["ran"] == 0 and counts["skipped"] == 9
+    assert counts["ran"] == 0 and counts["skipped"] == 12
 
 
+@pytest.mark.slow
 def test_a_changed_setting_reruns_only_the_stages_it_reaches(killed_then_finished, tmp_path):
     path, out, _ = killed_then_finished
     copy = tmp_path / "out"
@@ -321,5 +398,6 @@ def test_a_changed_setting_reruns_only_the_stages_it_reaches(killed_then_finishe
     reproduce(load_study(changed), copy, quiet_console())
     # the fine-tuned ImageNet chain does not read the fundus images and is left alone
     assert ran_stages(copy / "log.jsonl")[-1] == [
-        "source lite0-double", "extract skin/lite0-double/frozen", "evaluate skin/lite0-double/mela-vs-ben/frozen",
-        "report"]
+        "source lite0-double", "extract skin/lite0-double/frozen", "finetune skin/lite0-double/ft-mela-vs-ben-official",
+        "extract skin/lite0-double/ft-mela-vs-ben-official", "evaluate skin/lite0-double/mela-vs-ben/frozen",
+        "evaluate skin/lite0-double/mela-vs-ben/ft", "report"]

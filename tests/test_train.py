@@ -19,7 +19,7 @@ from bench.export import export_onnx
 from bench.extract import prepare
 from bench.hookspecs import hookimpl
 from bench.recipes import get_recipe, recipes
-from bench.stages import finetune_job, source_stage_job
+from bench.jobs import finetune_job, source_stage_job
 from bench import train
 from protocols.errors import ProtocolError
 from protocols.splits import make_folds
@@ -185,6 +185,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(monkeypatch, tmp_path):
     assert _same(_weights(job.out), _weights(reference.out))
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_on_cpu(tmp_path):
     outs = []
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
@@ -208,6 +209,7 @@ def test_train_last_freezes_the_early_layers(tmp_path):
     assert {"8.weight", "4.weight"} <= changed
 
 
+@pytest.mark.slow
 def test_exported_onnx_matches_the_fine_tuned_network():
     import onnxruntime as ort
 
@@ -252,6 +254,7 @@ def test_network_input_matches_the_declared_preprocessing():
         np.testing.assert_allclose(ours.numpy(), pre.normalise(images), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_source_stage_becomes_the_backbones_initial_weights(tiny_plugin, tmp_path):
     job = source_stage_job(TINY_SOURCE, "synthetic", None, RECIPE.with_overrides(image_size=24), options=SYNTHETIC)
     assert job.data.classes == ("basal_cell_carcinoma", "melanoma", "nevus", "seborrheic_keratosis")

@@ -1,12 +1,15 @@
-"""`bench evaluate`, `bench compare`, `bench leaderboard` and `bench perf evaluate`."""
+"""`bench evaluate`, `bench compare`, `bench leaderboard` and `bench perf evaluate`.
+
+The evaluation and its statistics are imported when a command runs: `bench --help` does not pay for them."""
+
+from __future__ import annotations
 
 import math
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import pandas as pd
 import typer
 
 from bench import plugins
@@ -14,19 +17,18 @@ from bench.cli.app import app, perf_app
 from bench.cli.options import DatasetOptions, JsonOption, RootOption, StoreOption, parse_pairs
 from bench.cli.output import console, err_console, print_json, table
 from bench.errors import BenchError
-from bench.evaluate import Evaluation, Request, evaluate as run_evaluation, prepare, run
-from bench.leaderboard import DEFAULT_OUT, render, summarise
-from bench.results import DEFAULT_RESULTS, KEY, PREDICTION_KEY, check_writable, read_table, select, upsert
-from featurestore import FeatureStore
-from protocols import stats
-from protocols.metrics import METRIC_TITLES, METRICS
-from protocols.splits import SPLITS
+from bench.paths import DEFAULT_LEADERBOARD, DEFAULT_RESULTS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from bench.evaluate import Evaluation, Request
 
 Protocol = Annotated[str, typer.Option(help="Label design: mal-vs-ben, mela-vs-ben or mela-vs-carc-vs-ben.")]
 Dataset = Annotated[str, typer.Option(help="Dataset adapter (see `bench datasets`).")]
 Backbone = Annotated[str, typer.Option(help="Backbone whose features are scored (see `bench backbones`).")]
 Finetuned = Annotated[bool, typer.Option("--finetuned", help="Use each fold's fine-tuned set ft-<protocol>-<fold>.")]
-Split = Annotated[str, typer.Option(help=f"How folds are made: {', '.join(SPLITS)}.")]
+Split = Annotated[str, typer.Option(help="How folds are made: 5x2, official or reference.")]
 ReferenceDir = Annotated[Optional[Path], typer.Option(help="The paper's fold files (a folder or one .yml file).")]
 KeepDuplicates = Annotated[bool, typer.Option("--keep-duplicate-folds",
                                               help="Reference split: also run the repeated partitions.")]
@@ -56,6 +58,10 @@ def evaluate(
     as_json: JsonOption = False,
 ) -> None:
     """Score a feature set with the paper's linear-SVM protocol on every fold; write results (and predictions)."""
+    from bench.evaluate import Request, evaluate as run_evaluation
+    from bench.leaderboard import summarise
+    from bench.results import KEY, PREDICTION_KEY, check_writable, upsert
+
     check_writable(results, predictions)  # before the work: an unwritable file must not cost the scores
     request = Request(dataset, backbone, protocol, split, finetuned, seed, root, store, reference_dir,
                       keep_duplicate_folds, tuple(parse_pairs(option).items()), tuple(fold))
@@ -78,6 +84,8 @@ def evaluate(
 def _check_backbone(request: Request) -> None:
     """An unknown backbone is named as such (not as a missing feature set whose extract command would fail too),
     unless the store holds its features (a study's own backbone, say)."""
+    from featurestore import FeatureStore
+
     if request.backbone in plugins.backbones():
         return
     store = FeatureStore(request.store_path)
@@ -89,6 +97,9 @@ def _check_backbone(request: Request) -> None:
 
 
 def _print(done: Evaluation) -> None:
+    from protocols import stats
+    from protocols.metrics import METRIC_TITLES, METRICS
+
     r = done.results
     title = (f"{r['dataset'].iloc[0]} · {r['protocol'].iloc[0]} · {r['backbone'].iloc[0]}"
              f"{' (fine-tuned)' if r['finetuned'].iloc[0] else ''} · split {r['split'].iloc[0]}")
@@ -107,6 +118,8 @@ def _print(done: Evaluation) -> None:
 
 
 def _print_difficulty(done: Evaluation) -> None:
+    from protocols import stats
+
     manifest = done.inputs.manifest
     if "difficulty" not in manifest or manifest["difficulty"].isna().all():
         return
@@ -119,6 +132,8 @@ def _print_difficulty(done: Evaluation) -> None:
 
 
 def _print_referral(done: Evaluation) -> None:
+    from protocols import stats
+
     design = done.inputs.design
     columns = ("cases referred", f"{design.classes[design.positive]} sensitivity")
     shown = table("Referral: refer confident positives and low-confidence cases (fold-averaged curve)", columns,
@@ -148,6 +163,9 @@ def compare(
 ) -> None:
     """Paired tests of two backbones' mean AUC on the same folds and test images: a cluster bootstrap over test
     lesions, and the 5x2cv paired F-test where both have all ten 5x2 folds."""
+    from bench.evaluate import Request, evaluate as run_evaluation
+    from protocols import stats
+
     def scores(backbone: str) -> pd.DataFrame:
         if predictions is not None:
             return _stored_predictions(predictions, dataset, protocol, backbone, finetuned, split)
@@ -179,6 +197,8 @@ def _finite(value: float) -> float | None:
 
 def _stored_predictions(path: Path, dataset: str, protocol: str, backbone: str, finetuned: bool,
                         split: str) -> pd.DataFrame:
+    from bench.results import read_table, select
+
     rows = select(read_table(path), dataset=dataset, protocol=protocol, backbone=backbone, finetuned=finetuned,
                   split=split)
     if rows.empty:
@@ -191,10 +211,14 @@ def _stored_predictions(path: Path, dataset: str, protocol: str, backbone: str, 
 def leaderboard(
     results: Annotated[Path, typer.Option(help="Results table written by `bench evaluate`.")] = DEFAULT_RESULTS,
     predictions: Annotated[Optional[Path], typer.Option(help="Per-image scores, for the ROC curves.")] = None,
-    out: Annotated[Path, typer.Option(help="Markdown file to write; ROC PNGs go next to it.")] = DEFAULT_OUT,
+    out: Annotated[Path, typer.Option(
+        help="Markdown file to write; ROC PNGs go next to it.")] = DEFAULT_LEADERBOARD,
     note: Annotated[str, typer.Option(help="A paragraph printed under the title (e.g. where the data came from).")] = "",
 ) -> None:
     """Render the markdown leaderboard (and ROC curves) from the results table."""
+    from bench.leaderboard import render
+    from bench.results import read_table
+
     scores = read_table(predictions) if predictions is not None else None
     path = render(read_table(results), out, scores, note)
     console.print(f"leaderboard -> {path}")
@@ -211,6 +235,8 @@ def perf_evaluate(
     option: DatasetOptions = [],  # noqa: B006 (typer reads it)
 ) -> None:
     """Seconds for a whole evaluation (manifest, folds, features, SVM on every fold, bootstrap); writes nothing."""
+    from bench.evaluate import Request, prepare, run
+
     request = Request(dataset, backbone, protocol, split, root=root, store=store,
                       options=tuple(parse_pairs(option).items()))
     started, cpu = time.perf_counter(), time.process_time()

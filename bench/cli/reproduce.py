@@ -30,8 +30,9 @@ def reproduce(
     A stage already done with the same inputs is skipped, so an interrupted study resumes where it stopped and
     an unchanged one finishes at once. The report lands in OUT/report.md.
     """
-    from bench.reproduce import Workspace, reproduce as run
+    from bench.reproduce import reproduce as run
     from bench.study import load_study
+    from bench.workspace import Workspace
 
     roots = parse_pairs(root, "--root", "NAME=PATH (NAME: a dataset of the study)")
     loaded = load_study(study, {name: Path(path) for name, path in roots.items()})

@@ -7,7 +7,7 @@ import dataclasses
 from bench.cli.app import store_app
 from bench.cli.options import JsonOption, StoreOption, store_url
 from bench.cli.output import console, print_json, table
-from featurestore import FeatureStore, StoreError
+from featurestore import FeatureStore, StoreError  # the package loads zarr only when a store is opened
 
 
 @store_app.command("ls")

@@ -61,7 +61,7 @@ def train(
 
     A rerun of an interrupted command resumes from its last finished epoch.
     """
-    from bench.stages import finetune_job, source_stage_job
+    from bench.jobs import finetune_job, source_stage_job
     from bench.train import fit
 
     if (protocol is None) != (fold is None):

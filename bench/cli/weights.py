@@ -7,7 +7,6 @@ import typer
 
 from bench.cli.app import weights_app
 from bench.cli.output import console
-from plugins.backbones import matconvnet, vggm
 
 
 @weights_app.command("import-matconvnet")
@@ -17,5 +16,7 @@ def import_matconvnet(
                                                      "bench's weights folder, where `vgg-m` looks for it).")] = None,
 ) -> None:
     """Convert a MatConvNet VGG-M (SimpleNN .mat) into a bench checkpoint for the vgg-m backbone."""
+    from plugins.backbones import matconvnet, vggm
+
     path = matconvnet.import_vggm(file, out or vggm.imagenet_path())
     console.print(f"wrote {path}")

@@ -10,12 +10,14 @@ that every tensor pairs with one of the same kind and shape.
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from bench.backbone import Backbone, Preprocessing
 from bench.errors import BenchError
+
+if TYPE_CHECKING:  # torch and timm are imported where a network is built: listing backbones does not pay for them
+    import torch
+    from torch import nn
 
 FEATURE_DIM = 1280
 INPUT_SIZE = {"lite0": 224, "lite2": 260}  # timm's pretrained cfg for tf_efficientnet_lite*
@@ -32,12 +34,14 @@ def weights_file(variant: str) -> Path:
 
 def build(variant: str) -> nn.Module:
     """The feature net: stem, blocks, head conv and global average pooling; forward gives (N, 1280)."""
-    import timm  # imported here: it costs seconds, and listing backbones should not pay for it
+    import timm
 
     return timm.create_model(f"tf_efficientnet_{variant}", pretrained=False, num_classes=0)
 
 
 def _packaged_state(variant: str) -> dict[str, torch.Tensor]:
+    import torch
+
     return torch.load(weights_file(variant), map_location="cpu", weights_only=True)
 
 
@@ -59,6 +63,8 @@ def load_imagenet(variant: str, net: nn.Module) -> None:
 
 def imagenet_classifier(variant: str) -> nn.Linear:
     """The packaged 1000-class ImageNet head that belongs with the feature net's weights (features -> logits)."""
+    from torch import nn
+
     source = _packaged_state(variant)
     linear = nn.Linear(FEATURE_DIM, source["_fc.weight"].shape[0])
     linear.load_state_dict({"weight": source["_fc.weight"], "bias": source["_fc.bias"]})

@@ -17,7 +17,8 @@ from torch import nn
 
 from bench.backbone import Preprocessing, save_checkpoint
 from bench.errors import BenchError
-from plugins.backbones.vggm import LRN, PREPROCESSING, VGGM
+from plugins.backbones.vggm import PREPROCESSING
+from plugins.backbones.vggm_net import LRN, VGGM
 
 PASSIVE = {"relu", "dropout", "softmax", "softmaxloss"}  # layers without parameters or geometry to carry over
 REQUIRED = ("conv1", "norm1", "pool1", "conv2", "norm2", "pool2", "conv3", "conv4", "conv5", "pool5", "fc6", "fc7")

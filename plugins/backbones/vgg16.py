@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from bench.backbone import Backbone, Preprocessing, read_checkpoint
 from bench.errors import BenchError
+
+if TYPE_CHECKING:  # torch is imported where a network is built: listing backbones does not pay for it
+    import torch
+    from torch import nn
 
 HEAD = "classifier.6."  # torchvision's 1000-class layer, which the feature net does not have
 
 
 def build() -> nn.Module:
-    from torchvision.models import vgg16  # imported here: listing backbones should not pay for torchvision
+    from torchvision.models import vgg16
 
     net = vgg16()
     net.classifier = net.classifier[:-1]  # fc6, ReLU, dropout, fc7, ReLU, dropout
@@ -35,6 +37,7 @@ def load_file(net: nn.Module, path: Path) -> None:
 
 def load_imagenet(net: nn.Module) -> None:
     """From the torch hub cache, downloading into it when the file is missing and the network is reachable."""
+    import torch
     from torchvision.models import VGG16_Weights
 
     weights = VGG16_Weights.IMAGENET1K_V1

@@ -4,11 +4,13 @@ from typing import Callable
 
 from bench.dataset import DatasetAdapter
 from bench.hookspecs import hookimpl
-from plugins.datasets import atlas, dermamnist, folder, ham10000, isic2016, kaggle_dr, synthetic, synthetic_fundus
 
 
 @hookimpl
 def bench_register_datasets(register: Callable[[DatasetAdapter], None]) -> None:
+    # imported here: the adapters need pandas, which commands that list backbones only should not load
+    from plugins.datasets import atlas, dermamnist, folder, ham10000, isic2016, kaggle_dr, synthetic, synthetic_fundus
+
     for name, module, needs_root in (
         ("isic2016", isic2016, True),
         ("atlas", atlas, True),

@@ -1,4 +1,5 @@
-"""What `bench train` trains: a backbone's source stage, or a fine-tune on the training part of one target fold."""
+"""Training jobs, for `bench train` and a study's source and fine-tune stages: a backbone's source stage, or a
+fine-tune on the training part of one target fold."""
 
 from __future__ import annotations
 

@@ -1,0 +1,221 @@
+"""The study runner: runs stages in dependency order on an executor, skipping every stage already done.
+
+Each stage has a fingerprint: a hash of its parameters, of the content identity of the datasets it reads and of
+what its upstream stages produced (their digests: checkpoint hashes, model hashes, result rows). The ledger
+(`DIR/ledger.json`, rewritten atomically after every stage) keeps each finished stage's fingerprint and digest; a
+stage whose fingerprint is unchanged and whose output is still there is skipped. So an interrupted study resumes
+where it stopped, an unchanged one finishes at once, and a changed setting reruns only the stages it reaches.
+`DIR/log.jsonl` records what each run did, one JSON object per event. The live view shows progress per kind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from bench import atomic
+from bench.errors import BenchError
+from bench.executors import Executor, InProcess
+from bench.plan import Stage
+
+KINDS = ("source", "finetune", "extract", "evaluate", "report")
+KIND_TITLES = {"source": "source training", "finetune": "fine-tuning", "extract": "export + extraction",
+               "evaluate": "evaluation", "report": "leaderboard + report"}
+
+
+class Ledger:
+    """Finished stages: key -> {fingerprint, digest, seconds, finished}. Rewritten atomically after each stage."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.stages: dict[str, dict[str, Any]] = {}
+        if path.is_file():
+            try:
+                self.stages = json.loads(path.read_text())["stages"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise BenchError(f"{path} is not a study ledger ({exc}); delete it to rerun every stage") from exc
+
+    def entry(self, key: str) -> dict[str, Any] | None:
+        return self.stages.get(key)
+
+    def digest(self, key: str) -> str | None:
+        entry = self.stages.get(key)
+        return entry["digest"] if entry else None
+
+    def record(self, key: str, fingerprint: str, digest: str, seconds: float) -> None:
+        self.stages[key] = {"fingerprint": fingerprint, "digest": digest, "seconds": round(seconds, 2),
+                            "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        # a kill mid-write leaves the previous ledger, never a torn one
+        atomic.write_text(self.path, json.dumps({"stages": self.stages}, indent=1, sort_keys=True))
+
+
+@dataclass(frozen=True)
+class Action:
+    """What a stage kind does: `run` makes the output, `keep` turns what `run` returned into the stage's digest,
+    `present` says the output still exists. `run` may run in another process (`--executor ray`); `keep` runs in
+    the study's own process, so files that several stages add to (the results tables) have a single writer."""
+
+    run: Callable[[Stage], Any]
+    present: Callable[[Stage], bool]
+    keep: Callable[[Stage, Any], str] = lambda stage, digest: digest
+
+
+def fingerprint(stage: Stage, ledger: Ledger, identity: dict[str, Any]) -> str:
+    """Hash of everything the stage's output depends on."""
+    missing = [d for d in stage.deps if ledger.digest(d) is None]
+    if missing:
+        raise BenchError(f"stage {stage.key!r} runs before its input(s) {missing}: the stage graph is out of order")
+    payload = {"kind": stage.kind, "params": stage.params, "identity": identity,
+               "deps": {d: ledger.digest(d) for d in stage.deps}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def execute(stages: list[Stage], ledger: Ledger, actions: dict[str, Action], identity: Callable[[Stage], dict],
+            log: Path, console: Console, executor: Executor | None = None) -> Counter:
+    """Run `stages` (in dependency order), skipping the ones already done; returns counts of ran / skipped.
+
+    A stage is submitted to the executor (default: this process, one stage at a time) as soon as the stages it
+    depends on are done or skipped. After a failure nothing new starts, the running stages finish and are
+    recorded, then the first error is raised."""
+    executor = executor or InProcess()
+    view = StudyView(stages, ledger)
+    counts: Counter = Counter()
+    planned, settled, waiting, failure = {s.key for s in stages}, set(), list(stages), None
+    _log(log, event="run", pid=os.getpid(), stages=len(stages))
+    with Live(view, console=console, refresh_per_second=2, transient=False):
+        while executor.running or (waiting and failure is None):
+            ready = None if executor.full or failure else next(
+                (s for s in waiting if all(d in settled or d not in planned for d in s.deps)), None)
+            if ready is None:
+                done = executor.next_finished()
+                if done.error is not None:
+                    _log(log, event="fail", stage=done.stage.key, error=str(done.error))
+                    failure = failure or done.error
+                    continue
+                ledger.record(done.stage.key, done.fingerprint, actions[done.stage.kind].keep(done.stage, done.value),
+                              done.seconds)
+                _log(log, event="done", stage=done.stage.key, seconds=round(done.seconds, 2))
+                view.finish(done.stage, done.seconds)
+                console.print(f"[green]done[/green] {done.stage.key} [dim]({_clock(done.seconds)})[/dim]",
+                              highlight=False)
+                counts["ran"] += 1
+                settled.add(done.stage.key)
+                continue
+            waiting.remove(ready)
+            action = actions[ready.kind]
+            print_ = fingerprint(ready, ledger, identity(ready))
+            entry = ledger.entry(ready.key)
+            if entry and entry["fingerprint"] == print_ and action.present(ready):
+                view.finish(ready, None)
+                counts["skipped"] += 1
+                _log(log, event="skip", stage=ready.key)
+                settled.add(ready.key)
+                continue
+            view.start(ready)
+            _log(log, event="start", stage=ready.key)
+            executor.submit(ready, print_, action.run)
+    if failure is not None:
+        raise failure
+    if not console.is_terminal:
+        console.line()  # a terminal gets its line from Live; a log file would run on into the next line
+    _log(log, event="end", **counts)
+    return counts
+
+
+def _log(path: Path, **event: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps({"time": round(time.time(), 3), **event}) + "\n")
+
+
+def ran_stages(log: Path) -> list[list[str]]:
+    """Per run recorded in `log`, the keys of the stages it started (for tests and for users asking why)."""
+    runs: list[list[str]] = []
+    for line in log.read_text().splitlines():
+        event = json.loads(line)
+        if event["event"] == "run":
+            runs.append([])
+        elif event["event"] == "start":
+            runs[-1].append(event["stage"])
+    return runs
+
+
+class StudyView:
+    """The live view: per kind of stage how many are done / running / left, and an estimate of the time left."""
+
+    def __init__(self, stages: list[Stage], ledger: Ledger):
+        self.left = Counter(s.kind for s in stages)
+        self.done: Counter = Counter()
+        self.skipped: Counter = Counter()
+        self.pending = {s.key: s for s in stages}
+        self.ledger = ledger
+        self.durations: dict[str, list[float]] = {}
+        self.running: dict[str, tuple[Stage, float]] = {}  # key -> stage, when it started (several on Ray)
+        self.run_started = time.monotonic()
+
+    def start(self, stage: Stage) -> None:
+        self.running[stage.key] = (stage, time.monotonic())
+
+    def finish(self, stage: Stage, seconds: float | None) -> None:
+        """`seconds` is None for a skipped stage."""
+        self.running.pop(stage.key, None)
+        self.left[stage.kind] -= 1
+        self.pending.pop(stage.key)
+        if seconds is None:
+            self.skipped[stage.kind] += 1
+        else:
+            self.done[stage.kind] += 1
+            self.durations.setdefault(stage.kind, []).append(seconds)
+
+    def estimate(self, stage: Stage) -> float | None:
+        """This stage's last duration, else the mean of its kind in this run, else in the ledger; None: unknown."""
+        entry = self.ledger.entry(stage.key)
+        if entry:
+            return entry["seconds"]
+        here = self.durations.get(stage.kind)
+        if here:
+            return sum(here) / len(here)
+        before = [e["seconds"] for k, e in self.ledger.stages.items() if k.split(" ")[0] == stage.kind]
+        return sum(before) / len(before) if before else None
+
+    def time_left(self) -> str:
+        estimates = [self.estimate(s) for s in self.pending.values()]
+        known = sum(e for e in estimates if e is not None)
+        for stage, started in self.running.values():
+            known -= min(time.monotonic() - started, self.estimate(stage) or 0)
+        unknown = sorted({s.kind for s, e in zip(self.pending.values(), estimates) if e is None})
+        if unknown:
+            kinds = ", ".join(KIND_TITLES[k] for k in unknown)
+            return f"at least {_clock(max(known, 0))} left (no timing yet for {kinds})"
+        return f"about {_clock(max(known, 0))} left"
+
+    def __rich__(self) -> Group:
+        table = Table(box=None, pad_edge=False)
+        for column in ("stage", "done", "skipped (unchanged)", "left"):
+            table.add_column(column, justify="left" if column == "stage" else "right")
+        for kind in KINDS:
+            total = self.done[kind] + self.skipped[kind] + self.left[kind]
+            if total:
+                table.add_row(KIND_TITLES[kind], str(self.done[kind]), str(self.skipped[kind]), str(self.left[kind]))
+        lines = [table]
+        for stage, started in self.running.values():
+            lines.append(Text(f"running: {stage.key} ({_clock(time.monotonic() - started)})", "bold"))
+        lines.append(Text(f"elapsed {_clock(time.monotonic() - self.run_started)}, {self.time_left()}", "dim"))
+        return Group(*lines)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
