@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 import torch
 from PIL import Image
 from torch import nn
@@ -60,19 +62,10 @@ def export_onnx(backbone: Backbone, weights: Path | None = None, preprocessing: 
 def _export(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, path: Path) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".onnx.tmp")
-    size = preprocessing.size
-    # the dynamo exporter: torch's supported path; the input size is fixed, so 'same' padding becomes constant.
-    # external_data=False keeps the weights inside the one file whose sha256 identifies the model.
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # exporter chatter about its internals, nothing the user can act on
-            torch.onnx.export(
-                net, (torch.zeros(2, 3, size, size),), tmp, input_names=["images"], output_names=["features"],
-                dynamo=True, external_data=False, opset_version=OPSET, verbose=False,
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-            )
-    except Exception as exc:  # torch.export / onnxscript raise many types, with pages of diagnostics
-        raise BenchError(f"torch cannot export {backbone.name} to ONNX: {str(exc).splitlines()[0]}") from exc
+    graph, graph_path = _graph(net, backbone, preprocessing.size)
+    if graph_path:  # a graph exported without a cache holds the net's weights already
+        _put_weights(graph, net)
+    onnx.save(graph, tmp)
     try:
         diff = _parity(net, tmp, preprocessing, backbone.feature_dim)
     except BenchError:
@@ -86,9 +79,87 @@ def _export(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, pa
         "sha256": file_sha256(path),
         "opset": OPSET,
         "parity_max_abs_diff": diff,
+        "graph": graph_path.name if graph_path else None,  # the cached graph its weights were put into, if any
         "torch": torch.__version__,
         "onnx": onnx.__version__,
     }
+
+
+def _graph(net: nn.Module, backbone: Backbone, size: int) -> tuple[onnx.ModelProto, Path | None]:
+    """The network's ONNX graph at `size` px, and the file it is cached in.
+
+    A graph depends on the architecture and the input size, not on the weights, so it is exported once per
+    architecture and size (seconds to tens of seconds) and every further model of it is this graph with its own
+    weights (a fraction of a second). It is cached only where every tensor of the state dict is an initializer
+    of the same name, shape and type, so that putting the weights in replaces all of them; otherwise (an exporter
+    that folded a weight into another) the graph is exported with the model's own weights every time.
+    """
+    cached = paths.onnx_dir() / "graphs" / f"{architecture_key(net, size)}.onnx"
+    if cached.is_file():
+        try:
+            return onnx.load(cached), cached
+        except Exception:  # noqa: BLE001 (a truncated or damaged file of any kind is exported again)
+            cached.unlink()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    _torch_export(net, backbone, size, tmp)
+    graph = onnx.load(tmp)
+    if not _every_weight_named(graph, net):
+        tmp.unlink()
+        return graph, None
+    tmp.replace(cached)  # atomic: two processes exporting the same graph each leave a whole file
+    return graph, cached
+
+
+def _torch_export(net: nn.Module, backbone: Backbone, size: int, path: Path) -> None:
+    """The dynamo exporter, torch's supported path; the input size is fixed, so 'same' padding becomes constant.
+
+    optimize=False keeps every weight an initializer named after its state-dict entry (the optimiser folds
+    BatchNorm into the convolutions, which onnxruntime does anyway when it loads the model).
+    external_data=False keeps the weights inside the one file whose sha256 identifies the model."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # exporter chatter about its internals, nothing the user can act on
+            torch.onnx.export(
+                net, (torch.zeros(2, 3, size, size),), path, input_names=["images"], output_names=["features"],
+                dynamo=True, optimize=False, external_data=False, opset_version=OPSET, verbose=False,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+            )
+    except Exception as exc:  # torch.export / onnxscript raise many types, with pages of diagnostics
+        raise BenchError(f"torch cannot export {backbone.name} to ONNX: {str(exc).splitlines()[0]}") from exc
+
+
+def architecture_key(net: nn.Module, size: int) -> str:
+    """What an exported graph depends on: the module tree (classes and their settings), the state dict's names,
+    shapes and types, the input size and the exporter's versions; not the weights' values."""
+    tensors = [(k, str(v.dtype), tuple(v.shape)) for k, v in net.state_dict().items()]
+    identity = [type(net).__module__, type(net).__qualname__, repr(net), tensors, size, OPSET, torch.__version__,
+                onnx.__version__]
+    return hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:24]
+
+
+def _every_weight_named(graph: onnx.ModelProto, net: nn.Module) -> bool:
+    initializers = {t.name: t for t in graph.graph.initializer}
+    for name, tensor in _weights(net).items():
+        init = initializers.get(name)
+        if (init is None or tuple(init.dims) != tensor.shape
+                or helper.tensor_dtype_to_np_dtype(init.data_type) != tensor.dtype):
+            return False
+    return True
+
+
+def _put_weights(graph: onnx.ModelProto, net: nn.Module) -> None:
+    """Give the initializers named after the net's state-dict entries the net's values, in place."""
+    weights = _weights(net)
+    for init in graph.graph.initializer:
+        if init.name in weights:
+            init.CopyFrom(numpy_helper.from_array(weights[init.name], init.name))
+
+
+def _weights(net: nn.Module) -> dict[str, np.ndarray]:
+    """The state dict as numpy arrays, less BatchNorm's step counters (training bookkeeping no graph uses)."""
+    return {k: v.detach().cpu().contiguous().numpy() for k, v in net.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
 
 
 def _parity(net: nn.Module, model: Path, preprocessing: Preprocessing, feature_dim: int) -> float:

@@ -5,7 +5,7 @@ import sys
 from rich.markup import escape
 
 from bench.cli import catalogue  # noqa: F401  (each module registers its commands on import)
-from bench.cli import extract, perf_extract, store  # noqa: F401
+from bench.cli import extract, perf_export, perf_extract, store  # noqa: F401
 from bench.cli import evaluate  # noqa: F401
 from bench.cli import train  # noqa: F401
 from bench.cli import reproduce  # noqa: F401
