@@ -7,6 +7,9 @@ from PIL import Image, UnidentifiedImageError
 
 from bench.errors import BenchError
 
+# part of the key of the decoded images `bench.train` keeps: change it with anything that changes the pixels below
+IMAGES_VERSION = 1
+
 
 def load_image(path: str | Path, size: int) -> np.ndarray:
     """RGB uint8 array (size, size, 3), resized ignoring the aspect ratio as the paper did."""

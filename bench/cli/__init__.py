@@ -4,10 +4,14 @@ import sys
 
 from rich.markup import escape
 
+from bench import threads
+
+threads.before_loading()  # before the imports below load torch: OpenMP reads its settings once, as it loads
+
 from bench.cli import catalogue  # noqa: F401  (each module registers its commands on import)
 from bench.cli import extract, perf_export, perf_extract, store  # noqa: F401
 from bench.cli import evaluate  # noqa: F401
-from bench.cli import train  # noqa: F401
+from bench.cli import perf_train, train  # noqa: F401
 from bench.cli import reproduce  # noqa: F401
 from bench.cli import weights  # noqa: F401
 from bench.cli.app import app, err_console

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from bench import plugins
-from bench.cli.app import app, console, perf_app
+from bench.cli.app import app, console
 from bench.cli.catalogue import DatasetOptions, RootOption, parse_options
 from bench.errors import BenchError
 from bench.recipes import Recipe, get_recipe, recipes as all_recipes
@@ -81,23 +81,3 @@ def train(
         root_arg = f" --root {root}" if root else ""
         console.print(f"next: bench extract --backbone {b.name} --dataset {dataset}{root_arg} "
                       f"--protocol {protocol} --fold {fold}")
-
-
-@perf_app.command("train")
-def perf_train(
-    backbone: Annotated[str, typer.Option(help="Backbone to time (random weights: only speed is measured).")],
-    recipe: RecipeOption = "paper",
-    image_size: ImageSize = None,
-    batch_size: BatchSize = None,
-    steps: Annotated[int, typer.Option(help="Timed training steps (after two warm-up steps).")] = 10,
-) -> None:
-    """Training images/s and peak memory of the training step on the current device (images already decoded)."""
-    from bench.train import measure
-
-    chosen = get_recipe(recipe).with_overrides(image_size=image_size, batch_size=batch_size)
-    b = plugins.get_backbone(backbone)
-    speed = measure(b.build(), b.feature_dim, b.preprocessing.with_size(chosen.image_size), chosen, steps=steps)
-    memory = "peak GPU memory allocated" if speed.device != "cpu" else "peak RSS"
-    console.print(f"{b.name} training ({_trains(chosen)}, {chosen.image_size} px, batch {chosen.batch_size}) "
-                  f"on {speed.device}: "
-                  f"{speed.images_per_s:.1f} images/s, {memory} {speed.peak_memory_mib:.0f} MiB")
