@@ -15,7 +15,7 @@ from torch import nn
 
 from bench.backbone import Preprocessing
 from bench.recipes import Recipe
-from bench.train import Trainer, default_device, to_input
+from bench.train import Trainer, default_device, deterministic, to_input
 
 
 def measure(net: nn.Module, feature_dim: int, preprocessing: Preprocessing, recipe: Recipe, steps: int = 10,
@@ -41,9 +41,10 @@ def measure(net: nn.Module, feature_dim: int, preprocessing: Preprocessing, reci
     augmented = np.ones(n, bool) if recipe.augment == "all" else np.arange(n) % 2 == 1
     warm = batch * 2
 
-    def loop(head_only: bool) -> float:
-        trainer.epoch(images, labels, index[:warm], augmented[:warm], head_only=head_only)
-        return trainer.epoch(images, labels, index[warm:], augmented[warm:], head_only=head_only)[1]
+    def loop(head_only: bool) -> float:  # as `fit` runs it
+        with deterministic(device):
+            trainer.epoch(images, labels, index[:warm], augmented[:warm], head_only=head_only)
+            return trainer.epoch(images, labels, index[warm:], augmented[warm:], head_only=head_only)[1]
 
     figures = {
         "forward_ips": _rate(lambda: _forward(trainer.model, x), batch, steps),

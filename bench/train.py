@@ -90,7 +90,7 @@ def fit(job: TrainingJob, device: torch.device | None = None) -> RunState:
     job.run_dir.mkdir(parents=True, exist_ok=True)
     state = resume(job.run_dir, trainer.model, trainer.optimizer, generator)
     steps = _batch_count(balanced_size(job.data.labels[train_idx]), job.recipe.batch_size)
-    with _deterministic(device), _progress() as progress:
+    with deterministic(device), _progress() as progress:
         task = progress.add_task("training", total=job.recipe.epochs * steps, completed=state.epoch * steps, status="")
         for epoch in range(state.epoch, job.recipe.epochs):
             progress.update(task, description=f"epoch {epoch + 1}/{job.recipe.epochs}")
@@ -362,7 +362,7 @@ def _save_best(job: TrainingJob, net: nn.Module, state: RunState) -> None:
 
 
 @contextlib.contextmanager
-def _deterministic(device: torch.device) -> Iterator[None]:
+def deterministic(device: torch.device) -> Iterator[None]:
     """Deterministic kernels on the CPU, so the same command gives the same weights (restored afterwards)."""
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(previous or device.type == "cpu")

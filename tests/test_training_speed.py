@@ -30,7 +30,8 @@ def test_images_are_decoded_once_per_list_and_size_until_a_file_changes(files, m
     first = train.decode(files, 16, torch.device("cpu"))
     assert first.shape == (3, 3, 16, 16) and first.dtype == torch.uint8
     decoded = []
-    monkeypatch.setattr(train, "load_image", lambda path, size: decoded.append(path) or np.zeros((size, size, 3), np.uint8))
+    monkeypatch.setattr(train, "load_image",
+                        lambda path, size: decoded.append(path) or np.zeros((size, size, 3), np.uint8))
     assert torch.equal(train.decode(files, 16, torch.device("cpu")), first) and not decoded
 
     train.decode(files, 8, torch.device("cpu"))  # another size

@@ -14,7 +14,7 @@ from bench.cli.app import console, perf_app
 @perf_app.command("export")
 def perf_export(
     backbone: Annotated[str, typer.Option("--backbone", help="Backbone name (see `bench backbones`).")],
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="Input size (default: the backbone's).")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Input size (default: the backbone's).")] = None,
     models: Annotated[int, typer.Option(help="Models exported, each with other weights.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
