@@ -21,6 +21,7 @@ def perf_train(
     image_size: ImageSize = None,
     batch_size: BatchSize = None,
     steps: Annotated[int, typer.Option(help="Timed batches per figure (after two warm-up batches).")] = 10,
+    repeat: Annotated[int, typer.Option(help="Rounds; each figure is its best round (robust to others' load).")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")] = False,
 ) -> None:
     """Training images/s on the current device: the loop's head-only and training epochs beside their ceilings,
@@ -29,13 +30,14 @@ def perf_train(
 
     chosen = get_recipe(recipe).with_overrides(image_size=image_size, batch_size=batch_size)
     b = plugins.get_backbone(backbone)
-    figures = measure(b.build(), b.feature_dim, b.preprocessing.with_size(chosen.image_size), chosen, steps=steps)
+    figures = measure(b.build(), b.feature_dim, b.preprocessing.with_size(chosen.image_size), chosen, steps=steps,
+                      repeat=repeat)
     if as_json:
         print(json.dumps(figures))
         return
     table = Table(title=f"{b.name} training, recipe {chosen.name} ({_trains(chosen)}), {chosen.image_size} px, "
                         f"batch {chosen.batch_size} on {figures['device']} ({figures['threads']} threads, load "
-                        f"{figures['load_average_1min_before']})")
+                        f"{figures['load_average_1min_before']}, best of {repeat})")
     for column in ("", "images/s", "of its ceiling", "what it runs"):
         table.add_column(column)
     augmented = "every image" if chosen.augment == "all" else "half the images"
