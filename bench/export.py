@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 import torch
 from PIL import Image
 from torch import nn
@@ -104,9 +104,14 @@ def _graph(net: nn.Module, backbone: Backbone, size: int) -> tuple[onnx.ModelPro
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
     _torch_export(net, backbone, size, tmp)
     graph = onnx.load(tmp)
+    tmp.unlink()
     if not _every_weight_named(graph, net):
-        tmp.unlink()
         return graph, None
+    names = set(_weights(net))
+    for init in graph.graph.initializer:  # the cache holds the graph alone: no weights to read back, or to copy
+        if init.name in names:
+            init.ClearField("raw_data")
+    onnx.save(graph, tmp)
     tmp.replace(cached)  # atomic: two processes exporting the same graph each leave a whole file
     return graph, cached
 
@@ -139,21 +144,23 @@ def architecture_key(net: nn.Module, size: int) -> str:
 
 
 def _every_weight_named(graph: onnx.ModelProto, net: nn.Module) -> bool:
+    """Whether every tensor of the net is an initializer of the same name, shape and type, held as raw bytes."""
     initializers = {t.name: t for t in graph.graph.initializer}
     for name, tensor in _weights(net).items():
         init = initializers.get(name)
-        if (init is None or tuple(init.dims) != tensor.shape
+        if (init is None or not init.HasField("raw_data") or tuple(init.dims) != tensor.shape
                 or helper.tensor_dtype_to_np_dtype(init.data_type) != tensor.dtype):
             return False
     return True
 
 
 def _put_weights(graph: onnx.ModelProto, net: nn.Module) -> None:
-    """Give the initializers named after the net's state-dict entries the net's values, in place."""
+    """Give the initializers named after the net's state-dict entries the net's values, in place (little-endian
+    raw bytes, as ONNX stores them)."""
     weights = _weights(net)
     for init in graph.graph.initializer:
         if init.name in weights:
-            init.CopyFrom(numpy_helper.from_array(weights[init.name], init.name))
+            init.raw_data = weights[init.name].astype(weights[init.name].dtype.newbyteorder("<"), copy=False).tobytes()
 
 
 def _weights(net: nn.Module) -> dict[str, np.ndarray]:
