@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -62,7 +63,7 @@ def export_onnx(backbone: Backbone, weights: Path | None = None, preprocessing: 
 def _export(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, path: Path) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".onnx.tmp")
-    graph, graph_path = _graph(net, backbone, preprocessing.size)
+    graph, graph_path = _graph(net, backbone, preprocessing)
     if graph_path:  # a graph exported without a cache holds the net's weights already
         _put_weights(graph, net)
     onnx.save(graph, tmp)
@@ -85,16 +86,16 @@ def _export(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, pa
     }
 
 
-def _graph(net: nn.Module, backbone: Backbone, size: int) -> tuple[onnx.ModelProto, Path | None]:
-    """The network's ONNX graph at `size` px, and the file it is cached in.
+def _graph(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing) -> tuple[onnx.ModelProto, Path | None]:
+    """The network's ONNX graph at the preprocessing's size, and the file it is cached in.
 
     A graph depends on the architecture and the input size, not on the weights, so it is exported once per
     architecture and size (seconds to tens of seconds) and every further model of it is this graph with its own
     weights (a fraction of a second). It is cached only where every tensor of the state dict is an initializer
-    of the same name, shape and type, so that putting the weights in replaces all of them; otherwise (an exporter
-    that folded a weight into another) the graph is exported with the model's own weights every time.
+    of the same name, shape and type, and the graph given other weights still matches torch given them (no weight
+    was folded into a constant); otherwise the graph is exported with the model's own weights every time.
     """
-    cached = paths.onnx_dir() / "graphs" / f"{architecture_key(net, size)}.onnx"
+    cached = paths.onnx_dir() / "graphs" / f"{architecture_key(net, preprocessing.size)}.onnx"
     if cached.is_file():
         try:
             return onnx.load(cached), cached
@@ -102,10 +103,10 @@ def _graph(net: nn.Module, backbone: Backbone, size: int) -> tuple[onnx.ModelPro
             cached.unlink()
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    _torch_export(net, backbone, size, tmp)
+    _torch_export(net, backbone, preprocessing.size, tmp)
     graph = onnx.load(tmp)
     tmp.unlink()
-    if not _every_weight_named(graph, net):
+    if not (_every_weight_named(graph, net) and _takes_other_weights(graph, net, preprocessing, tmp)):
         return graph, None
     names = set(_weights(net))
     for init in graph.graph.initializer:  # the cache holds the graph alone: no weights to read back, or to copy
@@ -114,6 +115,27 @@ def _graph(net: nn.Module, backbone: Backbone, size: int) -> tuple[onnx.ModelPro
     onnx.save(graph, tmp)
     tmp.replace(cached)  # atomic: two processes exporting the same graph each leave a whole file
     return graph, cached
+
+
+def _takes_other_weights(graph: onnx.ModelProto, net: nn.Module, preprocessing: Preprocessing, tmp: Path) -> bool:
+    """Whether the graph with every tensor of the net scaled (a seeded 0-50% up) still computes what torch does."""
+    other = copy.deepcopy(net)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in other.state_dict().values():
+            if tensor.is_floating_point():  # scaled up, so BatchNorm's variances stay positive
+                tensor.mul_(1 + 0.5 * torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(graph)
+    _put_weights(probe, other)
+    onnx.save(probe, tmp)
+    try:
+        _parity(other, tmp, preprocessing, None)
+        return True
+    except BenchError:
+        return False
+    finally:
+        tmp.unlink()
 
 
 def _torch_export(net: nn.Module, backbone: Backbone, size: int, path: Path) -> None:
@@ -169,14 +191,15 @@ def _weights(net: nn.Module) -> dict[str, np.ndarray]:
             if not k.endswith("num_batches_tracked")}
 
 
-def _parity(net: nn.Module, model: Path, preprocessing: Preprocessing, feature_dim: int) -> float:
-    """Max |onnx - torch| on a few image-like inputs, at a batch size other than the exported one."""
+def _parity(net: nn.Module, model: Path, preprocessing: Preprocessing, feature_dim: int | None) -> float:
+    """Max |onnx - torch| on a few image-like inputs, at a batch size other than the exported one (and the
+    features' shape checked against `feature_dim` where given)."""
     import onnxruntime as ort
 
     x = preprocessing.normalise(sample_images(3, preprocessing.size))
     with torch.no_grad():
         expected = net(torch.from_numpy(x)).numpy()
-    if expected.shape != (3, feature_dim):
+    if feature_dim is not None and expected.shape != (3, feature_dim):
         raise BenchError(f"the network maps 3 images to features of shape {expected.shape}, not (3, {feature_dim}) as "
                          "its backbone declares: fix the plugin's feature_dim or its feature layer")
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])

@@ -122,6 +122,28 @@ class ExportsDifferently(nn.Module):
         return pooled * 2 if torch.compiler.is_exporting() else pooled
 
 
+class FoldsAWeight(nn.Module):
+    """Every weight is an initializer, but the exported graph also holds a copy of one taken at build time."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 4, 3)
+        self.copy = self.conv.bias.detach().clone()  # a plain attribute: no weight, and not in the state dict
+
+    def forward(self, x):
+        bias = self.copy if torch.compiler.is_exporting() else self.conv.bias
+        return self.conv(x).mean(dim=(2, 3)) + bias
+
+
+def test_a_graph_holding_a_copy_of_a_weight_is_not_reused(bench_home):
+    backbone = dataclasses.replace(tiny.backbone(), feature_dim=4, build=FoldsAWeight, load_initial=None)
+    model = export_onnx(backbone)  # right for these weights, wrong for any others
+    assert json.loads(model.path.with_suffix(".json").read_text())["graph"] is None
+    assert not list((bench_home / "onnx" / "graphs").glob("*.onnx"))
+
+
 def test_an_export_that_differs_from_torch_is_refused(bench_home):
     backbone = dataclasses.replace(tiny.backbone(), feature_dim=3, build=ExportsDifferently, load_initial=None)
     with pytest.raises(BenchError, match=r"does not match torch \(max \|onnx - torch\| = "):
