@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -18,7 +20,8 @@ from bench import atomic, paths
 from bench.backbone import Backbone, Preprocessing, checkpoint_preprocessing
 from bench.errors import BenchError
 
-if TYPE_CHECKING:  # torch is imported where a network is built: a re-run that finds its model does not pay for it
+if TYPE_CHECKING:  # torch and onnx are imported where a network is built: a re-run that finds its model does not
+    import onnx  # pay for them
     from torch import nn
 
 OPSET = 18
@@ -86,12 +89,17 @@ def _cached_meta(sidecar: Path, model: Path) -> dict | None:
 
 
 def export_network(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, path: Path) -> dict:
-    """`net` as ONNX at `path`, checked against torch (bench.testing checks plugins with it); its metadata."""
+    """`net` as ONNX at `path`, checked against torch (bench.testing checks plugins with it); its metadata. The
+    graph is the cached one of its architecture and size, with the net's weights put in, where it can be (`_graph`)."""
     import onnx
     import torch
 
-    with atomic.atomic_path(path) as tmp:
-        diff = _export_to(net, backbone, preprocessing, tmp)
+    graph, graph_path = _graph(net, backbone, preprocessing)
+    if graph_path:  # a graph exported without a cache holds the net's weights already
+        _put_weights(graph, net)
+    with atomic.atomic_path(path) as tmp:  # a model that fails its parity check never reaches the cache
+        onnx.save(graph, tmp)
+        diff = _parity(net, tmp, preprocessing, backbone.feature_dim)
     return {
         "backbone": backbone.name,
         "feature_dim": backbone.feature_dim,
@@ -99,40 +107,144 @@ def export_network(net: nn.Module, backbone: Backbone, preprocessing: Preprocess
         "sha256": file_sha256(path),
         "opset": OPSET,
         "parity_max_abs_diff": diff,
+        "graph": graph_path.name if graph_path else None,  # the cached graph its weights were put into, if any
         "torch": torch.__version__,
         "onnx": onnx.__version__,
     }
 
 
-def _export_to(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, tmp: Path) -> float:
-    """Export to `tmp` and check it against torch; the max |onnx - torch|."""
+def _graph(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing) -> tuple[onnx.ModelProto, Path | None]:
+    """The network's ONNX graph at the preprocessing's size, and the file it is cached in.
+
+    A graph depends on the architecture and the input size, not on the weights, so it is exported once per
+    architecture and size (seconds to tens of seconds) and every further model of it is this graph with its own
+    weights (a fraction of a second). It is cached only where every tensor of the state dict is an initializer
+    of the same name, shape and type, and the graph given other weights still matches torch given them (no weight
+    was folded into a constant); otherwise the graph is exported with the model's own weights every time.
+    """
+    import onnx
+
+
+    cached = paths.onnx_dir() / "graphs" / f"{architecture_key(net, preprocessing.size)}.onnx"
+    if cached.is_file():
+        try:
+            return onnx.load(cached), cached
+        except Exception:  # noqa: BLE001 (a truncated or damaged file of any kind is exported again)
+            cached.unlink()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    _torch_export(net, backbone, preprocessing.size, tmp)
+    graph = onnx.load(tmp)
+    tmp.unlink()
+    if not (_every_weight_named(graph, net) and _takes_other_weights(graph, net, preprocessing, tmp)):
+        return graph, None
+    names = set(_weights(net))
+    for init in graph.graph.initializer:  # the cache holds the graph alone: no weights to read back, or to copy
+        if init.name in names:
+            init.ClearField("raw_data")
+    onnx.save(graph, tmp)
+    tmp.replace(cached)  # atomic: two processes exporting the same graph each leave a whole file
+    return graph, cached
+
+
+def _takes_other_weights(graph: onnx.ModelProto, net: nn.Module, preprocessing: Preprocessing, tmp: Path) -> bool:
+    """Whether the graph with every tensor of the net scaled (a seeded 0-50% up) still computes what torch does."""
+    import onnx
     import torch
 
-    size = preprocessing.size
-    # the dynamo exporter: torch's supported path; the input size is fixed, so 'same' padding becomes constant.
-    # external_data=False keeps the weights inside the one file whose sha256 identifies the model.
+
+    other = copy.deepcopy(net)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in other.state_dict().values():
+            if tensor.is_floating_point():  # scaled up, so BatchNorm's variances stay positive
+                tensor.mul_(1 + 0.5 * torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(graph)
+    _put_weights(probe, other)
+    onnx.save(probe, tmp)
+    try:
+        _parity(other, tmp, preprocessing, None)
+        return True
+    except BenchError:
+        return False
+    finally:
+        tmp.unlink()
+
+
+def _torch_export(net: nn.Module, backbone: Backbone, size: int, path: Path) -> None:
+    """The dynamo exporter, torch's supported path; the input size is fixed, so 'same' padding becomes constant.
+
+    optimize=False keeps every weight an initializer named after its state-dict entry (the optimiser folds
+    BatchNorm into the convolutions, which onnxruntime does anyway when it loads the model).
+    external_data=False keeps the weights inside the one file whose sha256 identifies the model."""
+    import torch
+
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # exporter chatter about its internals, nothing the user can act on
             torch.onnx.export(
-                net, (torch.zeros(2, 3, size, size),), tmp, input_names=["images"], output_names=["features"],
-                dynamo=True, external_data=False, opset_version=OPSET, verbose=False,
+                net, (torch.zeros(2, 3, size, size),), path, input_names=["images"], output_names=["features"],
+                dynamo=True, optimize=False, external_data=False, opset_version=OPSET, verbose=False,
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
             )
     except Exception as exc:  # torch.export / onnxscript raise many types, with pages of diagnostics
         raise BenchError(f"torch cannot export {backbone.name} to ONNX: {str(exc).splitlines()[0]}") from exc
-    return _parity(net, tmp, preprocessing, backbone.feature_dim)
 
 
-def _parity(net: nn.Module, model: Path, preprocessing: Preprocessing, feature_dim: int) -> float:
-    """Max |onnx - torch| on a few image-like inputs, at a batch size other than the exported one."""
+def architecture_key(net: nn.Module, size: int) -> str:
+    """What an exported graph depends on: the module tree (classes and their settings), the state dict's names,
+    shapes and types, the input size and the exporter's versions; not the weights' values."""
+    import onnx
+    import torch
+
+
+    tensors = [(k, str(v.dtype), tuple(v.shape)) for k, v in net.state_dict().items()]
+    identity = [type(net).__module__, type(net).__qualname__, repr(net), tensors, size, OPSET, torch.__version__,
+                onnx.__version__]
+    return hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()[:24]
+
+
+def _every_weight_named(graph: onnx.ModelProto, net: nn.Module) -> bool:
+    """Whether every tensor of the net is an initializer of the same name, shape and type, held as raw bytes."""
+    from onnx import helper
+
+
+    initializers = {t.name: t for t in graph.graph.initializer}
+    for name, tensor in _weights(net).items():
+        init = initializers.get(name)
+        if (init is None or not init.HasField("raw_data") or tuple(init.dims) != tensor.shape
+                or helper.tensor_dtype_to_np_dtype(init.data_type) != tensor.dtype):
+            return False
+    return True
+
+
+def _put_weights(graph: onnx.ModelProto, net: nn.Module) -> None:
+    """Give the initializers named after the net's state-dict entries the net's values, in place (little-endian
+    raw bytes, as ONNX stores them)."""
+    weights = _weights(net)
+    for init in graph.graph.initializer:
+        if init.name in weights:
+            init.raw_data = weights[init.name].astype(weights[init.name].dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _weights(net: nn.Module) -> dict[str, np.ndarray]:
+    """The state dict as numpy arrays, less BatchNorm's step counters (training bookkeeping no graph uses)."""
+    return {k: v.detach().cpu().contiguous().numpy() for k, v in net.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+
+
+def _parity(net: nn.Module, model: Path, preprocessing: Preprocessing, feature_dim: int | None) -> float:
+    """Max |onnx - torch| on a few image-like inputs, at a batch size other than the exported one (and the
+    features' shape checked against `feature_dim` where given)."""
     import onnxruntime as ort
     import torch
 
     x = preprocessing.normalise(sample_images(3, preprocessing.size))
     with torch.no_grad():
         expected = net(torch.from_numpy(x)).numpy()
-    if expected.shape != (3, feature_dim):
+    if feature_dim is not None and expected.shape != (3, feature_dim):
         raise BenchError(f"the network maps 3 images to features of shape {expected.shape}, not (3, {feature_dim}) as "
                          "its backbone declares: fix the plugin's feature_dim or its feature layer")
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])

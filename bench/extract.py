@@ -6,7 +6,6 @@ release the GIL), so the model is never waiting for pixels. Work is done and sav
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,11 +22,20 @@ from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
 from bench.export import ExportedModel, export_onnx
 from bench.images import load_image
+from bench.threads import count as thread_count
 from featurestore import FeatureStore, SetWriter, feature_key
 
 BATCH_SIZE = 32
 CHUNK_BYTES = 4 << 20  # target size of one store chunk of features
 PREFETCH = 4  # batches decoded ahead of inference
+# onnxruntime's CPU session, chosen by `bench perf extract --sweep` (see the README's Performance section).
+# Waiting workers sleep rather than spin: a spinning pool takes the cores the decoders need, and under a second
+# job it burns the time slices the other workers wait for.
+SESSION_OPTIONS = {
+    "graph_optimization_level": "ORT_ENABLE_ALL",
+    "enable_cpu_mem_arena": True,
+    "config": {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"},
+}
 
 
 @dataclass
@@ -54,7 +62,7 @@ class Extraction:
     skip_bad: bool = False
     todo: list[int] = field(default_factory=list)  # chunks still to compute
     skipped: list[str] = field(default_factory=list)  # paths of the unreadable images this run left out
-    threads: int = 0  # onnxruntime's intra-op threads; 0: one per core (a Ray task sets the CPUs it was given)
+    threads: int = 0  # onnxruntime's intra-op threads; 0: `bench.threads.count()` (a Ray task: the CPUs it was given)
 
     @property
     def todo_images(self) -> int:
@@ -108,7 +116,7 @@ def load_batch(chunk: int, rows: np.ndarray, files: np.ndarray, preprocessing: P
 
 def prefetch(items: Iterator, load: Callable, ahead: int = PREFETCH) -> Iterator:
     """`load(item)` for each item in order, computed by a thread pool up to `ahead` items in advance."""
-    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="decode")
+    pool = ThreadPoolExecutor(max_workers=thread_count(), thread_name_prefix="decode")
     pending: deque[Future] = deque()
     try:
         for item in items:
@@ -130,15 +138,21 @@ def run_model(session, batch: Batch) -> np.ndarray:
     return features
 
 
-def create_session(model: Path, threads: int = 0):
-    """An onnxruntime session on the GPU where one is really usable, else on the CPU (`threads` of it, 0: all
-    cores), without log noise."""
+def create_session(model: Path, threads: int = 0, settings: dict | None = None):
+    """An onnxruntime session on the GPU where one is really usable, else on the CPU (`threads` of it, 0:
+    `bench.threads.count()`) with `settings` (default SESSION_OPTIONS), without log noise."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)  # errors only: a GPU-less machine must not print provider warnings
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or thread_count()
+    options.inter_op_num_threads = 1  # the graph runs sequentially; parallelism is within each operator
+    settings = settings or SESSION_OPTIONS
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, settings["graph_optimization_level"])
+    options.enable_cpu_mem_arena = settings["enable_cpu_mem_arena"]
+    for key, value in settings["config"].items():
+        options.add_session_config_entry(key, value)
     return ort.InferenceSession(str(model), options, providers=providers())
 
 

@@ -8,6 +8,8 @@ from PIL import Image, UnidentifiedImageError
 from bench.errors import BenchError
 
 CHECK_SIZE = 64  # `check_image` decodes every byte of the file but needs no more pixels than this
+# part of the key of the decoded images `bench.train` keeps: change it with anything that changes the pixels below
+IMAGES_VERSION = 1
 
 
 def load_image(path: str | Path, size: int) -> np.ndarray:

@@ -15,16 +15,28 @@ import torch
 
 from bench import plugins
 from bench.backbone import Preprocessing
-from bench.extract import BATCH_SIZE, create_session, prepare
+from bench.extract import BATCH_SIZE, SESSION_OPTIONS, create_session, prepare
 from bench.images import load_image
+from bench.threads import count as thread_count
+
+
+# onnxruntime session settings `--sweep` measures against the chosen ones (SESSION_OPTIONS), one change each
+SWEEP = {
+    "spinning workers": {"config": {"session.intra_op.allow_spinning": "1", "session.inter_op.allow_spinning": "1"}},
+    "extended graph optimisation": {"graph_optimization_level": "ORT_ENABLE_EXTENDED"},
+    "basic graph optimisation": {"graph_optimization_level": "ORT_ENABLE_BASIC"},
+    "no memory arena": {"enable_cpu_mem_arena": False},
+}
 
 
 def measure(backbone_name: str, dataset_name: str, root: Path | None, *, limit: int | None = 500,
-            batch_size: int = BATCH_SIZE, repeat: int = 3, options: dict[str, str] | None = None) -> dict:
+            batch_size: int = BATCH_SIZE, repeat: int = 3, options: dict[str, str] | None = None,
+            sweep: bool = False) -> dict:
     """images/s, on the same images in one process, of (a) torch eager one image at a time decoding in the loop,
     (b) onnxruntime alone on pre-decoded batches, the ceiling, (c) `bench extract`'s run into a temporary store.
+    With `sweep`, also the ceiling under each onnxruntime setting of SWEEP and on one thread.
 
-    The three take turns `repeat` times and each keeps its best round, so a burst of load from other processes
+    The runs take turns `repeat` times and each keeps its best round, so a burst of load from other processes
     on a shared machine skews one round rather than the comparison.
     """
     load = os.getloadavg()[0]
@@ -37,12 +49,17 @@ def measure(backbone_name: str, dataset_name: str, root: Path | None, *, limit: 
         files, model = first.manifest["path"].tolist(), first.model
         decoded = [load_image(f, model.preprocessing.size) for f in files]  # also puts the files in the page cache
         net = plugins.get_backbone(backbone_name).create()
-        seconds = {"naive": [], "ceiling": [], "pipeline": []}
+        variants = {"chosen": (0, SESSION_OPTIONS)}
+        if sweep:
+            variants |= {name: (0, {**SESSION_OPTIONS, **change}) for name, change in SWEEP.items()}
+            variants["one thread"] = (1, SESSION_OPTIONS)
+        seconds = {"naive": [], "pipeline": [], **{name: [] for name in variants}}
         for i in range(repeat):
-            seconds["ceiling"].append(_ceiling(model.path, decoded, model.preprocessing, batch_size))
+            for name, (threads, settings) in variants.items():
+                seconds[name].append(_ceiling(model.path, decoded, model.preprocessing, batch_size, threads, settings))
             seconds["pipeline"].append(_seconds((first if i == 0 else job(Path(tmp) / str(i))).run))
             seconds["naive"].append(_seconds(lambda: _naive(net, files, model.preprocessing)))
-    naive, ceiling, pipeline = (len(files) / min(seconds[k]) for k in ("naive", "ceiling", "pipeline"))
+    naive, ceiling, pipeline = (len(files) / min(seconds[k]) for k in ("naive", "chosen", "pipeline"))
     return {
         "images": len(files),
         "batch_size": batch_size,
@@ -52,9 +69,12 @@ def measure(backbone_name: str, dataset_name: str, root: Path | None, *, limit: 
         "pipeline_vs_naive": round(pipeline / naive, 2),
         "pipeline_vs_ceiling": round(pipeline / ceiling, 3),
         "pipeline_startup_s": round(startup, 2),
+        "session_options": {"intra_op_num_threads": thread_count(), **SESSION_OPTIONS},
+        "session_sweep_ips": {name: round(len(files) / min(seconds[name]), 1) for name in variants} if sweep else {},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
         "repeat": repeat,
         "cpus": os.cpu_count(),
+        "threads": thread_count(),
         "load_average_1min_before": round(load, 2),
     }
 
@@ -65,9 +85,10 @@ def _seconds(work: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def _ceiling(model: Path, images: list[np.ndarray], preprocessing: Preprocessing, batch_size: int) -> float:
+def _ceiling(model: Path, images: list[np.ndarray], preprocessing: Preprocessing, batch_size: int,
+             threads: int = 0, settings: dict | None = None) -> float:
     """Seconds of onnxruntime alone over the images, decoded and normalised beforehand."""
-    session = create_session(model)
+    session = create_session(model, threads, settings)
     name = session.get_inputs()[0].name
     batches = [preprocessing.normalise(np.stack(images[i:i + batch_size])) for i in range(0, len(images), batch_size)]
     return _seconds(lambda: [session.run(None, {name: batch}) for batch in batches])

@@ -8,9 +8,10 @@ once into a uint8 tensor on the training device and augmented there, so a GPU is
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
-import resource
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +29,10 @@ from torch import nn
 from bench.backbone import Preprocessing, read_checkpoint, save_checkpoint
 from bench.atomic import atomic_path
 from bench.errors import BenchError
-from bench.images import load_image
+from bench.images import IMAGES_VERSION, load_image
+from bench.paths import home
 from bench.recipes import Recipe
+from bench.threads import count as thread_count
 
 VALIDATION_FOLDS = 10  # one fold of ten = the paper's 10% validation split
 SCALE_RANGE = (0.8, 1.25)  # random zoom out / in of augmented images; rotations take any angle (a lesion has no "up")
@@ -88,7 +91,7 @@ def fit(job: TrainingJob, device: torch.device | None = None) -> RunState:
     job.run_dir.mkdir(parents=True, exist_ok=True)
     state = resume(job.run_dir, trainer.model, trainer.optimizer, generator)
     steps = _batch_count(balanced_size(job.data.labels[train_idx]), job.recipe.batch_size)
-    with _deterministic(device), _progress() as progress:
+    with deterministic(device), _progress() as progress:
         task = progress.add_task("training", total=job.recipe.epochs * steps, completed=state.epoch * steps, status="")
         for epoch in range(state.epoch, job.recipe.epochs):
             progress.update(task, description=f"epoch {epoch + 1}/{job.recipe.epochs}")
@@ -120,11 +123,7 @@ class Trainer:
               on_step: Callable[[str], None] = lambda status: None, head_only: bool = False) -> tuple[float, float]:
         """One pass over `images[index]` in batches; returns the mean training loss and images/s. `head_only`
         trains the new head alone, the feature net frozen as it is."""
-        self.model.train()
-        for layer in self.model[0].modules() if head_only else self.frozen:
-            layer.training = False  # frozen BatchNorm keeps its running statistics
-        for p in self.body:
-            p.requires_grad_(not head_only)
+        self.train_mode(head_only)
         started, total, seen, size = time.perf_counter(), 0.0, 0, self.recipe.batch_size
         for start in range(0, _batch_count(len(index), size) * size, size):
             i = torch.from_numpy(index[start:start + size])
@@ -132,6 +131,15 @@ class Trainer:
             seen += len(i)
             on_step(f"loss {total / seen:.4f}  {seen / (time.perf_counter() - started):.1f} img/s")
         return total / max(seen, 1), seen / (time.perf_counter() - started)
+
+    def train_mode(self, head_only: bool) -> None:
+        """Training mode for the layers that train; the frozen ones (with `head_only`, the whole feature net) run
+        as at inference, so their BatchNorm keeps its running statistics."""
+        self.model.train()
+        for layer in self.model[0].modules() if head_only else self.frozen:
+            layer.training = False
+        for p in self.body:
+            p.requires_grad_(not head_only)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, augment_mask: torch.Tensor) -> float:
         """One SGD step on a uint8 batch (N, 3, S, S); the images flagged in `augment_mask` are augmented first."""
@@ -180,14 +188,46 @@ def validation_split(data: LabelledImages, seed: int) -> tuple[np.ndarray, np.nd
 
 
 def decode(paths: list[str], size: int, device: torch.device) -> torch.Tensor:
-    """Every image decoded and resized once: uint8 (N, 3, size, size) on `device` (PIL releases the GIL)."""
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool, _progress() as progress:
+    """Every image decoded and resized once: uint8 (N, 3, size, size) on `device` (PIL releases the GIL).
+
+    The array is kept under `$BENCH_HOME/decoded`, keyed by the files (path, bytes, modification time) and the
+    size, so the runs that train on the same images (a study's fine-tunes of one fold, its source stages) decode
+    them once; a changed or replaced file makes another key."""
+    cache = decoded_cache(paths, size)
+    try:
+        images = np.load(cache)
+    except (OSError, ValueError):  # not there yet, or damaged: decoded again
+        images = _decode(paths, size)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, images)
+        tmp.replace(cache)  # atomic: a run interrupted while saving leaves no half-written array behind
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def decoded_cache(paths: list[str], size: int) -> Path:
+    files = [_file_identity(p) for p in paths]
+    key = hashlib.sha256(json.dumps([IMAGES_VERSION, size, files]).encode()).hexdigest()[:24]
+    return home() / "decoded" / f"{key}-{len(paths)}x{size}px.npy"
+
+
+def _file_identity(path: str) -> tuple[str, int, int]:
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise BenchError(f"cannot read image {path}: {exc.strerror}. Replace or remove the file") from exc
+    return path, stat.st_size, stat.st_mtime_ns
+
+
+def _decode(paths: list[str], size: int) -> np.ndarray:
+    with ThreadPoolExecutor(max_workers=thread_count()) as pool, _progress() as progress:
         task = progress.add_task(f"decoding {len(paths)} images at {size} px", total=len(paths), status="")
         images = []
         for image in pool.map(lambda p: load_image(p, size), paths):
             images.append(image)
             progress.advance(task)
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().to(device)
+    return np.stack(images)
 
 
 def freeze(net: nn.Module, train_last: int | None) -> list[nn.Module]:
@@ -322,7 +362,7 @@ def _save_best(job: TrainingJob, net: nn.Module, state: RunState) -> None:
 
 
 @contextlib.contextmanager
-def _deterministic(device: torch.device) -> Iterator[None]:
+def deterministic(device: torch.device) -> Iterator[None]:
     """Deterministic kernels on the CPU, so the same command gives the same weights (restored afterwards)."""
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(previous or device.type == "cpu")
@@ -335,32 +375,3 @@ def _deterministic(device: torch.device) -> Iterator[None]:
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
-
-
-@dataclass(frozen=True)
-class TrainingSpeed:
-    device: str
-    images_per_s: float
-    peak_memory_mib: float
-
-
-def measure(net: nn.Module, feature_dim: int, preprocessing: Preprocessing, recipe: Recipe, steps: int = 10,
-            device: torch.device | None = None) -> TrainingSpeed:
-    """Training images/s of the loop's own step on random images already on the device (its ceiling: decoding
-    happens once, before training), half of each batch augmented as in a balanced two-class epoch."""
-    device = device or default_device()
-    generator = torch.Generator().manual_seed(0)
-    n, size = recipe.batch_size * (steps + 2), preprocessing.size  # two warm-up batches
-    images = torch.randint(0, 256, (recipe.batch_size, 3, size, size), generator=generator, dtype=torch.uint8)
-    images, labels = images.to(device), torch.arange(recipe.batch_size, device=device) % 2
-    index, augmented = np.arange(n) % recipe.batch_size, np.arange(n) % 2 == 1
-    trainer = Trainer(nn.Sequential(net, nn.Linear(feature_dim, 2)).to(device), recipe, preprocessing, generator)
-    warm = recipe.batch_size * 2
-    trainer.epoch(images, labels, index[:warm], augmented[:warm])  # allocator, cuDNN autotuning
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    _, rate = trainer.epoch(images, labels, index[warm:], augmented[warm:])
-    if device.type == "cuda":
-        return TrainingSpeed(torch.cuda.get_device_name(device), rate, torch.cuda.max_memory_allocated(device) / 2**20)
-    # ru_maxrss is the process's peak resident memory, in KiB on Linux
-    return TrainingSpeed("cpu", rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

@@ -48,13 +48,48 @@ def test_export_matches_torch_at_any_batch_size_and_records_its_provenance(bench
 
 def test_the_same_weights_are_exported_once(monkeypatch):
     first = export_onnx(tiny.backbone())
-    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: pytest.fail("exported again"))
+    monkeypatch.setattr(export, "_put_weights", lambda *a: pytest.fail("made again"))
     again = export_onnx(tiny.backbone())
     assert again.cached and (again.path, again.sha256) == (first.path, first.sha256)
 
-    monkeypatch.setattr(tiny, "SEED", 1)  # other weights under the same backbone name
-    with pytest.raises(pytest.fail.Exception, match="exported again"):
-        export_onnx(tiny.backbone())
+
+def test_further_weights_go_into_the_cached_graph_without_exporting_again(monkeypatch, tmp_path):
+    first = export_onnx(tiny.backbone())
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: pytest.fail("exported again"))
+    net = tiny.backbone().create()
+    with torch.no_grad():  # other parameters and other BatchNorm statistics: every tensor must reach the graph
+        for name, tensor in net.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.mul_(1 + 0.5 * torch.rand(tensor.shape))
+    model = export_onnx(tiny.backbone(), save_checkpoint(tmp_path / "ft.pt", net, tiny.NAME, Preprocessing(size=32)))
+
+    assert not model.cached and model.sha256 != first.sha256
+    x = model.preprocessing.normalise(sample_images(4, 32, seed=3))
+    np.testing.assert_allclose(onnx_features(model.path, x), torch_features(net, x), atol=1e-5)
+    sidecars = [json.loads(m.path.with_suffix(".json").read_text()) for m in (first, model)]
+    assert sidecars[0]["graph"] == sidecars[1]["graph"] and sidecars[1]["parity_max_abs_diff"] < 1e-5
+
+
+class UnusedWeight(nn.Module):
+    """A weight the forward never reads is no initializer of the graph, so the graph cannot be reused."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # the same weights at every build
+            self.conv, self.unused = nn.Conv2d(3, 4, 3), nn.Linear(2, 2)
+
+    def forward(self, x):
+        return self.conv(x).mean(dim=(2, 3))
+
+
+def test_a_graph_that_does_not_name_every_weight_is_exported_with_each_model(bench_home):
+    backbone = dataclasses.replace(tiny.backbone(), feature_dim=4, build=UnusedWeight, load_initial=None)
+    model = export_onnx(backbone)
+    assert json.loads(model.path.with_suffix(".json").read_text())["graph"] is None
+    assert not list((bench_home / "onnx" / "graphs").glob("*.onnx"))
+    x = model.preprocessing.normalise(sample_images(2, 32))
+    np.testing.assert_allclose(onnx_features(model.path, x), torch_features(backbone.create(), x), atol=1e-5)
 
 
 def test_a_damaged_cache_entry_is_exported_again():
@@ -85,6 +120,28 @@ class ExportsDifferently(nn.Module):
     def forward(self, x):
         pooled = x.mean(dim=(2, 3))
         return pooled * 2 if torch.compiler.is_exporting() else pooled
+
+
+class FoldsAWeight(nn.Module):
+    """Every weight is an initializer, but the exported graph also holds a copy of one taken at build time."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 4, 3)
+        self.copy = self.conv.bias.detach().clone()  # a plain attribute: no weight, and not in the state dict
+
+    def forward(self, x):
+        bias = self.copy if torch.compiler.is_exporting() else self.conv.bias
+        return self.conv(x).mean(dim=(2, 3)) + bias
+
+
+def test_a_graph_holding_a_copy_of_a_weight_is_not_reused(bench_home):
+    backbone = dataclasses.replace(tiny.backbone(), feature_dim=4, build=FoldsAWeight, load_initial=None)
+    model = export_onnx(backbone)  # right for these weights, wrong for any others
+    assert json.loads(model.path.with_suffix(".json").read_text())["graph"] is None
+    assert not list((bench_home / "onnx" / "graphs").glob("*.onnx"))
 
 
 def test_an_export_that_differs_from_torch_is_refused(bench_home):

@@ -5,10 +5,14 @@ import sys
 
 from rich.markup import escape
 
+from bench import threads
+
+threads.before_loading()  # before anything loads torch (a command may, later): OpenMP reads its settings once
+
 from bench.cli import catalogue  # noqa: F401  (each module registers its commands on import)
-from bench.cli import extract, perf_extract, store  # noqa: F401
+from bench.cli import extract, perf_export, perf_extract, store  # noqa: F401
 from bench.cli import evaluate  # noqa: F401
-from bench.cli import train  # noqa: F401
+from bench.cli import perf_train, train  # noqa: F401
 from bench.cli import reproduce  # noqa: F401
 from bench.cli import weights  # noqa: F401
 from bench.cli.app import app

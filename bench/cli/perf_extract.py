@@ -24,6 +24,7 @@ def perf_extract(
     executor: ExecutorOption = "local",
     workers: Annotated[int, typer.Option(help="With --executor ray: measure 1..N Ray workers.")] = 2,
     address: AddressOption = None,
+    sweep: Annotated[bool, typer.Option(help="Also measure the ceiling under other onnxruntime settings.")] = False,
 ) -> None:
     """Measure extraction: naive torch loop vs onnxruntime alone (the ceiling) vs the `bench extract` pipeline;
     with --executor ray, the pipeline here vs on Ray with 1..N workers."""
@@ -38,7 +39,7 @@ def perf_extract(
             print_ray(figures, dataset, backbone)
         return
     figures = measure(backbone, dataset, root, limit=limit, batch_size=batch_size, repeat=repeat,
-                      options=parse_pairs(option))
+                      options=parse_pairs(option), sweep=sweep)
     if as_json:
         print_json(figures)
         return
@@ -51,6 +52,17 @@ def perf_extract(
     console.print(shown)
     console.print(f"pipeline = {figures['pipeline_vs_naive']:.2f} x naive, {figures['pipeline_vs_ceiling']:.0%} of "
                   f"the ceiling; start-up {figures['pipeline_startup_s']:.1f} s; peak RSS {figures['peak_rss_mb']:.0f} MB")
+    if sweep:
+        print_sweep(figures)
+
+
+def print_sweep(figures: dict) -> None:
+    shown = table(f"onnxruntime alone on pre-decoded batches, by session setting ({figures['threads']} threads "
+                  "unless said)", ("setting", "images/s", "of the chosen"), right=("images/s", "of the chosen"))
+    chosen = figures["session_sweep_ips"]["chosen"]
+    for name, ips in figures["session_sweep_ips"].items():
+        shown.add_row(name, f"{ips:.1f}", f"{ips / chosen:.0%}")
+    console.print(shown)
 
 
 def print_ray(figures: dict, dataset: str, backbone: str) -> None:

@@ -1,4 +1,4 @@
-"""`bench train`, `bench recipes` and `bench perf train`."""
+"""`bench train` and `bench recipes`."""
 
 import dataclasses
 import time
@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from bench import plugins
-from bench.cli.app import app, perf_app
+from bench.cli.app import app
 from bench.cli.options import DatasetOptions, JsonOption, RootOption, parse_pairs
 from bench.cli.output import console, print_json, table
 from bench.errors import BenchError
@@ -84,23 +84,3 @@ def train(
         root_arg = f" --root {root}" if root else ""
         console.print(f"next: bench extract --backbone {b.name} --dataset {dataset}{root_arg} "
                       f"--protocol {protocol} --fold {fold}")
-
-
-@perf_app.command("train")
-def perf_train(
-    backbone: Annotated[str, typer.Option(help="Backbone to time (random weights: only speed is measured).")],
-    recipe: RecipeOption = "paper",
-    image_size: ImageSize = None,
-    batch_size: BatchSize = None,
-    steps: Annotated[int, typer.Option(help="Timed training steps (after two warm-up steps).")] = 10,
-) -> None:
-    """Training images/s and peak memory of the training step on the current device (images already decoded)."""
-    from bench.train import measure
-
-    chosen = get_recipe(recipe).with_overrides(image_size=image_size, batch_size=batch_size)
-    b = plugins.get_backbone(backbone)
-    speed = measure(b.build(), b.feature_dim, b.preprocessing.with_size(chosen.image_size), chosen, steps=steps)
-    memory = "peak GPU memory allocated" if speed.device != "cpu" else "peak RSS"
-    console.print(f"{b.name} training ({_trains(chosen)}, {chosen.image_size} px, batch {chosen.batch_size}) "
-                  f"on {speed.device}: "
-                  f"{speed.images_per_s:.1f} images/s, {memory} {speed.peak_memory_mib:.0f} MiB")

@@ -1,0 +1,96 @@
+"""`bench perf train`: the training loop's images/s beside its ceilings, the same network's forward and
+forward+backward passes on batches already in memory and already normalised."""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.backbone import Preprocessing
+from bench.recipes import Recipe
+from bench.train import Trainer, default_device, deterministic, to_input
+
+
+def measure(net: nn.Module, feature_dim: int, preprocessing: Preprocessing, recipe: Recipe, steps: int = 10,
+            repeat: int = 1, device: torch.device | None = None) -> dict:
+    """images/s over `steps` batches (after two warm-up batches) of:
+
+    - `forward`: the classifier in inference mode, the head-only epoch's ceiling;
+    - `forward_backward`: a training step without augmentation (the recipe's frozen layers frozen), the ceiling
+      of an epoch that trains the feature net;
+    - `loop_head` and `loop`: the training loop's own epochs (uint8 images on the device, augmented as the
+      recipe says, half of them as in a balanced two-class epoch under `augment = "minority"`).
+    """
+    device = device or default_device()
+    load = os.getloadavg()[0]
+    generator = torch.Generator().manual_seed(0)
+    size, batch = preprocessing.size, recipe.batch_size
+    images = torch.randint(0, 256, (batch, 3, size, size), generator=generator, dtype=torch.uint8).to(device)
+    labels = torch.arange(batch, device=device) % 2
+    trainer = Trainer(nn.Sequential(net, nn.Linear(feature_dim, 2)).to(device), recipe, preprocessing, generator)
+    x = to_input(images.float(), preprocessing)
+    n = batch * (steps + 2)
+    index = np.arange(n) % batch
+    augmented = np.ones(n, bool) if recipe.augment == "all" else np.arange(n) % 2 == 1
+    warm = batch * 2
+
+    def loop(head_only: bool) -> float:  # as `fit` runs it
+        with deterministic(device):
+            trainer.epoch(images, labels, index[:warm], augmented[:warm], head_only=head_only)
+            return trainer.epoch(images, labels, index[warm:], augmented[warm:], head_only=head_only)[1]
+
+    runs = {
+        "forward_ips": lambda: _rate(lambda: _forward(trainer.model, x), batch, steps),
+        "loop_head_ips": lambda: loop(head_only=True),
+        "forward_backward_ips": lambda: _rate(lambda: _forward_backward(trainer, x, labels), batch, steps),
+        "loop_ips": lambda: loop(head_only=False),
+    }
+    figures = dict.fromkeys(runs, 0.0)
+    for _ in range(repeat):  # interleaved rounds, each figure its best: others' load skews a round, not a ratio
+        for key, run in runs.items():
+            figures[key] = max(figures[key], run())
+    return {"device": _device_name(device), **{k: round(v, 1) for k, v in figures.items()},
+            "peak_memory_mib": round(_peak_memory(device), 1), "image_size": size, "batch_size": batch,
+            "steps": steps, "repeat": repeat, "threads": torch.get_num_threads(), "load_average_1min_before": round(load, 2)}
+
+
+def _rate(step: Callable[[], None], batch: int, steps: int) -> float:
+    for _ in range(2):  # allocator, cuDNN autotuning
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> None:
+    model.eval()
+    with torch.inference_mode():
+        model(x).sum().item()
+
+
+def _forward_backward(trainer: Trainer, x: torch.Tensor, labels: torch.Tensor) -> None:
+    trainer.train_mode(head_only=False)
+    loss = F.cross_entropy(trainer.model(x), labels)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    trainer.optimizer.step()
+    loss.item()
+
+
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _peak_memory(device: torch.device) -> float:
+    """MiB: the GPU's peak allocation, or on the CPU the process's peak resident memory (KiB on Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
