@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from bench import digests
 from bench.errors import BenchError
 
 if TYPE_CHECKING:
@@ -124,6 +123,8 @@ def attach_paths(manifest: pd.DataFrame, root: Path, dataset: str) -> pd.DataFra
 def image_digests(manifest: pd.DataFrame) -> np.ndarray:
     """sha256 of each image file's content, in manifest order (see `bench.digests` for the cache that keeps a
     rerun from reading unchanged files again)."""
+    from bench import digests  # here: listing datasets needs neither numpy nor the hash cache
+
     return digests.file_digests(manifest["path"].astype(str).tolist())
 
 

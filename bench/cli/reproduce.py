@@ -10,7 +10,6 @@ from bench.cli.app import app
 from bench.cli.options import AddressOption, ExecutorOption, JsonOption, parse_pairs
 from bench.cli.output import console, print_json, table
 from bench.errors import BenchError
-from bench.results import check_writable
 
 DEFAULT_OUT = Path("bench-studies")
 
@@ -41,6 +40,8 @@ def reproduce(
 
         connect(address)
     folder = out or DEFAULT_OUT / loaded.name
+    from bench.results import check_writable
+
     check_writable(folder / "results.csv", folder / "predictions.csv")  # before hours of training, not after
     console.print(f"[bold]study {loaded.name}[/bold] ({loaded.path}) -> {folder}", highlight=False)
     try:

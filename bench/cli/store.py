@@ -7,12 +7,13 @@ import dataclasses
 from bench.cli.app import store_app
 from bench.cli.options import JsonOption, StoreOption, store_url
 from bench.cli.output import console, print_json, table
-from featurestore import FeatureStore, StoreError  # the package loads zarr only when a store is opened
 
 
 @store_app.command("ls")
 def ls(store: StoreOption = None, as_json: JsonOption = False) -> None:
     """List the feature sets: dataset, backbone, key, size, completeness, model and date."""
+    from featurestore import FeatureStore, StoreError  # zarr: loaded when a store is opened
+
     url = store_url(store)
     found = FeatureStore(url)
     if not found.exists():
@@ -37,6 +38,8 @@ def ls(store: StoreOption = None, as_json: JsonOption = False) -> None:
 @store_app.command("rm")
 def rm(dataset: str, backbone: str, key: str, store: StoreOption = None) -> None:
     """Remove one feature set (e.g. `bench store rm ham10000 efficientnet-lite0 frozen`)."""
+    from featurestore import FeatureStore
+
     url = store_url(store)
     FeatureStore(url).remove(dataset, backbone, key)
     console.print(f"removed {dataset}/{backbone}/{key} from {url}", highlight=False)
