@@ -59,8 +59,8 @@ def show(name: str, root: RootOption = None, option: DatasetOptions = []) -> Non
     """Count a dataset's images per diagnosis (and per split / difficulty where it has them)."""
     manifest = plugins.get_dataset(name).manifest(root, **parse_options(option))
     console.print(f"[bold]{name}[/bold]: {len(manifest)} images")
-    for column in ("diagnosis", "split", "difficulty"):
-        if column in manifest and manifest[column].notna().any():
+    for column in ("diagnosis", "source_label", "split", "difficulty"):
+        if column in manifest and manifest[column].notna().any() and _tells_more(manifest, column):
             table = Table(title=f"per {column}")
             table.add_column(column)
             table.add_column("images", justify="right")
@@ -69,3 +69,8 @@ def show(name: str, root: RootOption = None, option: DatasetOptions = []) -> Non
             console.print(table)
     if "lesion_id" in manifest and manifest["lesion_id"].notna().any():
         console.print(f"{manifest['lesion_id'].nunique()} lesions")
+
+
+def _tells_more(manifest, column: str) -> bool:
+    """A source label is shown only where it splits a diagnosis (PH2's atypical nevi), not where it renames one."""
+    return column != "source_label" or manifest[column].nunique() > manifest["diagnosis"].nunique()

@@ -4,7 +4,7 @@ from typing import Callable
 
 from bench.dataset import DatasetAdapter
 from bench.hookspecs import hookimpl
-from plugins.datasets import atlas, dermamnist, folder, ham10000, isic2016, kaggle_dr, synthetic, synthetic_fundus
+from plugins.datasets import atlas, dermamnist, folder, ham10000, isic2016, kaggle_dr, ph2, synthetic, synthetic_fundus
 
 
 @hookimpl
@@ -15,6 +15,7 @@ def bench_register_datasets(register: Callable[[DatasetAdapter], None]) -> None:
         ("ham10000", ham10000, True),
         ("kaggle-dr", kaggle_dr, True),
         ("dermamnist", dermamnist, False),
+        ("ph2", ph2, True),
         ("folder", folder, True),
         ("synthetic", synthetic, False),
         ("synthetic-fundus", synthetic_fundus, False),
