@@ -14,22 +14,25 @@ import numpy as np
 import torch
 
 from bench import plugins
+from bench.tta import VIEWS
 from bench.backbone import Preprocessing
 from bench.extract import BATCH_SIZE, create_session, prepare
 from bench.images import load_image
 
 
 def measure(backbone_name: str, dataset_name: str, root: Path | None, *, limit: int | None = 500,
-            batch_size: int = BATCH_SIZE, repeat: int = 3, options: dict[str, str] | None = None) -> dict:
+            batch_size: int = BATCH_SIZE, repeat: int = 3, options: dict[str, str] | None = None,
+            tta: str | None = None) -> dict:
     """images/s, on the same images in one process, of (a) torch eager one image at a time decoding in the loop,
     (b) onnxruntime alone on pre-decoded batches, the ceiling, (c) `bench extract`'s run into a temporary store.
 
     The three take turns `repeat` times and each keeps its best round, so a burst of load from other processes
-    on a shared machine skews one round rather than the comparison.
+    on a shared machine skews one round rather than the comparison. With `tta`, (d) the pipeline with test-time
+    augmentation takes its turn too, counted in views/s (8 model inputs per image for `dihedral`).
     """
     load = os.getloadavg()[0]
-    job = lambda store: prepare(backbone_name, dataset_name, root, store=store, batch_size=batch_size,  # noqa: E731
-                                limit=limit, options=options)
+    job = lambda store, tta=None: prepare(backbone_name, dataset_name, root, store=store,  # noqa: E731
+                                          batch_size=batch_size, limit=limit, options=options, tta=tta)
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
         start = time.perf_counter()
         first = job(Path(tmp) / "0")
@@ -37,11 +40,13 @@ def measure(backbone_name: str, dataset_name: str, root: Path | None, *, limit: 
         files, model = first.manifest["path"].tolist(), first.model
         decoded = [load_image(f, model.preprocessing.size) for f in files]  # also puts the files in the page cache
         net = plugins.get_backbone(backbone_name).create()
-        seconds = {"naive": [], "ceiling": [], "pipeline": []}
+        seconds = {"naive": [], "ceiling": [], "pipeline": [], "tta": []}
         for i in range(repeat):
             seconds["ceiling"].append(_ceiling(model.path, decoded, model.preprocessing, batch_size))
             seconds["pipeline"].append(_seconds((first if i == 0 else job(Path(tmp) / str(i))).run))
             seconds["naive"].append(_seconds(lambda: _naive(net, files, model.preprocessing)))
+            if tta:
+                seconds["tta"].append(_seconds(job(Path(tmp) / f"tta{i}", tta).run))
     naive, ceiling, pipeline = (len(files) / min(seconds[k]) for k in ("naive", "ceiling", "pipeline"))
     return {
         "images": len(files),
@@ -56,7 +61,13 @@ def measure(backbone_name: str, dataset_name: str, root: Path | None, *, limit: 
         "repeat": repeat,
         "cpus": os.cpu_count(),
         "load_average_1min_before": round(load, 2),
+        **(_tta_figures(VIEWS[tta] * len(files), min(seconds["tta"]), pipeline) if tta else {}),
     }
+
+
+def _tta_figures(views: int, seconds: float, pipeline_ips: float) -> dict:
+    rate = views / seconds
+    return {"tta_views_ps": round(rate, 1), "tta_per_view_vs_pipeline": round(rate / pipeline_ips, 3)}
 
 
 def _seconds(work: Callable[[], object]) -> float:

@@ -18,6 +18,9 @@ from bench.cli.executor import AddressOption, ExecutorOption
 StoreOption = Annotated[Optional[str], typer.Option(  # str: a Path would turn s3://bucket into s3:/bucket
     "--store", help="Feature store: a folder or an fsspec URL such as s3://bucket/store (default ./bench-store or "
                     "$BENCH_STORE).")]
+TTAOption = Annotated[Optional[str], typer.Option(
+    "--tta", help="Test-time augmentation: `dihedral` stores each image's mean feature over its 8 flips/rotations "
+                  "(a set of its own, key frozen-tta-dihedral or ft-...-tta-dihedral).")]
 
 
 @app.command()
@@ -35,6 +38,7 @@ def extract(
     option: DatasetOptions = [],  # noqa: B006 (typer reads it)
     executor: ExecutorOption = "local",
     address: AddressOption = None,
+    tta: TTAOption = None,
 ) -> None:
     """Run a backbone (frozen, or fine-tuned with --protocol/--fold) over a dataset into the feature store.
 
@@ -48,7 +52,7 @@ def extract(
         connect(address)
     store = store or paths.default_store()
     job = prepare(backbone, dataset, root, store=store, protocol=protocol, fold=fold, batch_size=batch_size,
-                  limit=limit, skip_bad=skip_bad, overwrite=overwrite, options=parse_options(option))
+                  limit=limit, skip_bad=skip_bad, overwrite=overwrite, options=parse_options(option), tta=tta)
     model = job.model
     how = "cached" if model.cached else f"exported, max |onnx - torch| = {model.parity_max_abs_diff:.2g}"
     console.print(f"model {model.path} (sha256 {model.sha256[:12]}, {how})", highlight=False)

@@ -11,6 +11,7 @@ from rich.table import Table
 from bench.cli.app import console, perf_app
 from bench.cli.catalogue import DatasetOptions, RootOption, parse_options
 from bench.cli.executor import AddressOption, ExecutorOption
+from bench.cli.extract import TTAOption
 
 
 @perf_app.command("extract")
@@ -26,6 +27,7 @@ def perf_extract(
     executor: ExecutorOption = "local",
     workers: Annotated[int, typer.Option(help="With --executor ray: measure 1..N Ray workers.")] = 2,
     address: AddressOption = None,
+    tta: TTAOption = None,
 ) -> None:
     """Measure extraction: naive torch loop vs onnxruntime alone (the ceiling) vs the `bench extract` pipeline;
     with --executor ray, the pipeline here vs on Ray with 1..N workers."""
@@ -40,7 +42,7 @@ def perf_extract(
             print_ray(figures, dataset, backbone)
         return
     figures = measure(backbone, dataset, root, limit=limit, batch_size=batch_size, repeat=repeat,
-                      options=parse_options(option))
+                      options=parse_options(option), tta=tta)
     if as_json:
         print(json.dumps(figures))
         return
@@ -51,6 +53,9 @@ def perf_extract(
     table.add_row("naive", f"{figures['naive_ips']:.1f}", "torch eager, one image at a time, decoding in the loop")
     table.add_row("ceiling", f"{figures['ceiling_ips']:.1f}", "onnxruntime alone on pre-decoded batches")
     table.add_row("pipeline", f"{figures['pipeline_ips']:.1f}", "bench extract (decode overlapped, store writes)")
+    if tta:
+        table.add_row(f"tta {tta}", f"{figures['tta_views_ps']:.1f} views/s",
+                      f"bench extract --tta {tta}: {figures['tta_per_view_vs_pipeline']:.0%} of the pipeline per view")
     console.print(table)
     console.print(f"pipeline = {figures['pipeline_vs_naive']:.2f} x naive, {figures['pipeline_vs_ceiling']:.0%} of "
                   f"the ceiling; start-up {figures['pipeline_startup_s']:.1f} s; peak RSS {figures['peak_rss_mb']:.0f} MB")
