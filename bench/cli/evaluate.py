@@ -20,7 +20,12 @@ from protocols.splits import SPLITS
 
 Protocol = Annotated[str, typer.Option(help="Label design: mal-vs-ben, mela-vs-ben or mela-vs-carc-vs-ben.")]
 Dataset = Annotated[str, typer.Option(help="Dataset adapter (see `bench datasets`).")]
-Backbone = Annotated[str, typer.Option(help="Backbone whose features are scored (see `bench backbones`).")]
+Backbone = Annotated[str, typer.Option(help="Backbone whose features are scored (see `bench backbones`); A+B scores "
+                                             "the concatenation of A's and B's L2-normalised sets.")]
+TTA = Annotated[Optional[str], typer.Option("--tta", help="Score the sets extracted with `bench extract --tta` "
+                                                          "(dihedral).")]
+PowerNorm = Annotated[bool, typer.Option("--power-norm", help="Signed square root of every feature before L2 "
+                                                              "normalisation (recorded in the results).")]
 Finetuned = Annotated[bool, typer.Option("--finetuned", help="Use each fold's fine-tuned set ft-<protocol>-<fold>.")]
 Split = Annotated[str, typer.Option(help=f"How folds are made: {', '.join(SPLITS)}.")]
 ReferenceDir = Annotated[Optional[Path], typer.Option(help="The paper's fold files (a folder or one .yml file).")]
@@ -50,10 +55,12 @@ def evaluate(
     results: Results = DEFAULT_RESULTS,
     predictions: Predictions = None,
     fold: Folds = [],  # noqa: B006 (typer reads it)
+    tta: TTA = None,
+    power_norm: PowerNorm = False,
 ) -> None:
     """Score a feature set with the paper's linear-SVM protocol on every fold; write results (and predictions)."""
     request = Request(dataset, backbone, protocol, split, finetuned, seed, root, store, reference_dir,
-                      keep_duplicate_folds, tuple(parse_options(option).items()), tuple(fold))
+                      keep_duplicate_folds, tuple(parse_options(option).items()), tuple(fold), tta, power_norm)
     done = run_evaluation(request)
     upsert(results, done.results, KEY)
     if predictions is not None:
