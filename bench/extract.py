@@ -19,10 +19,11 @@ import pandas as pd
 
 import bench
 from bench import paths, plugins, tta as views
-from bench.backbone import Backbone, Preprocessing
+from bench.backbone import Backbone, Preprocessing, read_checkpoint
 from bench.dataset import fingerprint
 from bench.errors import BenchError
 from bench.export import ExportedModel, export_onnx
+from bench.features import SOURCE_IDS, refuse_trained_on
 from bench.images import load_image
 from featurestore import FeatureStore, SetWriter
 
@@ -177,6 +178,12 @@ def _source_stage_output(backbone: Backbone) -> Path | None:
     return output if output.is_file() else None
 
 
+def source_image_ids(backbone: Backbone) -> list[str]:
+    """The ids of the images the backbone's trained source stage learnt from (none recorded: none known)."""
+    output = _source_stage_output(backbone)
+    return read_checkpoint(output).get("meta", {}).get(SOURCE_IDS, []) if output else []
+
+
 def prepare(
     backbone_name: str,
     dataset_name: str,
@@ -212,6 +219,8 @@ def prepare(
         if not weights.is_file():
             raise BenchError(f"no fine-tuned checkpoint {weights}: fine-tune {backbone_name} on {dataset_name} "
                              f"for protocol {protocol}, fold {fold} first (`bench train`)")
+    trained_on = source_image_ids(backbone)
+    refuse_trained_on(trained_on, manifest["image_id"], backbone_name, dataset_name)
     model = export_onnx(backbone, weights)
     key = views.key(paths.feature_key(protocol, fold), views.check(tta))
     attrs = {
@@ -225,6 +234,7 @@ def prepare(
         "weights": str(weights) if weights else "initial weights",
         "dataset_options": options or {},
         "bench_version": bench.__version__,
+        SOURCE_IDS: trained_on,
     }
     writer = FeatureStore(store).open_for_write(
         dataset_name, backbone_name, key, image_ids=manifest["image_id"].astype(str).to_numpy(),

@@ -43,23 +43,23 @@ def reader(store: Path, dataset: str, backbone: str, *, tta: str | None = None, 
     """key -> the feature set to score (each store set read once). `image_ids` are the dataset's: a set whose
     backbone trained on any of them is refused."""
     names, store_, cache = members(backbone), FeatureStore(store), {}
-    evaluated = set(map(str, image_ids))
+    evaluated = set(map(str, image_ids))  # once, not per fold
 
     def read(key: str) -> FeatureSet:
         key = views.key(key, views.check(tta))
         if key not in cache:
             sets = [store_.read(dataset, name, key) for name in names]
             for name, features in zip(names, sets):
-                refuse_trained_on(features, evaluated, name, dataset)
+                refuse_trained_on(features.attrs.get(SOURCE_IDS, ()), evaluated, name, dataset)
             cache[key] = fuse(sets, names, power)
         return cache[key]
 
     return read
 
 
-def refuse_trained_on(features: FeatureSet, image_ids: set[str], backbone: str, dataset: str) -> None:
+def refuse_trained_on(trained_on: Iterable[str], image_ids: Iterable[str], backbone: str, dataset: str) -> None:
     """A clear error where the backbone's source stage trained on images of the evaluated dataset."""
-    overlap = image_ids.intersection(features.attrs.get(SOURCE_IDS, ()))
+    overlap = set(map(str, image_ids)).intersection(trained_on)
     if overlap:
         raise BenchError(f"{backbone} was trained on {len(overlap)} image(s) of {dataset} in its source stage (e.g. "
                          f"{', '.join(sorted(overlap)[:3])}): scoring it there would test it on its training "

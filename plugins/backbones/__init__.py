@@ -14,3 +14,4 @@ def bench_register_backbones(register: Callable[[Backbone], None]) -> None:
     register(vgg16.backbone())
     for variant in efficientnet.INPUT_SIZE:
         register(efficientnet.backbone(variant))
+    register(efficientnet.dermoscopy("lite0"))

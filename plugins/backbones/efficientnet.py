@@ -9,12 +9,13 @@ that every tensor pairs with one of the same kind and shape.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from bench.backbone import Backbone, Preprocessing
+from bench.backbone import Backbone, Preprocessing, SourceStage, weights_loader
 from bench.errors import BenchError
 
 FEATURE_DIM = 1280
@@ -76,3 +77,13 @@ def backbone(variant: str) -> Backbone:
         build=lambda: build(variant),
         load_initial=lambda net: load_imagenet(variant, net),
     )
+
+
+def dermoscopy(variant: str) -> Backbone:
+    """`ham-{variant}`: ImageNet EfficientNet-Lite trained on all 7 HAM10000 diagnoses first (a double transfer
+    through a large dermoscopy source), then used like any backbone on another dermoscopy dataset."""
+    stage = SourceStage("ham10000", "the 7 HAM10000 diagnoses", start=f"efficientnet-{variant}",
+                        output=f"ham-{variant}.pt")
+    how = f"train it with `bench train --backbone ham-{variant} --dataset ham10000 --root PATH --recipe cpu`"
+    return replace(backbone(variant), name=f"ham-{variant}", initial_weights="its ham10000 stage (from ImageNet)",
+                   load_initial=weights_loader(stage.output, how), source_stages=(stage,))
