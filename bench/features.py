@@ -38,6 +38,17 @@ def label(backbone: str, tta: str | None, power: bool) -> str:
     return f"{backbone} [{', '.join(done)}]" if done else backbone
 
 
+def parse(spec: str) -> tuple[str, str | None, bool]:
+    """A `label` read back, as a study lists it: `A+B [tta dihedral, power]` -> ("A+B", "dihedral", True)."""
+    backbone, bracket, rest = spec.partition(" [")
+    done = [d.strip() for d in rest.removesuffix("]").split(",")] if bracket else []
+    tta = next((d.removeprefix("tta ") for d in done if d.startswith("tta ")), None)
+    unknown = [d for d in done if d != "power" and not d.startswith("tta ")]
+    if unknown or (bracket and not rest.endswith("]")):
+        raise BenchError(f"{spec!r}: write what is done to the features as `BACKBONE [tta dihedral, power]`")
+    return backbone, views.check(tta), "power" in done
+
+
 def reader(store: Path, dataset: str, backbone: str, *, tta: str | None = None, power: bool = False,
            image_ids: Iterable[str] = ()) -> Callable[[str], FeatureSet]:
     """key -> the feature set to score (each store set read once). `image_ids` are the dataset's: a set whose

@@ -29,9 +29,11 @@ from rich.text import Text
 from bench import paths, plugins
 from bench.backbone import Backbone
 from bench.errors import BenchError
+from bench.features import label
 from bench.hookspecs import hookimpl
 from bench.recipes import Recipe
 from bench.study import Stage, Study, defined_backbones, plan
+from bench.tta import key as tta_key
 
 KINDS = ("source", "finetune", "extract", "evaluate", "report")
 KIND_TITLES = {"source": "source training", "finetune": "fine-tuning", "extract": "export + extraction",
@@ -449,7 +451,7 @@ def _extract(study: Study, ws: Workspace, stage: Stage) -> str:
 
     p = stage.params
     spec = study.datasets[p["dataset"]["name"]]
-    arguments = dict(store=ws.store, protocol=p["protocol"], fold=p["fold"], options=spec.options)
+    arguments = dict(store=ws.store, protocol=p["protocol"], fold=p["fold"], options=spec.options, tta=p.get("tta"))
     try:  # a set this study began with the same model resumes where it stopped
         job = prepare(p["backbone"], spec.adapter, spec.root, **arguments)
     except StoreError:  # one the study made from an earlier model (a changed setting upstream) is replaced
@@ -471,13 +473,15 @@ class _StoreSnapshot:
         if self.sets is None:
             self.sets = {(i.dataset, i.backbone, i.key) for i in FeatureStore(self.store).list() if i.complete}
         p = stage.params
-        return (p["dataset"]["adapter"], p["backbone"], paths.feature_key(p["protocol"], p["fold"])) in self.sets
+        key = tta_key(paths.feature_key(p["protocol"], p["fold"]), p.get("tta"))
+        return (p["dataset"]["adapter"], p["backbone"], key) in self.sets
 
 
 def _evaluation_rows(table: Any, stage: Stage) -> Any:
     p = stage.params
     return table[(table["dataset"] == p["dataset"]["adapter"]) & (table["protocol"] == p["protocol"])
-                 & (table["backbone"] == p["backbone"]) & (table["finetuned"] == p["finetuned"])
+                 & (table["backbone"] == label(p["backbone"], p.get("tta"), p.get("power", False)))
+                 & (table["finetuned"] == p["finetuned"])
                  & (table["split"] == p["split"])]
 
 
@@ -497,7 +501,8 @@ def _evaluate(study: Study, ws: Workspace, stage: Stage) -> Any:
     request = Request(dataset=spec.adapter, backbone=p["backbone"], protocol=p["protocol"], split=p["split"],
                       finetuned=p["finetuned"], seed=study.seed, root=spec.root, store=ws.store,
                       reference_dir=Path(p["reference"]) if p["reference"] else None,
-                      options=tuple(sorted(spec.options.items())), folds=tuple(p["folds"]))
+                      options=tuple(sorted(spec.options.items())), folds=tuple(p["folds"]), tta=p.get("tta"),
+                      power=p.get("power", False))
     return run(prepare(request))
 
 

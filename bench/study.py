@@ -56,13 +56,15 @@ from typing import Any
 from bench import paths, plugins
 from bench.backbone import Backbone, SourceStage, load_state_dict_file
 from bench.errors import BenchError
+from bench.features import label, members, parse
 from bench.paths import feature_key
 from bench.recipes import Recipe, get_recipe
+from bench.tta import key as tta_key
 from protocols.svm import SOLVER
 
 TRANSFER_COLUMNS = ("none", "retino", "imagenet", "double")
 TOP_KEYS = {"description", "recipe", "seed", "overrides", "architectures", "datasets", "sources", "backbones",
-            "transfer", "evaluate"}
+            "transfer", "evaluate", "baseline"}
 DATASET_KEYS = {"adapter", "root", "options", "limit"}
 BACKBONE_KEYS = {"like", "weights", "source"}
 EVALUATE_KEYS = {"dataset", "split", "folds", "protocols", "frozen", "finetuned", "reference"}
@@ -116,6 +118,7 @@ class Study:
     transfer: dict[str, str]
     architectures: tuple[str, ...]
     evaluations: tuple[Evaluation, ...]
+    baseline: str | None = None  # the frozen evaluation every other one is tested against (a "levers" report)
 
     @property
     def synthetic(self) -> bool:
@@ -123,20 +126,21 @@ class Study:
         return any(self.datasets[e.dataset].synthetic for e in self.evaluations)
 
     def source_dataset(self, backbone: str) -> str | None:
-        """The dataset the study trains `backbone`'s source stage on, if it has one."""
+        """The dataset the study trains `backbone`'s source stage on, if it has one (`name@SIZE`: name's)."""
+        backbone = backbone.partition("@")[0]
         spec = self.backbones.get(backbone)
         return spec.source if spec else self.sources.get(backbone)
 
     def weights_from(self, backbone: str) -> str | None:
         """The backbone whose source stage makes `backbone`'s initial weights, if the study trains them."""
         if self.source_dataset(backbone):
-            return backbone
-        spec = self.backbones.get(backbone)
+            return backbone.partition("@")[0]
+        spec = self.backbones.get(backbone.partition("@")[0])
         return self.weights_from(spec.like) if spec and not spec.random else None
 
     def random_init(self, backbone: str) -> bool:
         """Whether `backbone` starts from random weights (an installed backbone says so itself)."""
-        spec = self.backbones.get(backbone)
+        spec = self.backbones.get(backbone.partition("@")[0])
         if spec is None:
             return plugins.get_backbone(backbone).random_init
         if spec.source:
@@ -231,11 +235,12 @@ class _Reader:
         for column, backbone in transfer.items():
             self.backbone(f"transfer.{column}", backbone, known)
         architectures = tuple(self.backbone("architectures", b, known) for b in self.strings(raw, "architectures"))
+        baseline = self.backbone("baseline", raw["baseline"], known) if "baseline" in raw else None
         return Study(
             name=self.path.stem, path=self.path, description=str(raw.get("description", "")), recipe=recipe,
             seed=self.integer(raw, "seed", 0), datasets=datasets, sources=sources, backbones=backbones,
             transfer=dict(transfer),
-            architectures=architectures, evaluations=evaluations,
+            architectures=architectures, evaluations=evaluations, baseline=baseline,
         )
 
     # --- sections
@@ -334,7 +339,8 @@ class _Reader:
             if protocol not in DESIGNS:
                 raise self.fail(f"{key}.protocols", f"unknown protocol {protocol!r}; available: {', '.join(DESIGNS)}")
         frozen = tuple(self.backbone(f"{key}.frozen", b, known) for b in self.strings(value, "frozen", key))
-        finetuned = tuple(self.backbone(f"{key}.finetuned", b, known) for b in self.strings(value, "finetuned", key))
+        finetuned = tuple(self.backbone(f"{key}.finetuned", b, known, plain=True)
+                          for b in self.strings(value, "finetuned", key))
         if not frozen and not finetuned:
             raise self.fail(key, "evaluates no backbone: list some under `frozen` and/or `finetuned`")
         folds = tuple(self.strings(value, "folds", key)) or None
@@ -348,7 +354,8 @@ class _Reader:
         """A backbone whose weights come from a source task cannot run before the study trains it."""
         backbones = plugins.backbones()
         for i, evaluation in enumerate(evaluations):
-            for name in (*evaluation.frozen, *evaluation.finetuned):
+            for name in (m.partition("@")[0] for spec in (*evaluation.frozen, *evaluation.finetuned)
+                         for m in stored_backbones(spec)):
                 if name in backbones and backbones[name].source_stages and name not in sources:
                     stage = backbones[name].source_stages[0]
                     raise self.fail(f"evaluate[{i}]", f"backbone {name!r} is first trained on {stage.task} "
@@ -362,9 +369,16 @@ class _Reader:
             raise self.fail(key, f"{value!r} is not a dataset of this study; it has {', '.join(datasets) or 'none'}")
         return value
 
-    def backbone(self, key: str, value: Any, known: set[str]) -> str:
-        if value not in known:
-            raise self.fail(key, f"unknown backbone {value!r}; available: {', '.join(sorted(known))} "
+    def backbone(self, key: str, value: Any, known: set[str], plain: bool = False) -> str:
+        """A backbone, or (unless `plain`) evaluated features such as `A@448+B [tta dihedral, power]`."""
+        try:
+            names = stored_backbones(value)
+        except BenchError as exc:
+            raise self.fail(key, str(exc)) from None
+        unknown = [n for n in names if n.partition("@")[0] not in known]
+        if unknown or (plain and value != names[0]):
+            what = "unknown backbone" if unknown else "a fine-tuned backbone is one backbone, no fusion or TTA:"
+            raise self.fail(key, f"{what} {(unknown or [value])[0]!r}; available: {', '.join(sorted(known))} "
                             "(see `bench backbones`; a study defines its own under [backbones])")
         return value
 
@@ -400,6 +414,11 @@ class _Reader:
 
 # --- the stage graph ------------------------------------------------------------------------------------------
 
+def stored_backbones(spec: str) -> list[str]:
+    """The backbones whose feature sets evaluated features such as `A+B [tta dihedral]` read: [A, B]."""
+    return members(parse(str(spec))[0])
+
+
 def plan(study: Study, fold_keys: dict[int, list[str]]) -> list[Stage]:
     """Every stage of the study in dependency order. `fold_keys[i]` are the folds evaluation i runs on."""
     stages: dict[str, Stage] = {}
@@ -410,11 +429,12 @@ def plan(study: Study, fold_keys: dict[int, list[str]]) -> list[Stage]:
     evaluations = []
     for i, evaluation in enumerate(study.evaluations):
         spec = study.datasets[evaluation.dataset]
-        for backbone in evaluation.frozen:
-            key = _extract_stage(stages, study, spec, backbone, None, None)
+        for features in evaluation.frozen:
+            backbone, tta, power = parse(features)
+            keys = [_extract_stage(stages, study, spec, b, None, None, tta=tta) for b in stored_backbones(backbone)]
             for protocol in evaluation.protocols:
                 evaluations.append(_evaluate_stage(study, evaluation, spec, backbone, protocol, fold_keys[i], False,
-                                                   [key]))
+                                                   keys, tta=tta, power=power))
         for backbone in evaluation.finetuned:
             for protocol in evaluation.protocols:
                 keys = []
@@ -467,22 +487,26 @@ def _finetune_stage(stages: dict[str, Stage], study: Study, evaluation: Evaluati
 
 
 def _extract_stage(stages: dict[str, Stage], study: Study, spec: DatasetSpec, backbone: str, protocol: str | None,
-                   fold: str | None, finetune: str | None = None) -> str:
+                   fold: str | None, finetune: str | None = None, tta: str | None = None) -> str:
     """Shared by every evaluation that reads the same feature set."""
-    key = f"extract {spec.name}/{backbone}/{feature_key(protocol, fold)}"
-    params = {"backbone": backbone, "dataset": _dataset_params(spec), "protocol": protocol, "fold": fold}
+    key = f"extract {spec.name}/{backbone}/{tta_key(feature_key(protocol, fold), tta)}"
+    # `tta` only where set, so the stages of studies without it keep their fingerprints
+    params = {"backbone": backbone, "dataset": _dataset_params(spec), "protocol": protocol, "fold": fold,
+              **({"tta": tta} if tta else {})}
     stages.setdefault(key, Stage(key, "extract", params,
                                  (finetune,) if finetune else _weights_stage(study, backbone)))
     return key
 
 
 def _evaluate_stage(study: Study, evaluation: Evaluation, spec: DatasetSpec, backbone: str, protocol: str,
-                    folds: list[str], finetuned: bool, extracts: list[str]) -> Stage:
-    key = f"evaluate {spec.name}/{backbone}/{protocol}/{'ft' if finetuned else 'frozen'}"
+                    folds: list[str], finetuned: bool, extracts: list[str], tta: str | None = None,
+                    power: bool = False) -> Stage:
+    key = f"evaluate {spec.name}/{label(backbone, tta, power)}/{protocol}/{'ft' if finetuned else 'frozen'}"
     params = {"backbone": backbone, "dataset": _dataset_params(spec), "protocol": protocol,
               "split": evaluation.split, "folds": list(folds), "finetuned": finetuned, "seed": study.seed,
               "svm": SOLVER,
-              "reference": str(evaluation.reference) if evaluation.reference else None}
+              "reference": str(evaluation.reference) if evaluation.reference else None,
+              **({"tta": tta} if tta else {}), **({"power": True} if power else {})}
     return Stage(key, "evaluate", params, tuple(extracts))
 
 

@@ -180,3 +180,13 @@ def _interval(estimate: float, boot: np.ndarray, level: float) -> Interval:
     boot = boot[np.isfinite(boot)]
     tail = (1 - level) / 2 * 100
     return Interval(estimate, float(np.percentile(boot, tail)), float(np.percentile(boot, 100 - tail)))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values tested together (controls the family-wise error rate)."""
+    order = np.argsort(p_values)
+    adjusted, running = np.empty(len(p_values)), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
