@@ -220,9 +220,11 @@ def test_store_ls_and_rm(images, store):
 
 def test_perf_extract_reports_the_three_rates_as_json(images):
     out = bench("perf", "extract", "--backbone", tiny.NAME, "--dataset", tiny.DATASET, "--root", images,
-                "--limit", 12, "--repeat", 2, "--json")
+                "--limit", 12, "--repeat", 2, "--json", "--tta", "dihedral")
     figures = json.loads(out.output)
     assert figures["images"] == 12
+    assert figures["tta_per_view_vs_pipeline"] == pytest.approx(figures["tta_views_ps"] / figures["pipeline_ips"],
+                                                                rel=0.05, abs=0.002)
     for key in ("naive_ips", "ceiling_ips", "pipeline_ips", "peak_rss_mb"):
         assert figures[key] > 0
     ratios = {"pipeline_vs_naive": "naive_ips", "pipeline_vs_ceiling": "ceiling_ips"}
