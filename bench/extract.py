@@ -6,8 +6,8 @@ release the GIL), so the model is never waiting for pixels. Work is done and sav
 
 from __future__ import annotations
 
-import os
 import dataclasses
+import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
