@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 import numpy as np
 
 from bench.atomic import atomic_path
+from bench import paths
 from bench.errors import BenchError
 
 if TYPE_CHECKING:  # torch is imported where a network is built or read: listing backbones does not pay for it
@@ -113,6 +114,18 @@ def load_state_dict_file(net: nn.Module, path: Path) -> None:
         raise BenchError(f"{path} does not fit this architecture: {exc}") from exc
 
 
+def weights_loader(file: str, how: str) -> Callable[[nn.Module], None]:
+    """A `load_initial` that reads `weights_dir()/file` (e.g. a trained source stage), or says how to make it."""
+
+    def load(net: nn.Module) -> None:
+        path = paths.weights_dir() / file
+        if not path.is_file():
+            raise BenchError(f"{path} not found: {how}, or pass --weights PATH")
+        load_state_dict_file(net, path)
+
+    return load
+
+
 @dataclass(frozen=True)
 class Backbone:
     """A feature extractor: `create()` returns a torch module whose forward maps (N, 3, S, S) to (N, feature_dim)."""
@@ -128,7 +141,13 @@ class Backbone:
     load_file: Callable[[nn.Module, Path], None] = load_state_dict_file  # loads `--weights PATH`
     source_stages: tuple[SourceStage, ...] = ()
     random_init: bool = False  # the initial weights are untrained, so training from them trains every layer
+    size_fixed: bool = False  # the input size was asked for (`name@SIZE`): it beats the size a checkpoint was trained at
     plugin: str = field(default="", compare=False)  # filled in by the plugin manager
+
+    def resized(self, size: int) -> Backbone:
+        """The same network fed `size` x `size` images, as its own backbone `name@size` (its own feature sets)."""
+        return replace(self, name=f"{self.name}@{size}", preprocessing=self.preprocessing.with_size(size),
+                       size_fixed=True)
 
     def create(self, weights: Path | None = None) -> nn.Module:
         """The network with `weights` (a file) or, without it, the backbone's initial weights."""

@@ -10,7 +10,6 @@ import shlex
 import warnings
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import bench
 from bench import paths, plugins
 from bench.dataset import fingerprint, image_digests, label_fingerprint
 from bench.errors import BenchError
+from bench.features import label as features_label, reader as features_reader
 from bench.results import KEY
 from featurestore import FeatureSet, FeatureStore
 from protocols.designs import Design, apply_design, get_design
@@ -46,6 +46,8 @@ class Request:
     keep_duplicate_folds: bool = False
     options: tuple[tuple[str, str], ...] = ()
     folds: tuple[str, ...] = ()  # only these folds of the split; empty: all of them
+    tta: str | None = None  # score the sets extracted with this test-time augmentation (bench.tta)
+    power: bool = False  # signed square root of every feature before the L2 normalisation
 
     @property
     def store_path(self) -> str:
@@ -64,6 +66,8 @@ class Request:
             args += ["--option", f"{key}={value}"]
         for fold in self.folds:
             args += ["--fold", fold]
+        args += ["--tta", self.tta] if self.tta else []
+        args += ["--power-norm"] * self.power
         return shlex.join(args)
 
 
@@ -111,7 +115,8 @@ def evaluate(request: Request) -> Evaluation:
 def run(inputs: Inputs) -> Evaluation:
     """The SVM protocol on every fold; features are read once (frozen) or per fold (fine-tuned)."""
     request = inputs.request
-    read = _reader(request)
+    read = features_reader(request.store_path, request.dataset, request.backbone, tta=request.tta,
+                           power=request.power, image_ids=inputs.manifest["image_id"])
     notes = list(inputs.notes)
     parts = []
     current = pd.Series(image_digests(inputs.manifest), index=inputs.manifest["image_id"].astype(str))
@@ -140,9 +145,11 @@ def _tables(inputs: Inputs, results: pd.DataFrame, predictions: pd.DataFrame) ->
     """Add identity, the AUC interval and provenance; key columns first."""
     request = inputs.request
     ci = bootstrap_auc(predictions, seed=request.seed)
-    identity = {"dataset": request.dataset, "protocol": request.protocol, "backbone": request.backbone,
+    identity = {"dataset": request.dataset, "protocol": request.protocol,
+                "backbone": features_label(request.backbone, request.tta, request.power),
                 "finetuned": request.finetuned, "split": request.split}
-    provenance = {"seed": request.seed, "auc_ci_low": ci.low, "auc_ci_high": ci.high,
+    provenance = {"seed": request.seed, "tta": request.tta or "none", "power_norm": request.power,
+                  "auc_ci_low": ci.low, "auc_ci_high": ci.high,
                   "dataset_fingerprint": inputs.fingerprint, "bench_version": bench.__version__,
                   "command": request.command(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     results = results.assign(**identity, **provenance)
@@ -152,17 +159,6 @@ def _tables(inputs: Inputs, results: pd.DataFrame, predictions: pd.DataFrame) ->
 
 def _key_first(table: pd.DataFrame) -> pd.DataFrame:
     return table[KEY + [c for c in table.columns if c not in KEY]]
-
-
-def _reader(request: Request):
-    """key -> FeatureSet, each set read from the store once."""
-    store = FeatureStore(request.store_path)
-
-    @cache
-    def read(key: str) -> FeatureSet:
-        return store.read(request.dataset, request.backbone, key)
-
-    return read
 
 
 def _check_fold_record(request: Request, fold: str, features: FeatureSet, train_ids: np.ndarray,

@@ -60,11 +60,12 @@ def _find_or_export(backbone: Backbone, weights: Path | None, preprocessing: Pre
     """The backbone with `weights` (else its initial weights) as ONNX with a dynamic batch axis.
 
     The preprocessing defaults to the one saved in the checkpoint (fine-tunes may use another size), else the
-    backbone's. The cache key is (backbone, sha256 of the state dict, preprocessing), so exporting the same weights
+    backbone's; a size asked for by name (`name@SIZE`) beats the checkpoint's. The cache key is (backbone, sha256 of the state dict, preprocessing), so exporting the same weights
     again returns the cached file without exporting.
     """
     if preprocessing is None:
-        preprocessing = checkpoint_preprocessing(weights, backbone.preprocessing) if weights else backbone.preprocessing
+        trained_at = weights and not backbone.size_fixed
+        preprocessing = checkpoint_preprocessing(weights, backbone.preprocessing) if trained_at else backbone.preprocessing
     net = backbone.create(weights)
     identity = [backbone.name, state_dict_sha256(net), preprocessing.to_dict(), OPSET]
     key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()

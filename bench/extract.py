@@ -6,6 +6,7 @@ release the GIL), so the model is never waiting for pixels. Work is done and sav
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,11 +17,12 @@ import numpy as np
 import pandas as pd
 
 import bench
-from bench import paths, plugins
+from bench import paths, plugins, tta as views
 from bench.backbone import Backbone, Preprocessing, read_checkpoint
 from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
 from bench.export import ExportedModel, export_onnx
+from bench.features import SOURCE_IDS, refuse_trained_on
 from bench.images import load_image
 from bench.threads import count as thread_count
 from featurestore import FeatureStore, SetWriter, feature_key
@@ -63,6 +65,7 @@ class Extraction:
     todo: list[int] = field(default_factory=list)  # chunks still to compute
     skipped: list[str] = field(default_factory=list)  # paths of the unreadable images this run left out
     threads: int = 0  # onnxruntime's intra-op threads; 0: `bench.threads.count()` (a Ray task: the CPUs it was given)
+    tta: str | None = None  # test-time augmentation (bench.tta): each image's feature is the mean over its views
 
     @property
     def todo_images(self) -> int:
@@ -84,7 +87,7 @@ class Extraction:
             self.skipped += batch.files[~batch.readable].tolist()
             readable[batch.rows] = batch.readable
             if len(batch.images):
-                buffer[batch.rows[batch.readable]] = run_model(session, batch)
+                buffer[batch.rows[batch.readable]] = features_of(session, batch, self.tta)
             if batch.rows[-1] == len(buffer) - 1:
                 self.writer.write_chunk(chunk, buffer, skipped=~readable)
             advance(len(batch.rows))
@@ -127,6 +130,14 @@ def prefetch(items: Iterator, load: Callable, ahead: int = PREFETCH) -> Iterator
             yield pending.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # an interrupt waits for at most the batches in flight
+
+
+def features_of(session, batch: Batch, tta: str | None) -> np.ndarray:
+    """The batch's features, or with `tta` the mean over each image's views (bench.tta)."""
+    if tta is None:
+        return run_model(session, batch)
+    return views.mean_over_views(lambda view: run_model(session, dataclasses.replace(batch, images=view)),
+                                 batch.images)
 
 
 def run_model(session, batch: Batch) -> np.ndarray:
@@ -181,6 +192,12 @@ def _source_stage_output(backbone: Backbone) -> Path | None:
     return output if output.is_file() else None
 
 
+def source_image_ids(backbone: Backbone) -> list[str]:
+    """The ids of the images the backbone's trained source stage learnt from (none recorded: none known)."""
+    output = _source_stage_output(backbone)
+    return read_checkpoint(output).get("meta", {}).get(SOURCE_IDS, []) if output else []
+
+
 def prepare(
     backbone_name: str,
     dataset_name: str,
@@ -195,11 +212,13 @@ def prepare(
     overwrite: bool = False,
     options: dict[str, str] | None = None,
     rows_per_chunk: int | None = None,
+    tta: str | None = None,
 ) -> Extraction:
     """Load the manifest, export (or find) the model and open the store set; nothing is computed yet.
 
     `rows_per_chunk` sets a new set's chunk length (default: about CHUNK_BYTES of features); a chunk is also the
-    unit of work a Ray worker takes."""
+    unit of work a Ray worker takes. `tta` (e.g. "dihedral") stores each image's mean feature over its views, in
+    a set of its own key."""
     if batch_size < 1 or (limit is not None and limit < 1):
         raise BenchError("--batch-size and --limit must be at least 1")
     if (protocol is None) != (fold is None):
@@ -216,8 +235,10 @@ def prepare(
         if not weights.is_file():
             raise BenchError(f"no fine-tuned checkpoint {weights}: fine-tune {backbone_name} on {dataset_name} "
                              f"for protocol {protocol}, fold {fold} first (`bench train`)")
+    trained_on = source_image_ids(backbone)
+    refuse_trained_on(trained_on, manifest["image_id"], backbone_name, dataset_name)
     model = export_onnx(backbone, weights)
-    key = feature_key(protocol, fold)
+    key = views.key(feature_key(protocol, fold), views.check(tta))
     # a fine-tuned set carries its checkpoint's record of the fold it trained on: evaluation checks it
     record = read_checkpoint(weights).get("meta", {}).get("fold_record") if fold is not None else None
     attrs = {
@@ -227,10 +248,12 @@ def prepare(
         "dataset": dataset_name,
         "backbone": backbone_name,
         "key": key,
+        "tta": tta or "none",
         "weights": str(weights) if weights else "initial weights",
         "dataset_options": options or {},
         "bench_version": bench.__version__,
         **({"fold_record": record} if fold is not None else {}),
+        SOURCE_IDS: trained_on,
     }
     writer = features.open_for_write(
         dataset_name, backbone_name, key, image_ids=manifest["image_id"].astype(str).to_numpy(),
@@ -238,7 +261,7 @@ def prepare(
         attrs=attrs, overwrite=overwrite,
     )
     return Extraction(dataset_name, backbone_name, key, manifest, model, writer, batch_size, skip_bad,
-                      todo=writer.missing_chunks())
+                      todo=writer.missing_chunks(), tta=tta)
 
 
 def extract(backbone_name: str, dataset_name: str, root: Path | None, *, store: Path | str, **kwargs) -> Extraction:

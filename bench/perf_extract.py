@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from bench import plugins
+from bench.tta import VIEWS
 from bench.backbone import Preprocessing
 from bench.extract import BATCH_SIZE, SESSION_OPTIONS, create_session, prepare
 from bench.images import load_image
@@ -31,17 +32,18 @@ SWEEP = {
 
 def measure(backbone_name: str, dataset_name: str, root: Path | None, *, limit: int | None = 500,
             batch_size: int = BATCH_SIZE, repeat: int = 3, options: dict[str, str] | None = None,
-            sweep: bool = False) -> dict:
+            sweep: bool = False, tta: str | None = None) -> dict:
     """images/s, on the same images in one process, of (a) torch eager one image at a time decoding in the loop,
     (b) onnxruntime alone on pre-decoded batches, the ceiling, (c) `bench extract`'s run into a temporary store.
     With `sweep`, also the ceiling under each onnxruntime setting of SWEEP and on one thread.
 
     The runs take turns `repeat` times and each keeps its best round, so a burst of load from other processes
-    on a shared machine skews one round rather than the comparison.
+    on a shared machine skews one round rather than the comparison. With `tta`, (d) the pipeline with test-time
+    augmentation takes its turn too, counted in views/s (8 model inputs per image for `dihedral`).
     """
     load = os.getloadavg()[0]
-    job = lambda store: prepare(backbone_name, dataset_name, root, store=store, batch_size=batch_size,  # noqa: E731
-                                limit=limit, options=options)
+    job = lambda store, tta=None: prepare(backbone_name, dataset_name, root, store=store,  # noqa: E731
+                                          batch_size=batch_size, limit=limit, options=options, tta=tta)
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
         start = time.perf_counter()
         first = job(Path(tmp) / "0")
@@ -53,12 +55,14 @@ def measure(backbone_name: str, dataset_name: str, root: Path | None, *, limit: 
         if sweep:
             variants |= {name: (0, {**SESSION_OPTIONS, **change}) for name, change in SWEEP.items()}
             variants["one thread"] = (1, SESSION_OPTIONS)
-        seconds = {"naive": [], "pipeline": [], **{name: [] for name in variants}}
+        seconds = {"naive": [], "pipeline": [], "tta": [], **{name: [] for name in variants}}
         for i in range(repeat):
             for name, (threads, settings) in variants.items():
                 seconds[name].append(_ceiling(model.path, decoded, model.preprocessing, batch_size, threads, settings))
             seconds["pipeline"].append(_seconds((first if i == 0 else job(Path(tmp) / str(i))).run))
             seconds["naive"].append(_seconds(lambda: _naive(net, files, model.preprocessing)))
+            if tta:
+                seconds["tta"].append(_seconds(job(Path(tmp) / f"tta{i}", tta).run))
     naive, ceiling, pipeline = (len(files) / min(seconds[k]) for k in ("naive", "chosen", "pipeline"))
     return {
         "images": len(files),
@@ -76,7 +80,13 @@ def measure(backbone_name: str, dataset_name: str, root: Path | None, *, limit: 
         "cpus": os.cpu_count(),
         "threads": thread_count(),
         "load_average_1min_before": round(load, 2),
+        **(_tta_figures(VIEWS[tta] * len(files), min(seconds["tta"]), pipeline) if tta else {}),
     }
+
+
+def _tta_figures(views: int, seconds: float, pipeline_ips: float) -> dict:
+    rate = views / seconds
+    return {"tta_views_ps": round(rate, 1), "tta_per_view_vs_pipeline": round(rate / pipeline_ips, 3)}
 
 
 def _seconds(work: Callable[[], object]) -> float:

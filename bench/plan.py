@@ -13,8 +13,10 @@ from typing import Any, ClassVar
 
 from bench import paths, plugins
 from bench.errors import BenchError
+from bench.features import label, parse
 from bench.recipes import Recipe
-from bench.study import DatasetSpec, Evaluation, Study
+from bench.study import DatasetSpec, Evaluation, Study, stored_backbones
+from bench.tta import key as tta_key
 from protocols.svm import SOLVER
 
 
@@ -101,10 +103,20 @@ class Extract(Stage):
     dataset: DatasetRef
     protocol: str | None
     fold: str | None
+    tta: str | None = None  # test-time augmentation (bench.tta)
 
     @property
     def key(self) -> str:
-        return f"extract {self.dataset.name}/{self.backbone}/{paths.feature_key(self.protocol, self.fold)}"
+        return f"extract {self.dataset.name}/{self.backbone}/{self.set_key}"
+
+    @property
+    def set_key(self) -> str:
+        """The feature set it fills."""
+        return tta_key(paths.feature_key(self.protocol, self.fold), self.tta)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return _unless_default(super().params, tta=None)
 
 
 @dataclass(frozen=True)
@@ -121,10 +133,21 @@ class Evaluate(Stage):
     seed: int
     svm: str
     reference: Path | None
+    tta: str | None = None  # score the sets extracted with test-time augmentation
+    power: bool = False  # signed square root of every feature before L2 normalisation
+
+    @property
+    def label(self) -> str:
+        """What its results rows call the features: the backbone(s), then what was done to them."""
+        return label(self.backbone, self.tta, self.power)
 
     @property
     def key(self) -> str:
-        return f"evaluate {self.dataset.name}/{self.backbone}/{self.protocol}/{'ft' if self.finetuned else 'frozen'}"
+        return f"evaluate {self.dataset.name}/{self.label}/{self.protocol}/{'ft' if self.finetuned else 'frozen'}"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return _unless_default(super().params, tta=None, power=False)
 
 
 @dataclass(frozen=True)
@@ -141,6 +164,12 @@ class Report(Stage):
 
 def source_key(backbone: str) -> str:
     return f"source {backbone}"
+
+
+def _unless_default(params: dict[str, Any], **defaults: Any) -> dict[str, Any]:
+    """`params` less the fields added later that are at their default, so earlier studies keep their
+    fingerprints."""
+    return {k: v for k, v in params.items() if not (k in defaults and v == defaults[k])}
 
 
 # --- the study's data ------------------------------------------------------------------------------------------
@@ -206,10 +235,12 @@ def plan(study: Study, fold_keys: dict[int, list[str]]) -> list[Stage]:
     for i, evaluation in enumerate(study.evaluations):
         dataset = DatasetRef.of(study.datasets[evaluation.dataset])
         folds = tuple(fold_keys[i])
-        for backbone in evaluation.frozen:
-            extract = add(Extract(backbone, dataset, None, None, deps=_weights_stage(study, backbone)))
-            evaluations += [_evaluate(study, evaluation, dataset, backbone, protocol, folds, False, (extract,))
-                            for protocol in evaluation.protocols]
+        for features in evaluation.frozen:  # e.g. `A@448+B [tta dihedral, power]`: each member's set, then its SVM
+            backbone, tta, power = parse(features)
+            extracts = tuple(add(Extract(member, dataset, None, None, tta, deps=_weights_stage(study, member)))
+                             for member in stored_backbones(backbone))
+            evaluations += [_evaluate(study, evaluation, dataset, backbone, protocol, folds, False, extracts, tta,
+                                      power) for protocol in evaluation.protocols]
         for backbone in evaluation.finetuned:
             for protocol in evaluation.protocols:
                 extracts = []
@@ -246,6 +277,7 @@ def _train_source(study: Study, backbone: str) -> TrainSource:
 
 
 def _evaluate(study: Study, evaluation: Evaluation, dataset: DatasetRef, backbone: str, protocol: str,
-              folds: tuple[str, ...], finetuned: bool, extracts: tuple[str, ...]) -> Evaluate:
+              folds: tuple[str, ...], finetuned: bool, extracts: tuple[str, ...], tta: str | None = None,
+              power: bool = False) -> Evaluate:
     return Evaluate(backbone, dataset, protocol, evaluation.split, folds, finetuned, study.seed, SOLVER,
-                    evaluation.reference, deps=extracts)
+                    evaluation.reference, tta, power, deps=extracts)

@@ -94,7 +94,14 @@ def _get(items: dict[str, T], name: str, kind: str, command: str) -> T:
 
 
 def get_backbone(name: str) -> Backbone:
-    return _get(backbones(), name, "backbone", "backbones")
+    """A backbone by name; `name@SIZE` is it fed SIZE x SIZE images (e.g. `efficientnet-lite1@448` for large images)."""
+    base, at, size = name.partition("@")
+    backbone = _get(backbones(), base, "backbone", "backbones")
+    if not at:
+        return backbone
+    if not size.isdigit() or not 32 <= int(size) <= 2048:
+        raise BenchError(f"backbone {name!r}: the size after @ must be a whole number of pixels, 32 to 2048")
+    return backbone.resized(int(size))
 
 
 def get_dataset(name: str) -> DatasetAdapter:

@@ -95,7 +95,7 @@ def _extract(study: Study, ws: Workspace, stage: Extract) -> str:
     from featurestore import StoreError
 
     spec = study.datasets[stage.dataset.name]
-    arguments = dict(store=ws.store, protocol=stage.protocol, fold=stage.fold, options=spec.options)
+    arguments = dict(store=ws.store, protocol=stage.protocol, fold=stage.fold, options=spec.options, tta=stage.tta)
     try:  # a set this study began with the same model resumes where it stopped
         job = prepare(stage.backbone, spec.adapter, spec.root, **arguments)
     except StoreError:  # one the study made from an earlier model (a changed setting upstream) is replaced
@@ -119,7 +119,7 @@ class _StoreSnapshot:
 
         if self.sets is None:
             self.sets = {(i.dataset, i.backbone, i.key) for i in FeatureStore(self.store).list() if i.complete}
-        return (stage.dataset.adapter, stage.backbone, paths.feature_key(stage.protocol, stage.fold)) in self.sets
+        return (stage.dataset.adapter, stage.backbone, stage.set_key) in self.sets
 
 
 def _has_results(ws: Workspace, stage: Evaluate) -> bool:
@@ -128,7 +128,7 @@ def _has_results(ws: Workspace, stage: Evaluate) -> bool:
     if not (ws.results.is_file() and ws.predictions.is_file()):
         return False
     rows = select(read_table(ws.results), dataset=stage.dataset.adapter, protocol=stage.protocol,
-                  backbone=stage.backbone, finetuned=stage.finetuned, split=stage.split)
+                  backbone=stage.label, finetuned=stage.finetuned, split=stage.split)
     return set(rows["fold"]) == set(stage.folds)
 
 
@@ -139,7 +139,7 @@ def _evaluate(study: Study, ws: Workspace, stage: Evaluate) -> Any:
     request = Request(dataset=spec.adapter, backbone=stage.backbone, protocol=stage.protocol, split=stage.split,
                       finetuned=stage.finetuned, seed=study.seed, root=spec.root, store=ws.store,
                       reference_dir=stage.reference, options=tuple(sorted(spec.options.items())),
-                      folds=stage.folds)
+                      folds=stage.folds, tta=stage.tta, power=stage.power)
     return run(prepare(request))
 
 

@@ -53,12 +53,13 @@ from typing import Any
 
 from bench import plugins
 from bench.errors import BenchError
+from bench.features import members, parse
 from bench.paths import check_name
 from bench.recipes import Recipe, get_recipe
 
 TRANSFER_COLUMNS = ("none", "retino", "imagenet", "double")
 TOP_KEYS = {"description", "recipe", "seed", "overrides", "architectures", "datasets", "sources", "backbones",
-            "transfer", "evaluate"}
+            "transfer", "evaluate", "baseline"}
 DATASET_KEYS = {"adapter", "root", "options", "limit"}
 BACKBONE_KEYS = {"like", "weights", "source"}
 EVALUATE_KEYS = {"dataset", "split", "folds", "protocols", "frozen", "finetuned", "reference"}
@@ -112,6 +113,7 @@ class Study:
     transfer: dict[str, str]
     architectures: tuple[str, ...]
     evaluations: tuple[Evaluation, ...]
+    baseline: str | None = None  # the frozen evaluation every other one is tested against (a "levers" report)
 
     @property
     def synthetic(self) -> bool:
@@ -119,20 +121,21 @@ class Study:
         return any(self.datasets[e.dataset].synthetic for e in self.evaluations)
 
     def source_dataset(self, backbone: str) -> str | None:
-        """The dataset the study trains `backbone`'s source stage on, if it has one."""
+        """The dataset the study trains `backbone`'s source stage on, if it has one (`name@SIZE`: name's)."""
+        backbone = backbone.partition("@")[0]
         spec = self.backbones.get(backbone)
         return spec.source if spec else self.sources.get(backbone)
 
     def weights_from(self, backbone: str) -> str | None:
         """The backbone whose source stage makes `backbone`'s initial weights, if the study trains them."""
         if self.source_dataset(backbone):
-            return backbone
-        spec = self.backbones.get(backbone)
+            return backbone.partition("@")[0]
+        spec = self.backbones.get(backbone.partition("@")[0])
         return self.weights_from(spec.like) if spec and not spec.random else None
 
     def random_init(self, backbone: str) -> bool:
         """Whether `backbone` starts from random weights (an installed backbone says so itself)."""
-        spec = self.backbones.get(backbone)
+        spec = self.backbones.get(backbone.partition("@")[0])
         if spec is None:
             return plugins.get_backbone(backbone).random_init
         if spec.source:
@@ -218,11 +221,12 @@ class _Reader:
         for column, backbone in transfer.items():
             self.backbone(f"transfer.{column}", backbone, known)
         architectures = tuple(self.backbone("architectures", b, known) for b in self.strings(raw, "architectures"))
+        baseline = self.backbone("baseline", raw["baseline"], known) if "baseline" in raw else None
         return Study(
             name=self.path.stem, path=self.path, description=str(raw.get("description", "")), recipe=recipe,
             seed=self.integer(raw, "seed", 0), datasets=datasets, sources=sources, backbones=backbones,
             transfer=dict(transfer),
-            architectures=architectures, evaluations=evaluations,
+            architectures=architectures, evaluations=evaluations, baseline=baseline,
         )
 
     # --- sections
@@ -323,7 +327,8 @@ class _Reader:
             if protocol not in DESIGNS:
                 raise self.fail(f"{key}.protocols", f"unknown protocol {protocol!r}; available: {', '.join(DESIGNS)}")
         frozen = tuple(self.backbone(f"{key}.frozen", b, known) for b in self.strings(value, "frozen", key))
-        finetuned = tuple(self.backbone(f"{key}.finetuned", b, known) for b in self.strings(value, "finetuned", key))
+        finetuned = tuple(self.backbone(f"{key}.finetuned", b, known, plain=True)
+                          for b in self.strings(value, "finetuned", key))
         if not frozen and not finetuned:
             raise self.fail(key, "evaluates no backbone: list some under `frozen` and/or `finetuned`")
         folds = tuple(self.strings(value, "folds", key)) or None
@@ -337,7 +342,8 @@ class _Reader:
         """A backbone whose weights come from a source task cannot run before the study trains it."""
         backbones = plugins.backbones()
         for i, evaluation in enumerate(evaluations):
-            for name in (*evaluation.frozen, *evaluation.finetuned):
+            for name in (m.partition("@")[0] for spec in (*evaluation.frozen, *evaluation.finetuned)
+                         for m in stored_backbones(spec)):
                 if name in backbones and backbones[name].source_stages and name not in sources:
                     stage = backbones[name].source_stages[0]
                     raise self.fail(f"evaluate[{i}]", f"backbone {name!r} is first trained on {stage.task} "
@@ -351,9 +357,16 @@ class _Reader:
             raise self.fail(key, f"{value!r} is not a dataset of this study; it has {', '.join(datasets) or 'none'}")
         return value
 
-    def backbone(self, key: str, value: Any, known: set[str]) -> str:
-        if value not in known:
-            raise self.fail(key, f"unknown backbone {value!r}; available: {', '.join(sorted(known))} "
+    def backbone(self, key: str, value: Any, known: set[str], plain: bool = False) -> str:
+        """A backbone, or (unless `plain`) evaluated features such as `A@448+B [tta dihedral, power]`."""
+        try:
+            names = stored_backbones(value)
+        except BenchError as exc:
+            raise self.fail(key, str(exc)) from None
+        unknown = [n for n in names if n.partition("@")[0] not in known]
+        if unknown or (plain and value != names[0]):
+            what = "unknown backbone" if unknown else "a fine-tuned backbone is one backbone, no fusion or TTA:"
+            raise self.fail(key, f"{what} {(unknown or [value])[0]!r}; available: {', '.join(sorted(known))} "
                             "(see `bench backbones`; a study defines its own under [backbones])")
         return value
 
@@ -385,3 +398,8 @@ class _Reader:
         unknown = sorted(set(table) - allowed)
         if unknown:
             raise self.fail(where, f"unknown key(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+
+
+def stored_backbones(spec: str) -> list[str]:
+    """The backbones whose feature sets evaluated features such as `A+B [tta dihedral]` read: [A, B]."""
+    return members(parse(str(spec))[0])

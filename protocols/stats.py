@@ -218,3 +218,4 @@ def _interval(estimate: float, boot: np.ndarray, level: float) -> Interval:
     boot = boot[np.isfinite(boot)]
     tail = (1 - level) / 2 * 100
     return Interval(estimate, float(np.percentile(boot, tail)), float(np.percentile(boot, 100 - tail)))
+

@@ -13,7 +13,8 @@ from skimage import data
 from typer.testing import CliRunner
 
 from bench import paths, plugins
-from bench.backbone import Backbone, Preprocessing, checkpoint_preprocessing, save_checkpoint
+from bench.backbone import Backbone, Preprocessing, checkpoint_preprocessing, load_state_dict_file, save_checkpoint
+from bench.export import export_onnx
 from bench.cli import app
 from bench.errors import BenchError
 from bench.testing import check_backbone
@@ -37,7 +38,8 @@ def _resized(image: np.ndarray, size: int) -> np.ndarray:
 def test_bench_backbones_lists_every_registered_backbone(monkeypatch):
     result = runner.invoke(app, ["backbones"])
     assert result.exit_code == 0, result.output
-    builtin = {"vgg-m", "vgg16", "scratch", "retino", "double", "efficientnet-lite0", "efficientnet-lite2"}
+    builtin = {"vgg-m", "vgg16", "scratch", "retino", "double", "efficientnet-lite0", "efficientnet-lite1",
+               "efficientnet-lite2"}
     assert builtin <= set(REGISTERED)
     for name in REGISTERED:
         assert f" {name} " in result.output
@@ -92,7 +94,7 @@ def test_check_backbone_passes_the_sound_net_and_exports_it():
     check_backbone(Backbone("sound", "test", Preprocessing(size=16), "head", 4, "random", build=_Net))
 
 
-@pytest.mark.parametrize("variant", ["lite0", "lite2"])
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
 @pytest.mark.slow
 def test_efficientnet_weights_are_the_real_imagenet_ones(variant):
     backbone = plugins.get_backbone(f"efficientnet-{variant}")
@@ -104,6 +106,21 @@ def test_efficientnet_weights_are_the_real_imagenet_ones(variant):
         top1 = efficientnet.imagenet_classifier(variant)(features).argmax(1).tolist()
     assert features.shape == (2, 1280) and torch.isfinite(features).all()
     assert top1[0] in IMAGENET_CATS and top1[1] in IMAGENET_COFFEE, top1
+
+
+def test_a_size_asked_by_name_is_its_own_backbone_and_beats_a_checkpoints_size(tmp_path):
+    sized = plugins.get_backbone("efficientnet-lite0@320")
+    assert sized.name == "efficientnet-lite0@320" and sized.preprocessing.size == 320
+    assert sized.source_stages == plugins.get_backbone("efficientnet-lite0").source_stages
+    checkpoint = save_checkpoint(tmp_path / "ft.pt", sized.build(), sized.name, sized.preprocessing.with_size(96))
+    assert checkpoint_preprocessing(checkpoint, sized.preprocessing).size == 96
+    assert export_onnx(sized, checkpoint).preprocessing.size == 320
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0@big", "efficientnet-lite0@8"])
+def test_a_bad_size_after_the_at_is_refused(name):
+    with pytest.raises(BenchError, match="size after @"):
+        plugins.get_backbone(name)
 
 
 def test_scratch_initial_weights_are_seeded_orthogonal_with_biases_005():

@@ -42,7 +42,7 @@ def digest_folder(manifest: pd.DataFrame) -> list[str]:
 
 
 def test_every_adapter_is_registered_and_listed():
-    names = {"isic2016", "atlas", "ham10000", "kaggle-dr", "dermamnist", "folder", "synthetic", "synthetic-fundus"}
+    names = {"isic2016", "atlas", "ham10000", "kaggle-dr", "dermamnist", "ph2", "folder", "synthetic", "synthetic-fundus"}
     assert names <= set(plugins.datasets())
     result = runner.invoke(app, ["datasets"], terminal_width=200)
     assert result.exit_code == 0, result.output
@@ -391,6 +391,57 @@ def test_cli_show_counts_and_options():
     assert isinstance(result.exception, BenchError) and "seed=-1" in str(result.exception)
 
 
+# --- ph2 ----------------------------------------------------------------------------------------------------------
+
+def write_ph2(root: Path, rows: list[tuple[str, str]], suffix: str = ".bmp") -> Path:
+    """PH2's layout: a legend above the table, one X per row, images in IMDnnn/IMDnnn_Dermoscopic_Image/."""
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append([None, None, None, None, None, "Legends"])
+    sheet.append([None, None, None, None, None, "Asymmetry", 0, "Fully Simmetric"])
+    sheet.append([])
+    sheet.append(["Image Name", "Histological Diagnosis", "Common Nevus", "Atypical Nevus", "Melanoma", "Asymmetry"])
+    for name, which in rows:
+        sheet.append([name, None, *("X" if which == c else None for c in ("common", "atypical", "melanoma")), 0])
+        write_image(root / "PH2 Dataset images" / name / f"{name}_Dermoscopic_Image" / f"{name}{suffix}")
+    root.mkdir(parents=True, exist_ok=True)
+    book.save(root / "PH2_dataset.xlsx")
+    return root
+
+
+@pytest.mark.parametrize("suffix", [".bmp", ".jpg"])
+def test_ph2_classes_atypical_flag_and_lesions(tmp_path: Path, suffix: str):
+    root = write_ph2(tmp_path / "ph2", [("IMD003", "common"), ("IMD002", "atypical"), ("IMD058", "melanoma")], suffix)
+    m = manifest("ph2", root)
+    assert m["image_id"].tolist() == ["IMD002", "IMD003", "IMD058"]
+    assert m["diagnosis"].tolist() == ["nevus", "nevus", "melanoma"]
+    assert m["atypical"].tolist() == [True, False, False]
+    assert m["lesion_id"].tolist() == m["image_id"].tolist()
+    assert all(p.endswith(suffix) for p in m["path"])
+
+
+def test_ph2_row_without_exactly_one_x_is_named(tmp_path: Path):
+    root = write_ph2(tmp_path / "ph2", [("IMD003", "common"), ("IMD004", "none")])
+    with pytest.raises(BenchError, match=r"IMD004 \(0 X\)"):
+        manifest("ph2", root)
+
+
+def test_ph2_sheet_that_is_not_an_xlsx(tmp_path: Path):
+    root = write_ph2(tmp_path / "ph2", [("IMD003", "common")])
+    write_text(root / "PH2_dataset.xlsx", "image,label\n")
+    with pytest.raises(BenchError, match="cannot read .*PH2_dataset.xlsx"):
+        manifest("ph2", root)
+
+
+def test_ph2_missing_image_is_listed(tmp_path: Path):
+    root = write_ph2(tmp_path / "ph2", [("IMD003", "common"), ("IMD004", "melanoma")])
+    next(root.rglob("IMD004.bmp")).unlink()
+    with pytest.raises(BenchError, match="IMD004"):
+        manifest("ph2", root)
+
+
 # --- the real data -----------------------------------------------------------------------------------------------
 
 def show(name: str, root: Path) -> str:
@@ -418,3 +469,10 @@ def test_real_ham10000(shared_data: Path):
 def test_real_kaggle_dr(shared_data: Path):
     counts = table_counts(show("kaggle-dr", shared_data / "kaggle-dr"))
     assert [counts[f"retinopathy_{g}"] for g in range(5)] == [671, 477, 1045, 173, 134]
+
+
+@pytest.mark.slow
+def test_real_ph2(shared_data: Path):
+    counts = table_counts(show("ph2", shared_data / "ph2"))
+    assert {k: counts[k] for k in ("common nevus", "atypical nevus", "melanoma", "nevus")} == {
+        "common nevus": 80, "atypical nevus": 80, "melanoma": 40, "nevus": 160}

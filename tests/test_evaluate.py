@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import zarr
 from typer.testing import CliRunner
 
 from bench import paths, plugins
@@ -12,6 +13,7 @@ from bench.cli import app
 from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
 from bench.evaluate import Request, evaluate, prepare
+from bench.features import SOURCE_IDS, reader
 from bench.results import read_table
 from featurestore import FeatureStore, StoreError
 from protocols.errors import ProtocolError
@@ -255,3 +257,69 @@ def test_reference_split_on_fold_files(tmp_path):
     assert out.exit_code == 0, out.output
     assert "Fold_2 repeats Fold_1" in out.output
     assert read_table(tmp_path / "r.csv")["fold"].tolist() == ["ref1x1", "ref1x2"]
+
+
+# --- fusion, power normalisation, TTA sets, source-stage leakage ----------------------------------------------
+
+def test_a_fused_set_is_the_concatenation_of_the_l2_normalised_sets(tmp_path):
+    store, results = tmp_path / "store", tmp_path / "results.csv"
+    a, b = write_set(store, "a", seed=1), write_set(store, "b", seed=2, sha="sha-b")
+    out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "a+b", *DATA, "--store", str(store),
+              "--results", str(results))
+    assert out.exit_code == 0, out.output
+    rows = read_table(results)
+    assert set(rows["backbone"]) == {"a+b"} and (rows["model_sha256"] == "sha-frozen+sha-b").all()
+    fused = read_features(store, "a+b")
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(fused.features, np.hstack([unit(a), unit(b)]), rtol=1e-5)
+
+
+def test_sets_of_different_images_are_not_fused(tmp_path):
+    store = tmp_path / "store"
+    write_set(store, "a")
+    write_set(store, "b", keep=slice(1, None))
+    out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "a+b", *DATA, "--store", str(store),
+              "--results", str(tmp_path / "r.csv"))
+    assert isinstance(out.exception, BenchError) and "cannot fuse a and b" in str(out.exception)
+    assert "different images" in str(out.exception)
+
+
+def test_power_normalisation_is_the_signed_square_root_and_a_row_of_its_own(tmp_path):
+    store, results = tmp_path / "store", tmp_path / "results.csv"
+    x = write_set(store, "a")
+    for extra in ([], ["--power-norm"]):
+        cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "a", *DATA, "--store", str(store),
+            "--results", str(results), *extra)
+    rows = read_table(results)
+    assert sorted(set(rows["backbone"])) == ["a", "a [power]"]
+    assert rows.groupby("backbone")["power_norm"].first().to_dict() == {"a": False, "a [power]": True}
+    assert "--power-norm" in rows.loc[rows["backbone"] == "a [power]", "command"].iloc[0]
+    np.testing.assert_allclose(read_features(store, "a", power=True).features, np.sqrt(x), rtol=1e-6)
+
+
+def test_tta_evaluation_reads_the_tta_set(tmp_path):
+    store, results = tmp_path / "store", tmp_path / "results.csv"
+    write_set(store, "a")
+    out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "a", *DATA, "--store", str(store),
+              "--results", str(results), "--tta", "dihedral")
+    assert isinstance(out.exception, StoreError) and "frozen-tta-dihedral" in str(out.exception)
+    write_set(store, "a", key="frozen-tta-dihedral", sha="sha-tta")
+    cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "a", *DATA, "--store", str(store),
+        "--results", str(results), "--tta", "dihedral")
+    rows = read_table(results)
+    assert (rows["backbone"] == "a [tta dihedral]").all() and (rows["model_sha256"] == "sha-tta").all()
+
+
+def test_a_backbone_is_refused_on_images_its_source_stage_trained_on(tmp_path):
+    store = tmp_path / "store"
+    write_set(store, "derm")
+    m = manifest()
+    zarr.open_group(store, mode="r+")["synthetic/derm/frozen"].attrs[SOURCE_IDS] = ["other-1", m["image_id"].iloc[5]]
+    out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "derm", *DATA, "--store", str(store),
+              "--results", str(tmp_path / "r.csv"))
+    assert isinstance(out.exception, BenchError) and "trained on 1 image(s) of synthetic" in str(out.exception)
+    assert m["image_id"].iloc[5] in str(out.exception)
+
+
+def read_features(store: Path, backbone: str, power: bool = False):
+    return reader(store, "synthetic", backbone, power=power, image_ids=manifest()["image_id"])("frozen")

@@ -219,9 +219,11 @@ def test_store_ls_and_rm(images, store):
 
 def test_perf_extract_reports_the_three_rates_as_json(images):
     out = bench("perf", "extract", "--backbone", tiny.NAME, "--dataset", tiny.DATASET, "--root", images,
-                "--limit", 12, "--repeat", 2, "--json")
+                "--limit", 12, "--repeat", 2, "--json", "--tta", "dihedral")
     figures = json.loads(out.output)
     assert figures["images"] == 12
+    assert figures["tta_per_view_vs_pipeline"] == pytest.approx(figures["tta_views_ps"] / figures["pipeline_ips"],
+                                                                rel=0.05, abs=0.002)
     for key in ("naive_ips", "ceiling_ips", "pipeline_ips", "peak_rss_mb"):
         assert figures[key] > 0
     ratios = {"pipeline_vs_naive": "naive_ips", "pipeline_vs_ceiling": "ceiling_ips"}
@@ -237,3 +239,27 @@ def test_efficientnet_lite0_on_ham10000(shared_data, store):
     assert features.features.shape == (64, 1280) and np.isfinite(features.features).all()
     assert features.image_ids.tolist() == job.manifest["image_id"].tolist()
     assert features.features.std(axis=0).mean() > 0  # the images give different features
+
+
+def test_tta_features_are_the_mean_over_the_eight_flips_and_rotations(images, store, small_chunks):
+    run_extract(images, store, "--tta", "dihedral")
+    tta = read(store, "frozen-tta-dihedral")
+    assert tta.attrs["tta"] == "dihedral" and tta.attrs["key"] == "frozen-tta-dihedral"
+    with pytest.raises(StoreError):  # the plain set is another set, never filled by a TTA run
+        read(store)
+
+    paths_ = tiny.load(images)["path"].tolist()
+    decoded = np.stack([load_image(p, tiny.SIZE) for p in paths_])
+    turned = [np.rot90(decoded, k, axes=(1, 2)) for k in range(4)]
+    views = [v for t in turned for v in (t, t[:, :, ::-1])]  # the 8 symmetries of the square, as images
+    backbone = tiny.backbone()
+    with torch.no_grad():
+        expected = np.mean([backbone.create()(torch.from_numpy(backbone.preprocessing.normalise(
+            np.ascontiguousarray(v)))).numpy() for v in views], axis=0)
+    np.testing.assert_allclose(tta.features, expected, atol=1e-5)
+    assert not np.allclose(tta.features, expected_features(paths_), atol=1e-3)  # the views did change something
+
+
+def test_an_unknown_tta_is_refused(images, store):
+    out = run_extract(images, store, "--tta", "flips", ok=False)
+    assert isinstance(out.exception, BenchError) and "dihedral" in str(out.exception)

@@ -401,3 +401,65 @@ def test_a_changed_setting_reruns_only_the_stages_it_reaches(killed_then_finishe
         "source lite0-double", "extract skin/lite0-double/frozen", "finetune skin/lite0-double/ft-mela-vs-ben-official",
         "extract skin/lite0-double/ft-mela-vs-ben-official", "evaluate skin/lite0-double/mela-vs-ben/frozen",
         "evaluate skin/lite0-double/mela-vs-ben/ft", "report"]
+
+
+
+# --- levers: fusion, TTA, power normalisation and sizes in a study, tested against a baseline -------------------
+
+LEVERS = """
+description = "levers against a baseline, tiny"
+recipe = "demo"
+seed = 0
+baseline = "efficientnet-lite0@32"
+
+[datasets.skin]
+adapter = "synthetic"
+options = { n = 80, size = 48 }
+
+[[evaluate]]
+dataset = "skin"
+split = "5x2"
+folds = ["r0f0", "r0f1"]
+protocols = ["mela-vs-ben"]
+frozen = ["efficientnet-lite0@32", "efficientnet-lite0@32 [power]", "efficientnet-lite0@32 [tta dihedral]",
+          "efficientnet-lite0@32+efficientnet-lite0@48 [tta dihedral, power]"]
+"""
+
+
+def test_a_study_plans_levers_on_shared_feature_sets(tmp_path):
+    stages = plan(load_study(write_study(tmp_path, LEVERS, "levers")), {0: ["r0f0", "r0f1"]})
+    by_key = {s.key: s for s in stages}
+    assert sorted(k for k in by_key if k.startswith("extract")) == [
+        "extract skin/efficientnet-lite0@32/frozen", "extract skin/efficientnet-lite0@32/frozen-tta-dihedral",
+        "extract skin/efficientnet-lite0@48/frozen-tta-dihedral"]
+    fused = by_key["evaluate skin/efficientnet-lite0@32+efficientnet-lite0@48 [tta dihedral, power]/mela-vs-ben/frozen"]
+    assert fused.params["tta"] == "dihedral" and fused.params["power"] is True and len(fused.deps) == 2
+    plain = by_key["evaluate skin/efficientnet-lite0@32/mela-vs-ben/frozen"]
+    assert "tta" not in plain.params and "power" not in plain.params  # older studies keep their fingerprints
+
+
+@pytest.mark.parametrize("frozen, message", [
+    ('"efficientnet-lite0 [tta flips]"', "--tta 'flips' is not known"),
+    ('"efficientnet-lite0+lite9"', "unknown backbone 'lite9'"),
+    ('"efficientnet-lite0 [sharpen]"', "BACKBONE [tta dihedral, power]"),
+])
+def test_a_bad_lever_is_refused_naming_the_key(tmp_path, frozen, message):
+    text = LEVERS.replace('frozen = ["efficientnet-lite0@32", ', f"frozen = [{frozen}, ", 1)
+    with pytest.raises(BenchError, match=re.escape(message)):
+        load_study(write_study(tmp_path, text, "levers"))
+
+
+@pytest.mark.slow  # exports two networks, extracts three feature sets, runs four evaluations
+def test_the_levers_report_tests_each_configuration_against_the_baseline(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
+    out = tmp_path / "out"
+    reproduce(load_study(write_study(tmp_path, LEVERS, "levers")), out, quiet_console())
+    report = (out / "report.md").read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| mela-vs-ben | `")]
+    assert [r.split("|")[2].strip() for r in rows] == [
+        "`efficientnet-lite0@32`", "`efficientnet-lite0@32 [power]`", "`efficientnet-lite0@32 [tta dihedral]`",
+        "`efficientnet-lite0@32+efficientnet-lite0@48 [tta dihedral, power]`"]
+    assert "baseline" in rows[0] and all(re.search(r"\| [+-]\d+\.\d \([+-]\d+\.\d to [+-]\d+\.\d\) \|", r)
+                                         for r in rows[1:])
+    results = pd.read_csv(out / "results.csv")
+    assert results.groupby("backbone")["tta"].first().to_dict()["efficientnet-lite0@32 [tta dihedral]"] == "dihedral"

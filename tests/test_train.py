@@ -17,10 +17,12 @@ from bench.cli import app
 from bench.errors import BenchError
 from bench.export import export_onnx
 from bench.extract import prepare
+from bench.features import SOURCE_IDS
 from bench.hookspecs import hookimpl
 from bench.recipes import get_recipe, recipes
 from bench.jobs import finetune_job, source_stage_job
 from bench import train
+from featurestore import FeatureStore
 from protocols.errors import ProtocolError
 from protocols.splits import make_folds
 
@@ -264,10 +266,23 @@ def test_source_stage_becomes_the_backbones_initial_weights(tiny_plugin, tmp_pat
     train.fit(job)
     assert read_checkpoint(job.out)["backbone"] == "tiny-source"
     # frozen extraction uses the stage's weights at the size they were trained at, not the backbone's default 32
-    extraction = prepare("tiny-source", "synthetic", None, store=tmp_path / "store", options=SYNTHETIC)
+    extraction = prepare("tiny-source", "synthetic-fundus", None, store=tmp_path / "store", options=SYNTHETIC)
     assert extraction.model.preprocessing.size == 24
     with pytest.raises(BenchError, match="source stage trains on synthetic"):
         source_stage_job(TINY_SOURCE, "other", None, RECIPE)
+
+
+def test_a_backbone_whose_source_is_a_dataset_is_refused_on_it(tiny_plugin, tmp_path):
+    job = source_stage_job(TINY_SOURCE, "synthetic", None, RECIPE.with_overrides(epochs=1), limit=40,
+                           options=SYNTHETIC)
+    train.fit(job)
+    trained_on = read_checkpoint(job.out)["meta"][SOURCE_IDS]
+    assert trained_on == job.data.image_ids.tolist() and len(trained_on) == 40
+    with pytest.raises(BenchError, match="tiny-source was trained on 40 image"):  # any overlap: not only all of D
+        prepare("tiny-source", "synthetic", None, store=tmp_path / "store", options=SYNTHETIC)
+    prepare("tiny-source", "synthetic-fundus", None, store=tmp_path / "store", options=SYNTHETIC).run()
+    stored = FeatureStore(tmp_path / "store").read("synthetic-fundus", "tiny-source", "frozen")
+    assert stored.attrs[SOURCE_IDS] == trained_on  # the record travels with the features, for evaluation to check
 
 
 def test_missing_starting_weights_fail_before_any_image_is_read(tiny_plugin, monkeypatch):

@@ -43,8 +43,8 @@ def show(name: str, root: RootOption = None, option: DatasetOptions = [],  # noq
     manifest = plugins.get_dataset(name).manifest(root, **parse_pairs(option))
     _decode_all(manifest["path"].astype(str).tolist(), quiet=as_json)
     counts = {column: {str(k): int(v) for k, v in manifest[column].value_counts().items()}
-              for column in ("diagnosis", "split", "difficulty")
-              if column in manifest and manifest[column].notna().any()}
+              for column in ("diagnosis", "source_label", "split", "difficulty")
+              if column in manifest and manifest[column].notna().any() and _tells_more(manifest, column)}
     lesions = int(manifest["lesion_id"].nunique()) if "lesion_id" in manifest and manifest["lesion_id"].notna().any() \
         else None
     if as_json:
@@ -58,6 +58,11 @@ def show(name: str, root: RootOption = None, option: DatasetOptions = [],  # noq
         console.print(shown)
     if lesions is not None:
         console.print(f"{lesions} lesions")
+
+
+def _tells_more(manifest, column: str) -> bool:
+    """A source label is shown only where it splits a diagnosis (PH2's atypical nevi), not where it renames one."""
+    return column != "source_label" or manifest[column].nunique() > manifest["diagnosis"].nunique()
 
 
 def _decode_all(files: list[str], quiet: bool) -> None:

@@ -26,7 +26,12 @@ if TYPE_CHECKING:
 
 Protocol = Annotated[str, typer.Option(help="Label design: mal-vs-ben, mela-vs-ben or mela-vs-carc-vs-ben.")]
 Dataset = Annotated[str, typer.Option(help="Dataset adapter (see `bench datasets`).")]
-Backbone = Annotated[str, typer.Option(help="Backbone whose features are scored (see `bench backbones`).")]
+Backbone = Annotated[str, typer.Option(help="Backbone whose features are scored (see `bench backbones`); A+B scores "
+                                             "the concatenation of A's and B's L2-normalised sets.")]
+TTA = Annotated[Optional[str], typer.Option("--tta", help="Score the sets extracted with `bench extract --tta` "
+                                                          "(dihedral).")]
+PowerNorm = Annotated[bool, typer.Option("--power-norm", help="Signed square root of every feature before L2 "
+                                                              "normalisation (recorded in the results).")]
 Finetuned = Annotated[bool, typer.Option("--finetuned", help="Use each fold's fine-tuned set ft-<protocol>-<fold>.")]
 Split = Annotated[str, typer.Option(help="How folds are made: 5x2, official or reference.")]
 ReferenceDir = Annotated[Optional[Path], typer.Option(help="The paper's fold files (a folder or one .yml file).")]
@@ -56,6 +61,8 @@ def evaluate(
     predictions: Predictions = None,
     fold: Folds = [],  # noqa: B006 (typer reads it)
     as_json: JsonOption = False,
+    tta: TTA = None,
+    power_norm: PowerNorm = False,
 ) -> None:
     """Score a feature set with the paper's linear-SVM protocol on every fold; write results (and predictions)."""
     from bench.evaluate import Request, evaluate as run_evaluation
@@ -64,7 +71,7 @@ def evaluate(
 
     check_writable(results, predictions)  # before the work: an unwritable file must not cost the scores
     request = Request(dataset, backbone, protocol, split, finetuned, seed, root, store, reference_dir,
-                      keep_duplicate_folds, tuple(parse_pairs(option).items()), tuple(fold))
+                      keep_duplicate_folds, tuple(parse_pairs(option).items()), tuple(fold), tta, power_norm)
     _check_backbone(request)
     done = run_evaluation(request)
     for note in done.inputs.notes:
@@ -82,18 +89,19 @@ def evaluate(
 
 
 def _check_backbone(request: Request) -> None:
-    """An unknown backbone is named as such (not as a missing feature set whose extract command would fail too),
-    unless the store holds its features (a study's own backbone, say)."""
+    """An unknown backbone (or member of a fusion A+B) is named as such (not as a missing feature set whose extract
+    command would fail too), unless the store holds its features (a study's own backbone, say)."""
+    from bench.features import members
     from featurestore import FeatureStore
 
-    if request.backbone in plugins.backbones():
-        return
     store = FeatureStore(request.store_path)
-    if any(i.dataset == request.dataset and i.backbone == request.backbone for i in store.list()):
-        return
-    raise BenchError(f"unknown backbone {request.backbone!r}: no installed plugin provides it and {store.path} holds "
-                     f"no {request.dataset} features of it; installed: {', '.join(plugins.backbones())} (see "
-                     "`bench backbones`)")
+    for name in members(request.backbone):
+        if name.partition("@")[0] in plugins.backbones():
+            continue
+        if not any(i.dataset == request.dataset and i.backbone == name for i in store.list()):
+            raise BenchError(f"unknown backbone {name!r}: no installed plugin provides it and {store.path} holds no "
+                             f"{request.dataset} features of it; installed: {', '.join(plugins.backbones())} (see "
+                             "`bench backbones`)")
 
 
 def _print(done: Evaluation) -> None:

@@ -11,8 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from bench.cli.app import app
-from bench.cli.options import (AddressOption, DatasetOptions, ExecutorOption, RootOption, StoreOption, parse_pairs,
-                               store_url)
+from bench.cli.options import (AddressOption, DatasetOptions, ExecutorOption, RootOption, StoreOption, TTAOption,
+                               parse_pairs, store_url)
 from bench.cli.output import console
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ def extract(
     option: DatasetOptions = [],  # noqa: B006 (typer reads it)
     executor: ExecutorOption = "local",
     address: AddressOption = None,
+    tta: TTAOption = None,
 ) -> None:
     """Run a backbone (frozen, or fine-tuned with --protocol/--fold) over a dataset into the feature store.
 
@@ -47,7 +48,7 @@ def extract(
         connect(address)
     store = store_url(store)
     job = prepare(backbone, dataset, root, store=store, protocol=protocol, fold=fold, batch_size=batch_size,
-                  limit=limit, skip_bad=skip_bad, overwrite=overwrite, options=parse_pairs(option))
+                  limit=limit, skip_bad=skip_bad, overwrite=overwrite, options=parse_pairs(option), tta=tta)
     try:
         _run(job, store, executor)
     finally:

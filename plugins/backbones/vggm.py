@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from bench import paths
-from bench.backbone import Backbone, Preprocessing, SourceStage, load_state_dict_file
-from bench.errors import BenchError
+from bench.backbone import Backbone, Preprocessing, SourceStage, weights_loader
 
 if TYPE_CHECKING:  # the network lives in vggm_net.py: declaring the backbones does not import torch
     from torch import nn
@@ -36,18 +35,6 @@ def orthogonal_init(net: nn.Module) -> None:
     orthogonal_init(net)
 
 
-def _weights_loader(file: str, how: str) -> Callable[[nn.Module], None]:
-    """A `load_initial` that reads `weights_dir()/file`, or says how to make it."""
-
-    def load(net: nn.Module) -> None:
-        path = paths.weights_dir() / file
-        if not path.is_file():
-            raise BenchError(f"{path} not found: {how}, or pass --weights PATH")
-        load_state_dict_file(net, path)
-
-    return load
-
-
 def imagenet_path() -> Path:
     return paths.weights_dir() / IMAGENET_FILE
 
@@ -59,7 +46,7 @@ def backbones() -> list[Backbone]:
     double_stage = SourceStage("kaggle-dr", "5 retinopathy grades", start="vgg-m", output="double.pt")
     return [
         Backbone(name="vgg-m", initial_weights="ImageNet (MatConvNet, imported)",
-                 load_initial=_weights_loader(IMAGENET_FILE, "download imagenet-vgg-m.mat from MatConvNet's model "
+                 load_initial=weights_loader(IMAGENET_FILE, "download imagenet-vgg-m.mat from MatConvNet's model "
                                               "zoo (vlfeat.org/matconvnet/pretrained) and run `bench weights "
                                               "import-matconvnet imagenet-vgg-m.mat`"), **common),
         # the orthogonal init is the initial weights rather than part of build(): it takes tens of seconds on a
@@ -67,11 +54,11 @@ def backbones() -> list[Backbone]:
         Backbone(name="scratch", initial_weights="orthogonal, biases 0.05", load_initial=orthogonal_init,
                  random_init=True, **common),
         Backbone(name="retino", initial_weights="its kaggle-dr stage",
-                 load_initial=_weights_loader(retino_stage.output, "train it with `bench train --backbone retino "
+                 load_initial=weights_loader(retino_stage.output, "train it with `bench train --backbone retino "
                                               "--dataset kaggle-dr --root PATH`"),
                  source_stages=(retino_stage,), **common),
         Backbone(name="double", initial_weights="its kaggle-dr stage",
-                 load_initial=_weights_loader(double_stage.output, "train it with `bench train --backbone double "
+                 load_initial=weights_loader(double_stage.output, "train it with `bench train --backbone double "
                                               "--dataset kaggle-dr --root PATH`"),
                  source_stages=(double_stage,), **common),
     ]

@@ -1,0 +1,107 @@
+"""The features an evaluation scores, read from the store: one backbone's set, or the fusion of several (`A+B`:
+each set L2-normalised, then concatenated), optionally power-normalised, TTA sets where asked.
+
+Refused here, before any SVM is fitted: fusing sets of other images, and scoring a backbone on images its source
+stage trained on (the ids it recorded, see `bench.jobs.source_stage_job`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+from sklearn.preprocessing import normalize
+
+from bench import tta as views
+from bench.errors import BenchError
+from featurestore import FeatureSet, FeatureStore
+
+FUSION = "+"
+SOURCE_IDS = "source_image_ids"  # provenance of a set whose backbone has a source stage: the ids it trained on
+
+
+def members(backbone: str) -> list[str]:
+    """The backbones whose sets an evaluation reads: `A+B` -> [A, B]."""
+    names = backbone.split(FUSION)
+    if not all(names) or len(set(names)) != len(names):
+        raise BenchError(f"--backbone {backbone!r}: fuse distinct backbones as A+B (e.g. "
+                         "efficientnet-lite0+efficientnet-lite2)")
+    return names
+
+
+def label(backbone: str, tta: str | None, power: bool) -> str:
+    """The name an evaluation's rows carry: the backbone(s), then what was done to the features, so a TTA or
+    power-normalised evaluation is a leaderboard row of its own (`efficientnet-lite0 [tta dihedral, power]`)."""
+    done = [f"tta {tta}"] * bool(tta) + ["power"] * power
+    return f"{backbone} [{', '.join(done)}]" if done else backbone
+
+
+def parse(spec: str) -> tuple[str, str | None, bool]:
+    """A `label` read back, as a study lists it: `A+B [tta dihedral, power]` -> ("A+B", "dihedral", True)."""
+    backbone, bracket, rest = spec.partition(" [")
+    done = [d.strip() for d in rest.removesuffix("]").split(",")] if bracket else []
+    tta = next((d.removeprefix("tta ") for d in done if d.startswith("tta ")), None)
+    unknown = [d for d in done if d != "power" and not d.startswith("tta ")]
+    if unknown or (bracket and not rest.endswith("]")):
+        raise BenchError(f"{spec!r}: write what is done to the features as `BACKBONE [tta dihedral, power]`")
+    return backbone, views.check(tta), "power" in done
+
+
+def reader(store: Path, dataset: str, backbone: str, *, tta: str | None = None, power: bool = False,
+           image_ids: Iterable[str] = ()) -> Callable[[str], FeatureSet]:
+    """key -> the feature set to score (each store set read once). `image_ids` are the dataset's: a set whose
+    backbone trained on any of them is refused."""
+    names, store_, cache = members(backbone), FeatureStore(store), {}
+    evaluated = set(map(str, image_ids))  # once, not per fold
+
+    def read(key: str) -> FeatureSet:
+        key = views.key(key, views.check(tta))
+        if key not in cache:
+            sets = [store_.read(dataset, name, key) for name in names]
+            for name, features in zip(names, sets):
+                refuse_trained_on(features.attrs.get(SOURCE_IDS, ()), evaluated, name, dataset)
+            cache[key] = fuse(sets, names, power)
+        return cache[key]
+
+    return read
+
+
+def refuse_trained_on(trained_on: Iterable[str], image_ids: Iterable[str], backbone: str, dataset: str) -> None:
+    """A clear error where the backbone's source stage trained on images of the evaluated dataset."""
+    overlap = set(map(str, image_ids)).intersection(trained_on)
+    if overlap:
+        raise BenchError(f"{backbone} was trained on {len(overlap)} image(s) of {dataset} in its source stage (e.g. "
+                         f"{', '.join(sorted(overlap)[:3])}): scoring it there would test it on its training "
+                         "images. Evaluate it on a dataset it never saw, or train its source stage on another one")
+
+
+def fuse(sets: list[FeatureSet], names: list[str], power: bool) -> FeatureSet:
+    """One set: each member power-normalised if asked, L2-normalised where there are several, concatenated in
+    the first set's row order. Sets of different images are refused."""
+    first = sets[0]
+    order = pd.Index(first.image_ids)
+    parts = []
+    for name, features in zip(names, sets):
+        if set(features.image_ids) != set(first.image_ids):
+            extra = sorted(set(features.image_ids).symmetric_difference(first.image_ids))
+            raise BenchError(f"cannot fuse {names[0]} and {name}: their feature sets hold different images (e.g. "
+                             f"{', '.join(map(str, extra[:3]))}; {len(extra)} in one only). Extract both from the "
+                             "same dataset, without --limit, and with the same --skip-bad outcome")
+        rows = pd.Index(features.image_ids).get_indexer(order)
+        if not np.array_equal(features.digests[rows], first.digests):
+            raise BenchError(f"cannot fuse {names[0]} and {name}: they were extracted from different contents of "
+                             "some images; run `bench extract` for both again, which refreshes what changed")
+        x = features.features[rows]
+        x = signed_sqrt(x) if power else x
+        parts.append(normalize(x) if len(sets) > 1 else x)
+    attrs = {**first.attrs, "model_sha256": FUSION.join(s.attrs.get("model_sha256", "") for s in sets),
+             "skipped": sorted({i for s in sets for i in s.attrs.get("skipped", [])})}
+    return FeatureSet(image_ids=first.image_ids, features=np.hstack(parts).astype(np.float32), digests=first.digests,
+                      attrs=attrs)
+
+
+def signed_sqrt(x: np.ndarray) -> np.ndarray:
+    """Power normalisation, sign(x) sqrt|x|: damps the few large activations that dominate a pooled CNN feature."""
+    return np.sign(x) * np.sqrt(np.abs(x))
