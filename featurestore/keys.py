@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import re
 
-NAME_RULE = "a letter or digit, then letters, digits, '.', '_' or '-'"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_RULE = "a letter or digit, then letters, digits, '.', '_', '-' or '@' (as in efficientnet-lite1@448)"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
 FROZEN = "frozen"
 
 
 def is_name(value: object) -> bool:
-    """Whether `value` is safe as one path component everywhere bench uses names (`[A-Za-z0-9][A-Za-z0-9._-]*`)."""
+    """Whether `value` is safe as one path component everywhere bench uses names (`[A-Za-z0-9][A-Za-z0-9._@-]*`)."""
     return isinstance(value, str) and _NAME.fullmatch(value) is not None
 
 

@@ -318,6 +318,13 @@ def test_a_study_name_cannot_escape_its_folder(tmp_path, capsys):
     assert not (tmp_path / "out").exists() and not any(tmp_path.parents[3].glob("ESCAPED*"))
 
 
+def test_a_backbone_fed_larger_images_is_a_name_and_a_path_is_not():
+    from featurestore import is_name
+
+    assert is_name("efficientnet-lite1@448") and is_name("tiny-test@64")  # `name@SIZE` sets live beside the others
+    assert not any(map(is_name, ["../x", "a/b", "@448", "", ".hidden"]))
+
+
 def test_a_fold_or_dataset_that_is_a_path_is_refused(data, store, capsys):
     error = fails(capsys, "extract", "--backbone", tiny.NAME, "--dataset", DATASET, "--root", data, "--store", store,
                   "--protocol", "mela-vs-ben", "--fold", "../../x")
