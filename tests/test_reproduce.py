@@ -358,7 +358,12 @@ def test_the_report_has_tables_2_3_4_and_the_referral_table(killed_then_finished
     assert sorted(models) == ["efficientnet-lite0 FT", "efficientnet-lite0 no FT", "lite0-double FT",
                               "lite0-double no FT"]
     assert all(re.fullmatch(percent, c) for r in rows if not r[0].startswith("*") for c in r[2:])
-    assert ["*paper: VGG-16, ImageNet + FT*", "mela-vs-ben", "*80.7*", "*54.9*", "*79.2*", "*47.6*", "*88.1*"] in rows
+    # the paper's printed SE/SP (its code's precision and NPV) beside the true ones its confusion matrix gives
+    assert ["*paper: VGG-16, ImageNet + FT (as printed)*", "mela-vs-ben", "*80.7*", "*54.9*", "*79.2*", "*47.6*",
+            "*88.1*"] in rows
+    assert ["*paper: VGG-16, ImageNet + FT (true SE, SP)*", "mela-vs-ben", "*80.7*", "*54.9*", "*79.2*", "*53.3*",
+            "*85.5*"] in rows
+    assert "TP 40, FN 35, TN 260, FP 44" in report
     # Table 3: the study's architectures (fine-tuned), the paper's, and the paired test of the second against the first
     header, *rows = table(report, "## Table 3 · synthetic")
     assert header == ["architecture", "mela-vs-ben"]
@@ -376,6 +381,12 @@ def test_the_report_has_tables_2_3_4_and_the_referral_table(killed_then_finished
     header, *rows = table(report, "## Referral · synthetic")
     assert len(header) == 1 + len(stats.REFERRAL_FRACTIONS) + len(stats.REFERRAL_TARGETS) and len(rows) == 1
     assert rows[0][0] == "mela-vs-ben" and all(re.fullmatch(r"\d+", c) for c in rows[0][1:])
+    # the paper's claims: raw and Holm-adjusted p side by side, the verdict on the adjusted one
+    header, *rows = table(report, "### The paper's claims, tested")
+    assert header[5:] == ["p", "Holm p", "5x2cv F p", "verdict"] and rows
+    for row in rows:
+        adjusted = 0.0 if row[6].startswith("<") else float(row[6])  # "< 0.0010": below the bootstrap's resolution
+        assert (adjusted < 0.05) == ("beats" in row[8])
 
 
 @pytest.mark.slow
