@@ -96,6 +96,10 @@ def fuse(sets: list[FeatureSet], names: list[str], power: bool) -> FeatureSet:
         x = features.features[rows]
         x = signed_sqrt(x) if power else x
         parts.append(normalize(x) if len(sets) > 1 else x)
+    records = [s.attrs.get("fold_record") for s in sets]
+    if any(record != records[0] for record in records):
+        raise BenchError(f"cannot fuse {' and '.join(names)}: their fine-tunes were trained on different folds or "
+                         "images; fine-tune every member on the fold evaluated, with the same --split and --seed")
     attrs = {**first.attrs, "model_sha256": FUSION.join(s.attrs.get("model_sha256", "") for s in sets),
              "skipped": sorted({i for s in sets for i in s.attrs.get("skipped", [])})}
     return FeatureSet(image_ids=first.image_ids, features=np.hstack(parts).astype(np.float32), digests=first.digests,

@@ -284,6 +284,16 @@ def test_sets_of_different_images_are_not_fused(tmp_path):
     assert "different images" in str(out.exception)
 
 
+def test_fine_tunes_of_different_folds_are_not_fused(tmp_path):
+    """The fold check reads the fused set's record: every member must carry the same one."""
+    store, key = tmp_path / "store", paths.feature_key("mela-vs-ben", "r0f0")
+    write_set(store, "a", key, record=trained_on("r0f0"))
+    write_set(store, "b", key, sha="sha-b", record=trained_on("r0f0", seed=1))
+    out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "a+b", "--finetuned", "--fold", "r0f0", *DATA,
+              "--store", str(store), "--results", str(tmp_path / "r.csv"))
+    assert isinstance(out.exception, BenchError) and "trained on different folds" in str(out.exception)
+
+
 def test_power_normalisation_is_the_signed_square_root_and_a_row_of_its_own(tmp_path):
     store, results = tmp_path / "store", tmp_path / "results.csv"
     x = write_set(store, "a")
