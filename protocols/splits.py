@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.utils import check_random_state
 
 from protocols.errors import ProtocolError
 
@@ -80,10 +80,47 @@ def five_by_two(manifest: pd.DataFrame, seed: int = 0) -> Folds:
     groups = groups_of(manifest).to_numpy()
     folds: Folds = {}
     for rep, child in enumerate(np.random.SeedSequence(seed).spawn(REPETITIONS)):
-        kfold = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=int(child.generate_state(1)[0]))
-        for f, (train, test) in enumerate(kfold.split(ids, diagnosis, groups)):
-            folds[f"r{rep}f{f}"] = (ids[train], ids[test])
+        for f, test in enumerate(stratified_group_folds(diagnosis, groups, 2, int(child.generate_state(1)[0]))):
+            folds[f"r{rep}f{f}"] = (ids[~test], ids[test])
     return folds
+
+
+def stratified_group_folds(labels: np.ndarray, groups: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
+    """Boolean test masks, one per fold: exactly the folds of scikit-learn's `StratifiedGroupKFold(n_splits,
+    shuffle=True, random_state=seed)` (same shuffle, same greedy placement, same tie-breaks), with each group's
+    choice of fold computed for all folds at once. scikit-learn's loop took 0.75 s for one HAM10000 training fold,
+    and an evaluation makes 100 of them. A group goes to the fold whose class proportions, with the group added,
+    spread least (mean over classes of the std over folds); near-ties go to the fold with fewer images."""
+    _, label_of, class_sizes = np.unique(labels, return_inverse=True, return_counts=True)
+    _, group_of, group_sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    if n_splits > len(group_sizes):
+        raise ProtocolError(f"cannot make {n_splits} lesion-grouped folds from {len(group_sizes)} lesions")
+    per_group = np.zeros((len(group_sizes), len(class_sizes)))
+    np.add.at(per_group, (group_of, label_of), 1)
+    order = np.arange(len(group_sizes))
+    check_random_state(seed).shuffle(order)
+    per_group = per_group[order]
+    shuffled_group = np.empty_like(order)
+    shuffled_group[order] = np.arange(len(order))
+    per_fold = np.zeros((n_splits, len(class_sizes)))
+    fold_of = np.empty(len(order), int)
+    added = np.eye(n_splits)[:, :, None]  # candidate k adds the group to fold k only
+    for g in np.argsort(-np.std(per_group, axis=1), kind="stable"):
+        spread = np.std((per_fold + added * per_group[g]) / class_sizes, axis=1).mean(axis=1)
+        fold_of[g] = _best_fold(spread.tolist(), per_fold.sum(axis=1).tolist())
+        per_fold[fold_of[g]] += per_group[g]
+    test_fold = fold_of[shuffled_group[group_of]]
+    return [test_fold == k for k in range(n_splits)]
+
+
+def _best_fold(spread: list[float], sizes: list[float]) -> int:
+    """scikit-learn's rule: the least spread, a near-tie (`np.isclose`) going to the fold with fewer images."""
+    best, best_spread, best_size = 0, spread[0], sizes[0]
+    for k in range(1, len(spread)):
+        near = abs(spread[k] - best_spread) <= 1e-8 + 1e-5 * abs(best_spread)
+        if spread[k] < best_spread or (near and sizes[k] < best_size):
+            best, best_spread, best_size = k, spread[k], sizes[k]
+    return best
 
 
 def fold_record(protocol: str, split: str, seed: int, fold: str, trained_on: list[str]) -> dict:

@@ -12,24 +12,24 @@ the reference, and why:
 - A tie in validation AUC (a saturated one, typically) goes to the C nearest 1, then to the smaller C: taking the
   smallest C of a tie leaves every test score below 0, i.e. SE 0.
 - The loss is the squared hinge (scikit-learn's `LinearSVC`) rather than `SVC`'s hinge, solved exactly along the C
-  path by `protocols.l2svm`, which makes the 800 fits of a 5x2 evaluation take seconds, not an hour.
+  path by `protocols.l2svm`, which makes the 800 fits of a 5x2 evaluation on HAM10000 take about 40 s on 2 cores,
+  not an hour.
 More than two classes: one balanced SVM per class against the rest; the predicted class is the highest score.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from joblib import Parallel, delayed
-from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.preprocessing import normalize
 from threadpoolctl import threadpool_limits
 
 from protocols.errors import ProtocolError
-from protocols.l2svm import decision, svm_path
+from protocols.l2svm import Sums, decision, svm_path
 from protocols.metrics import auc
+from protocols.splits import stratified_group_folds
 
 C_GRID = tuple(10.0**k for k in range(-3, 5))
 VALIDATION_SPLITS = 10
@@ -67,15 +67,20 @@ class _Prepared:
     labels: np.ndarray
     test: np.ndarray
     splits: list[tuple[np.ndarray, np.ndarray]]  # (fit, validation) positions within `train`
+    sums: list[Sums]  # of the training rows of each label
+
+    def sums_without(self, rows: np.ndarray) -> list[Sums]:
+        """Each label's sums over the training rows that are not in `rows`."""
+        return [total - Sums.of(self.train[rows][self.labels[rows] == k]) for k, total in enumerate(self.sums)]
 
 
 def run_folds(folds: list[Fold], *, seed: int = 0, n_jobs: int = -1) -> list[FoldFit]:
     """Choose C on each fold's training part, refit on all of it, return the test decision values."""
     unit = {id(f.features): normalize(f.features) for f in folds}  # once per feature set, not per fold
-    prepared = [_prepare(f, unit[id(f.features)], seed) for f in folds]
     # one BLAS thread per fit and the fits side by side: BLAS's own threads would fight over the cores
     with threadpool_limits(limits=1, user_api="blas"):
         parallel = Parallel(n_jobs=n_jobs, prefer="threads")
+        prepared = parallel(delayed(_prepare)(f, unit[id(f.features)], seed) for f in folds)
         validation = _search_c(prepared, parallel)
         best = [choose_c(v) for v in validation]
         scores = parallel(delayed(_refit_and_score)(p, c) for p, c in zip(prepared, best))
@@ -128,12 +133,11 @@ def validation_splits(labels: np.ndarray, groups: np.ndarray | None, seed: int) 
     those whose fit or validation part lacks a class (possible on tiny sets) are left out."""
     groups = np.arange(len(labels)) if groups is None else np.asarray(groups)
     n_splits = min(VALIDATION_SPLITS, len(np.unique(groups)))
-    kfold = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     classes = len(np.unique(labels))
-    with warnings.catch_warnings():  # "the least populated class has fewer members than n_splits": handled below
-        warnings.simplefilter("ignore", UserWarning)
-        splits = [(fit, val) for fit, val in kfold.split(np.zeros(len(labels)), labels, groups)
-                  if len(np.unique(labels[fit])) == classes and len(np.unique(labels[val])) == classes]
+    splits = [(np.flatnonzero(~val), np.flatnonzero(val))
+              for val in stratified_group_folds(labels, groups, n_splits, seed)]
+    splits = [(fit, val) for fit, val in splits
+              if len(np.unique(labels[fit])) == classes and len(np.unique(labels[val])) == classes]
     if not splits:
         raise ProtocolError("no validation split of a training fold holds every class on both sides: the fold has "
                             "too few images or lesions of a class to choose C (use a larger dataset or fewer folds)")
@@ -149,15 +153,25 @@ def _prepare(fold: Fold, unit: np.ndarray, seed: int) -> _Prepared:
         # the solution lies in the span of the training rows: the same inner products in rows-many dimensions
         _, _, basis = np.linalg.svd(np.concatenate([train, test]), full_matrices=False)
         train, test = train @ basis.T, test @ basis.T
-    return _Prepared(train, labels, test, validation_splits(labels, fold.groups, seed))
+    sums = [Sums.of(train[labels == k]) for k in range(labels.max() + 1)]
+    return _Prepared(train, labels, test, validation_splits(labels, fold.groups, seed), sums)
 
 
-def _paths(x: np.ndarray, labels: np.ndarray, cs: tuple[float, ...], start: np.ndarray | None = None) -> np.ndarray:
+def _paths(x: np.ndarray, labels: np.ndarray, cs: tuple[float, ...], start: np.ndarray | None = None,
+           sums: list[Sums] | None = None) -> np.ndarray:
     """(classes or 1, len(cs), d + 1): one path for two classes (label 1 positive), else one per class vs rest;
-    `start` (classes or 1, d + 1) continues paths that ended at a smaller C."""
+    `start` (classes or 1, d + 1) continues paths that ended at a smaller C; else `sums` (each label's, over x)
+    starts them."""
     targets = [1] if labels.max() == 1 else range(labels.max() + 1)
-    return np.array([svm_path(x, np.where(labels == k, 1, -1), cs, None if start is None else start[n])
-                     for n, k in enumerate(targets)])
+    if start is not None:
+        return np.array([svm_path(x, np.where(labels == k, 1, -1), cs, start[n]) for n, k in enumerate(targets)])
+    return np.array([svm_path(x, np.where(labels == k, 1, -1), cs, sums=(sums[k], _sum_of_others(sums, k)))
+                     for k in targets])
+
+
+def _sum_of_others(sums: list[Sums], k: int) -> Sums:
+    others = [s for j, s in enumerate(sums) if j != k]
+    return sum(others[1:], others[0])
 
 
 def _scores(x: np.ndarray, paths: np.ndarray) -> np.ndarray:
@@ -169,7 +183,7 @@ def _scores(x: np.ndarray, paths: np.ndarray) -> np.ndarray:
 def _validation_aucs(p: _Prepared, fit: np.ndarray, val: np.ndarray, cs: tuple[float, ...],
                      start: np.ndarray | None) -> tuple[list[float], np.ndarray]:
     """The validation AUC of each C in `cs`, and where the paths ended (to continue them)."""
-    paths = _paths(p.train[fit], p.labels[fit], cs, start)
+    paths = _paths(p.train[fit], p.labels[fit], cs, start, None if start is not None else p.sums_without(val))
     scores = _scores(p.train[val], paths)
     return [auc(p.labels[val], scores[:, k]) for k in range(len(cs))], paths[:, -1]
 
@@ -180,7 +194,7 @@ def _mean_by_c(aucs: list[list[float]]) -> dict[float, float]:
 
 def _refit_and_score(p: _Prepared, c: float) -> np.ndarray:
     cs = tuple(v for v in C_GRID if v <= c)  # the path up to c: each C warm-starts the next
-    return _scores(p.test, _paths(p.train, p.labels, cs))[:, -1]
+    return _scores(p.test, _paths(p.train, p.labels, cs, sums=p.sums))[:, -1]
 
 
 def _check_classes(y: np.ndarray) -> None:

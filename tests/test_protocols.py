@@ -17,8 +17,10 @@ from protocols import stats
 from protocols.designs import DESIGNS, apply_design
 from protocols.errors import ProtocolError
 from protocols.metrics import auc, fold_metrics
-from protocols.splits import ReferenceFoldsWarning, make_folds
-from protocols.l2svm import decision, svm_path
+from sklearn.model_selection import StratifiedGroupKFold
+
+from protocols.splits import ReferenceFoldsWarning, make_folds, stratified_group_folds
+from protocols.l2svm import Sums, decision, svm_path
 from protocols.svm import C_GRID, Fold, choose_c, run_fold, run_folds, validation_splits
 
 REFERENCE_FOLDS = Path(__file__).parents[2] / "shared" / "data" / "reference-folds"
@@ -263,6 +265,30 @@ def test_validation_splits_never_share_a_lesion_with_the_fit_part():
         assert not set(lesions[fit]) & set(lesions[val])
         assert 0.05 < len(val) / len(labels) < 0.15 and labels[val].any()
     assert sorted(np.concatenate([val for _, val in splits])) == list(range(len(labels)))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # scikit-learn's "least populated class" warning
+def test_stratified_group_folds_are_scikit_learns():
+    rng = np.random.default_rng(0)
+    for _ in range(200):  # small and skewed cases make the near-ties the tie-break rule decides
+        n = int(rng.integers(20, 300))
+        labels = np.where(rng.random(n) < 0.7, 0, rng.integers(0, int(rng.integers(2, 8)), n))
+        groups, n_splits, seed = rng.integers(0, n // 2, n), int(rng.integers(2, 11)), int(rng.integers(2**31))
+        if n_splits > len(np.unique(groups)) or np.all(n_splits > np.unique(labels, return_counts=True)[1]):
+            continue  # scikit-learn refuses these
+        expected = StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed).split(labels, labels, groups)
+        for (_, test), ours in zip(expected, stratified_group_folds(labels, groups, n_splits, seed), strict=True):
+            np.testing.assert_array_equal(np.flatnonzero(ours), test)
+
+
+def test_a_path_started_from_class_sums_is_the_path_built_from_the_rows():
+    x, _ = separable(300, d=20, seed=5)
+    signs = np.where(np.arange(300) % 4 == 0, 1, -1)  # imbalanced: the two classes weigh differently
+    x += 0.3 * signs[:, None] + np.random.default_rng(6).normal(size=x.shape)
+    held_out = np.arange(300) < 30  # the sums of a larger set minus a held-out part, as the validation splits do
+    sums = tuple(Sums.of(x[signs == s]) - Sums.of(x[held_out & (signs == s)]) for s in (1, -1))
+    path = svm_path(x[~held_out], signs[~held_out], C_GRID, sums=sums)
+    np.testing.assert_allclose(path, svm_path(x[~held_out], signs[~held_out], C_GRID), atol=1e-9)
 
 
 def test_ties_go_to_c_nearest_one_then_to_the_smaller():
