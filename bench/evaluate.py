@@ -135,6 +135,7 @@ def run(inputs: Inputs) -> Evaluation:
     for (fold, features, train, test), fit in zip(parts, fits):
         metrics = fold_metrics(test.label.to_numpy(), fit.scores, inputs.design.positive)
         results.append({"fold": fold, **metrics, "n_train": len(train), "n_test": len(test), "c": fit.c,
+                        "validation_auc": fit.validation_auc[fit.c],  # what `bench select` chooses by
                         "model_sha256": features.attrs.get("model_sha256", "")})
         predictions.append(_predictions(fold, test, fit.scores, inputs))
     return _tables(replace(inputs, notes=tuple(dict.fromkeys(notes))), pd.DataFrame(results),

@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -107,7 +108,7 @@ def execute(stages: list[Stage], ledger: Ledger, actions: dict[str, Action], ide
                               done.seconds)
                 _log(log, event="done", stage=done.stage.key, seconds=round(done.seconds, 2))
                 view.finish(done.stage, done.seconds)
-                console.print(f"[green]done[/green] {done.stage.key} [dim]({_clock(done.seconds)})[/dim]",
+                console.print(f"[green]done[/green] {escape(done.stage.key)} [dim]({_clock(done.seconds)})[/dim]",
                               highlight=False)
                 counts["ran"] += 1
                 settled.add(done.stage.key)

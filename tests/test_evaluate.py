@@ -235,6 +235,62 @@ def test_compare_from_predictions_and_recomputed(tmp_path):
     assert isinstance(absent.exception, BenchError) and "no predictions for other" in str(absent.exception)
 
 
+def evaluated_pair(tmp_path) -> tuple[Path, Path]:
+    """Results and predictions of a configuration carrying the diagnosis and of one carrying noise."""
+    store, results, predictions = tmp_path / "store", tmp_path / "r.csv", tmp_path / "pred.csv"
+    write_set(store, "good", signal=3.0)
+    write_set(store, "noise", signal=0.0, seed=1)
+    for backbone in ("good", "noise"):
+        cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", backbone, *DATA, "--store", str(store),
+            "--results", str(results), "--predictions", str(predictions))
+    return results, predictions
+
+
+def select(results: Path, predictions: Path, *candidates: str):
+    return cli("select", *candidates, "--protocol", "mela-vs-ben", *DATA[:2], "--results", str(results),
+               "--predictions", str(predictions))
+
+
+def test_select_chooses_by_validation_auc_never_by_test_auc(tmp_path):
+    results, predictions = evaluated_pair(tmp_path)
+    rows = read_table(results)
+    rows.loc[rows["backbone"] == "noise", "auc"] = 1.0  # a test AUC the choice must not see
+    rows.to_csv(results, index=False)
+    out = select(results, predictions, "noise", "good")
+    assert out.exit_code == 0, out.output
+    chosen = read_table(results).query("backbone == 'select[noise; good]'")
+    assert len(chosen) == 10 and set(chosen["selected"]) == {"good"}
+    assert chosen["command"].iloc[0].startswith("bench select noise good --protocol mela-vs-ben")
+    scores = read_table(predictions)
+    picked = scores[scores["backbone"] == "select[noise; good]"].drop(columns="backbone").reset_index(drop=True)
+    good = scores[scores["backbone"] == "good"].drop(columns="backbone").reset_index(drop=True)
+    pd.testing.assert_frame_equal(picked, good)
+    compared = cli("compare", "select[noise; good]", "noise", "--protocol", "mela-vs-ben", *DATA[:2],
+                   "--predictions", str(predictions))
+    assert compared.exit_code == 0 and "10 folds" in compared.output
+
+
+def test_select_breaks_a_tie_towards_the_candidate_listed_first(tmp_path):
+    results, predictions = evaluated_pair(tmp_path)
+    rows = read_table(results)
+    rows["validation_auc"] = 0.8
+    rows.to_csv(results, index=False)
+    for first, second in (("noise", "good"), ("good", "noise")):
+        assert select(results, predictions, first, second).exit_code == 0
+        chosen = read_table(results).query(f"backbone == 'select[{first}; {second}]'")
+        assert set(chosen["selected"]) == {first}
+
+
+def test_select_refuses_results_without_validation_auc_or_candidates(tmp_path):
+    results, predictions = evaluated_pair(tmp_path)
+    absent = select(results, predictions, "good", "other")
+    assert isinstance(absent.exception, BenchError) and "no synthetic mela-vs-ben results for 'other'" in str(absent.exception)
+    read_table(results).drop(columns="validation_auc").to_csv(results, index=False)
+    old = select(results, predictions, "good", "noise")
+    assert isinstance(old.exception, BenchError) and "predate recorded validation AUCs" in str(old.exception)
+    assert "bench evaluate --protocol mela-vs-ben" in str(old.exception)
+
+
 def test_perf_evaluate_prints_seconds(tmp_path):
     store = tmp_path / "store"
     write_set(store, "good")
@@ -298,8 +354,9 @@ def test_power_normalisation_is_the_signed_square_root_and_a_row_of_its_own(tmp_
     store, results = tmp_path / "store", tmp_path / "results.csv"
     x = write_set(store, "a")
     for extra in ([], ["--power-norm"]):
-        cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "a", *DATA, "--store", str(store),
-            "--results", str(results), *extra)
+        out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "a", *DATA, "--store", str(store),
+                  "--results", str(results), *extra)
+    assert "· a [power] ·" in out.output  # the name is text, not console markup
     rows = read_table(results)
     assert sorted(set(rows["backbone"])) == ["a", "a [power]"]
     assert rows.groupby("backbone")["power_norm"].first().to_dict() == {"a": False, "a [power]": True}

@@ -1,4 +1,4 @@
-"""`bench evaluate`, `bench compare`, `bench leaderboard` and `bench perf evaluate`.
+"""`bench evaluate`, `bench compare`, `bench select`, `bench leaderboard` and `bench perf evaluate`.
 
 The evaluation and its statistics are imported when a command runs: `bench --help` does not pay for them."""
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from bench import plugins
 from bench.cli.app import app, perf_app
@@ -112,7 +113,7 @@ def _print(done: Evaluation) -> None:
     title = (f"{r['dataset'].iloc[0]} · {r['protocol'].iloc[0]} · {r['backbone'].iloc[0]}"
              f"{' (fine-tuned)' if r['finetuned'].iloc[0] else ''} · split {r['split'].iloc[0]}")
     columns = ("fold", "train", "test", "C", *(METRIC_TITLES[m] for m in METRICS))
-    shown = table(title, columns, right=columns)
+    shown = table(escape(title), columns, right=columns)
     for row in r.itertuples():
         shown.add_row(row.fold, str(row.n_train), str(row.n_test), f"{row.c:g}",
                       *(f"{100 * getattr(row, m):.1f}" for m in METRICS))
@@ -190,12 +191,51 @@ def compare(
                     "f_p_value_5x2cv": _finite(result.f_p_value)})
         return
     console.print(f"{dataset} · {protocol} · split {split}{' · fine-tuned' if finetuned else ''}: "
-                  f"AUC({a}) - AUC({b}) = {100 * d.estimate:+.1f} points, 95% CI {100 * d.low:+.1f} to "
+                  f"AUC({escape(a)}) - AUC({escape(b)}) = {100 * d.estimate:+.1f} points, 95% CI {100 * d.low:+.1f} to "
                   f"{100 * d.high:+.1f}, two-sided p = {result.p_value:.3g} (paired bootstrap over test lesions, "
                   f"{result.folds} folds)")
     if not math.isnan(result.f_statistic):
         console.print(f"5x2cv paired F-test (Alpaydin 1999): F = {result.f_statistic:.2f}, "
                       f"p = {result.f_p_value:.3g} (F(10, 5))")
+
+
+@app.command("select")
+def select_command(
+    candidates: Annotated[list[str], typer.Argument(help="Evaluated configurations, as the backbone column of "
+                                                         "the results names them (options in brackets).")],
+    protocol: Protocol,
+    dataset: Dataset,
+    finetuned: Finetuned = False,
+    split: Split = "5x2",
+    results: Results = DEFAULT_RESULTS,
+    predictions: Annotated[Path, typer.Option(help="Per-image test scores written by `bench evaluate "
+                                                   "--predictions`.")] = ...,
+    as_json: JsonOption = False,
+) -> None:
+    """In each fold, the configuration with the highest validation AUC (chosen on the training part only), scored
+    on that fold's test part; adds the selected pipeline's rows to the results and predictions tables."""
+    from bench.results import KEY, PREDICTION_KEY, check_writable, read_table, upsert
+    from bench.select import command, select
+
+    check_writable(results, predictions)
+    line = command(candidates, dataset=dataset, protocol=protocol, split=split, finetuned=finetuned,
+                   results=str(results), predictions=str(predictions))
+    chosen = select(read_table(results), read_table(predictions), candidates, dataset=dataset, protocol=protocol,
+                    split=split, finetuned=finetuned, command=line)
+    r = chosen.results
+    if as_json:
+        print_json({"backbone": chosen.label, "auc": r["auc"].mean(), "ci_low": r["auc_ci_low"].iloc[0],
+                    "ci_high": r["auc_ci_high"].iloc[0], "folds": chosen.choices.to_dict(orient="records")})
+    else:
+        shown = table(f"{dataset} · {protocol} · split {split}: chosen per fold by validation AUC",
+                      ("fold", "chosen", "validation AUC", "test AUC"), right=("validation AUC", "test AUC"))
+        for row in chosen.choices.itertuples():
+            shown.add_row(row.fold, escape(row.chosen), f"{100 * row.validation_auc:.1f}", f"{100 * row.auc:.1f}")
+        console.print(shown)
+        console.print(f"{escape(chosen.label)}: AUC {100 * r['auc'].mean():.1f}, 95% CI {100 * r['auc_ci_low'].iloc[0]:.1f}–"
+                      f"{100 * r['auc_ci_high'].iloc[0]:.1f} (bootstrap over test lesions)", highlight=False)
+    upsert((results, r, KEY), (predictions, chosen.predictions, PREDICTION_KEY))
+    err_console.print(f"{len(r)} fold rows -> {results}, predictions -> {predictions}", highlight=False)
 
 
 def _finite(value: float) -> float | None:
