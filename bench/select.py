@@ -42,8 +42,7 @@ def select(results: pd.DataFrame, predictions: pd.DataFrame, candidates: list[st
     rows = pd.concat([_candidate_rows(results, c, identity) for c in candidates], ignore_index=True)
     folds = _common_folds(rows, candidates)
     rank = {c: i for i, c in enumerate(candidates)}
-    chosen = (rows[rows["fold"].isin(folds)]
-              .assign(order=rows["backbone"].map(rank))
+    chosen = (rows.assign(order=rows["backbone"].map(rank))
               .sort_values(["fold", "validation_auc", "order"], ascending=[True, False, True])
               .drop_duplicates("fold").drop(columns="order"))
     name = label(candidates)
