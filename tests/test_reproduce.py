@@ -247,13 +247,19 @@ def test_every_built_in_study_reads_or_says_which_root_to_fill_in(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_committed_study_ledger_is_still_valid(shared_data, tmp_path):
-    """Every stage of the published study keeps its fingerprint, so a rerun of it skips everything: a change
+@pytest.mark.parametrize("name, folder, datasets", [
+    ("menegola2017-cpu", "menegola2017-cpu", ("ham10000", "retinopathy")),
+    ("beyond", "beyond", ("ham10000", "ph2")),
+    ("leaderboard/beyond/ph2-cpu/ph2-cpu.toml", "beyond/ph2-cpu", ("ham10000", "ph2")),
+])
+def test_the_committed_study_ledgers_are_still_valid(shared_data, tmp_path, name, folder, datasets):
+    """Every stage of a published study keeps its fingerprint, so a rerun of it skips everything: a change
     that breaks this must say why the published study has to run again."""
     root = Path(__file__).resolve().parents[1]
-    study = load_study("menegola2017-cpu", {"ham10000": shared_data / "ham10000",
-                                            "retinopathy": shared_data / "kaggle-dr"})
-    ledger = Ledger(root / "leaderboard" / "menegola2017-cpu" / "ledger.json")
+    folders = {"ham10000": "ham10000", "retinopathy": "kaggle-dr", "ph2": "ph2"}
+    study = load_study(str(root / name) if name.endswith(".toml") else name,
+                       {d: shared_data / folders[d] for d in datasets})
+    ledger = Ledger(root / "leaderboard" / folder / "ledger.json")
     with worker_env(tmp_path / "home", study):
         data = StudyData.load(study)
         stages = plan(study, data.fold_keys)
