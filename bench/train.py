@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from sklearn.model_selection import StratifiedGroupKFold
 from torch import nn
 
 from bench.backbone import Preprocessing, read_checkpoint, save_checkpoint
@@ -33,6 +32,7 @@ from bench.images import IMAGES_VERSION, load_image
 from bench.paths import home
 from bench.recipes import Recipe
 from bench.threads import count as thread_count
+from protocols.splits import stratified_group_folds
 
 VALIDATION_FOLDS = 10  # one fold of ten = the paper's 10% validation split
 SCALE_RANGE = (0.8, 1.25)  # random zoom out / in of augmented images; rotations take any angle (a lesion has no "up")
@@ -182,9 +182,8 @@ def validation_split(data: LabelledImages, seed: int) -> tuple[np.ndarray, np.nd
         rare = [c for c, n in zip(data.classes, counts) if n < 2]
         raise BenchError(f"too few training images of class(es) {rare} ({counts.min()}) to hold some out for "
                          "validation: use more data (a larger --limit) or another fold")
-    folds = StratifiedGroupKFold(n_splits=VALIDATION_FOLDS, shuffle=True, random_state=seed)
-    train, val = next(folds.split(np.zeros(len(data.labels)), data.labels, data.groups))
-    return train, val
+    val = stratified_group_folds(data.labels, data.groups, VALIDATION_FOLDS, seed)[0]  # scikit-learn's folds
+    return np.flatnonzero(~val), np.flatnonzero(val)
 
 
 def decode(paths: list[str], size: int, device: torch.device) -> torch.Tensor:
