@@ -115,10 +115,10 @@ def load_state_dict_file(net: nn.Module, path: Path) -> None:
 
 
 def weights_loader(file: str, how: str) -> Callable[[nn.Module], None]:
-    """A `load_initial` that reads `weights_dir()/file` (e.g. a trained source stage), or says how to make it."""
+    """A `load_initial` that reads the user's `weights_dir()/file` (e.g. a trained source stage), or says how to make it."""
 
     def load(net: nn.Module) -> None:
-        path = paths.weights_dir() / file
+        path = paths.weights_dir(paths.home()) / file
         if not path.is_file():
             raise BenchError(f"{path} not found: {how}, or pass --weights PATH")
         load_state_dict_file(net, path)

@@ -6,23 +6,25 @@ the statistics, `bench compare` and the ROC curves are computed from).
 
 from __future__ import annotations
 
-import shlex
 import warnings
 from dataclasses import dataclass, replace
+from typing import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 import bench
-from bench import paths, plugins
+from bench import paths
+from bench.context import Context
 from bench.dataset import fingerprint, image_digests, label_fingerprint
 from bench.errors import BenchError
-from bench.features import label as features_label, reader as features_reader
+from bench.features import reader as features_reader
 from bench.results import KEY
-from featurestore import FeatureSet, FeatureStore
+from bench.work import EXTERNAL, DatasetRef, Evaluate
+from featurestore import FeatureSet, FeatureStore, feature_key
 from protocols.designs import Design, apply_design, get_design
+from protocols.errors import ProtocolError
 from protocols.metrics import fold_metrics, positive_scores, predicted_class
 from protocols.splits import fold_record_problems, groups_of, make_folds, select_folds
 from protocols.stats import bootstrap_auc
@@ -31,51 +33,11 @@ from protocols.svm import Fold, run_folds
 
 
 @dataclass(frozen=True)
-class Request:
-    """Everything that decides an evaluation's numbers (and so goes into its regenerating command)."""
-
-    dataset: str
-    backbone: str
-    protocol: str
-    split: str = "5x2"
-    finetuned: bool = False
-    seed: int = 0
-    root: Path | None = None
-    store: str | None = None  # a folder or an fsspec URL (a Path would turn s3://b into s3:/b)
-    reference_dir: Path | None = None
-    keep_duplicate_folds: bool = False
-    options: tuple[tuple[str, str], ...] = ()
-    folds: tuple[str, ...] = ()  # only these folds of the split; empty: all of them
-    tta: str | None = None  # score the sets extracted with this test-time augmentation (bench.tta)
-    power: bool = False  # signed square root of every feature before the L2 normalisation
-
-    @property
-    def store_path(self) -> str:
-        return self.store or paths.default_store()
-
-    def command(self) -> str:
-        """The `bench evaluate` command line that regenerates this evaluation's rows."""
-        args = ["bench", "evaluate", "--protocol", self.protocol, "--dataset", self.dataset,
-                "--backbone", self.backbone, "--split", self.split]
-        args += ["--finetuned"] * self.finetuned + ["--keep-duplicate-folds"] * self.keep_duplicate_folds
-        args += ["--seed", str(self.seed)] if self.seed else []
-        args += ["--root", str(self.root)] if self.root else []
-        args += ["--store", str(self.store)] if self.store else []
-        args += ["--reference-dir", str(self.reference_dir)] if self.reference_dir else []
-        for key, value in self.options:
-            args += ["--option", f"{key}={value}"]
-        for fold in self.folds:
-            args += ["--fold", fold]
-        args += ["--tta", self.tta] if self.tta else []
-        args += ["--power-norm"] * self.power
-        return shlex.join(args)
-
-
-@dataclass(frozen=True)
 class Inputs:
     """The labelled manifest rows of the design, the folds over the full manifest, and where features come from."""
 
-    request: Request
+    unit: Evaluate
+    ctx: Context
     design: Design
     manifest: pd.DataFrame  # the full manifest (for difficulty)
     fingerprint: str  # of the full manifest: ids, labels and file sizes
@@ -83,6 +45,20 @@ class Inputs:
     lesions: pd.Series  # image_id -> lesion id (the image itself where the dataset has none)
     folds: dict[str, tuple[np.ndarray, np.ndarray]]
     notes: tuple[str, ...]  # what the user should know (repeated reference folds, skipped images)
+    training: Training | None = None  # an external evaluation's training dataset
+
+
+@dataclass(frozen=True)
+class Training:
+    """The dataset an external evaluation's SVM also learns on, whole. Its ids carry `prefix`, so that they never
+    meet the scored dataset's in the folds, labels and lesions."""
+
+    manifest: pd.DataFrame
+    fingerprint: str
+    prefix: str
+
+    def ids(self, ids: pd.Series | np.ndarray) -> np.ndarray:
+        return (self.prefix + pd.Series(ids, dtype=str)).to_numpy()
 
 
 @dataclass(frozen=True)
@@ -92,45 +68,92 @@ class Evaluation:
     predictions: pd.DataFrame  # one row per fold and test image
 
 
-def prepare(request: Request) -> Inputs:
-    """Manifest, design and folds; warnings from the fold files become notes."""
-    design = get_design(request.protocol)
-    manifest = plugins.get_dataset(request.dataset).manifest(request.root, **dict(request.options))
-    labelled = apply_design(manifest, request.protocol)
+def prepare(unit: Evaluate, ctx: Context) -> Inputs:
+    """Manifest, design and folds; warnings from the fold files become notes. An external evaluation adds all of
+    its training dataset to every fold's training part."""
+    design = get_design(unit.protocol)
+    manifest = unit.dataset.manifest(ctx)
+    named = unit.dataset.adapter if unit.train_dataset else None
+    labels, lesions = _labels(manifest, unit.protocol, named), _lesions(manifest)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        folds = make_folds(manifest, request.split, seed=request.seed, reference_dir=request.reference_dir,
-                           protocol=request.protocol, keep_duplicates=request.keep_duplicate_folds)
-    folds = select_folds(folds, request.folds, request.split)
-    labels = labelled.set_index("image_id")["label"]
-    lesions = pd.Series(groups_of(manifest).to_numpy(), index=manifest["image_id"])
-    return Inputs(request, design, manifest, fingerprint(manifest), labels, lesions, folds,
-                  tuple(str(w.message) for w in caught))
+        folds = _folds(unit, manifest)
+    inputs = Inputs(unit, ctx, design, manifest, fingerprint(manifest), labels, lesions, folds,
+                    tuple(str(w.message) for w in caught))
+    return _with_training(inputs) if unit.train_dataset else inputs
 
 
-def evaluate(request: Request) -> Evaluation:
-    return run(prepare(request))
+def _labels(manifest: pd.DataFrame, protocol: str, dataset: str | None = None) -> pd.Series:
+    """Labels by image id; `dataset` names the dataset in errors (an external evaluation has two)."""
+    try:
+        return apply_design(manifest, protocol).set_index("image_id")["label"]
+    except ProtocolError as exc:
+        if dataset is None:
+            raise
+        raise BenchError(f"{dataset}: {exc}") from None
+
+
+def _lesions(manifest: pd.DataFrame) -> pd.Series:
+    return pd.Series(groups_of(manifest).to_numpy(), index=manifest["image_id"])
+
+
+def _folds(unit: Evaluate, manifest: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if unit.split == EXTERNAL:
+        if not unit.train_dataset:
+            raise BenchError("split 'external' scores a dataset on an SVM trained on another: give --train-dataset")
+        return {"all": (np.array([], dtype=object), manifest["image_id"].astype(str).to_numpy())}
+    folds = make_folds(manifest, unit.split, seed=unit.seed, reference_dir=unit.reference, protocol=unit.protocol,
+                       keep_duplicates=unit.keep_duplicate_folds)
+    return select_folds(folds, unit.folds, unit.split)
+
+
+def _with_training(inputs: Inputs) -> Inputs:
+    """The training dataset's labelled images in every fold's training part, after checks: the design's classes
+    on both sides, and no model fine-tuned on one side only."""
+    unit = inputs.unit
+    if unit.finetuned:
+        raise BenchError("an external evaluation scores frozen features: a model fine-tuned on the training "
+                         "dataset cannot yet be extracted on another one; drop --finetuned")
+    train = unit.train_dataset.manifest(inputs.ctx)
+    training = Training(train, fingerprint(train), f"{unit.train_dataset.adapter}:")
+    train_labels = _labels(train, unit.protocol, unit.train_dataset.adapter)
+    for side, labels in ((unit.train_dataset.adapter, train_labels), (unit.dataset.adapter, inputs.labels)):
+        lacking = [c for i, c in enumerate(inputs.design.classes) if not (labels == i).any()]
+        if lacking:
+            raise BenchError(f"{unit.protocol} needs images of every class on both sides, and {side} has none of "
+                             f"{', '.join(lacking)}: choose a design both datasets hold (e.g. mela-vs-ben)")
+    train_ids = training.ids(train_labels.index)
+    folds = {k: (np.concatenate([train_ids, fit]), test) for k, (fit, test) in inputs.folds.items()}
+    labels = pd.concat([pd.Series(train_labels.to_numpy(), index=train_ids), inputs.labels])
+    lesions = pd.concat([pd.Series(training.ids(_lesions(train).to_numpy()), index=training.ids(train["image_id"])),
+                         inputs.lesions])
+    return replace(inputs, folds=folds, labels=labels, lesions=lesions, training=training)
+
+
+def evaluate(unit: Evaluate, ctx: Context) -> Evaluation:
+    return run(prepare(unit, ctx))
 
 
 def run(inputs: Inputs) -> Evaluation:
     """The SVM protocol on every fold; features are read once (frozen) or per fold (fine-tuned)."""
-    request = inputs.request
-    read = features_reader(request.store_path, request.dataset, request.backbone, tta=request.tta,
-                           power=request.power, image_ids=inputs.manifest["image_id"])
+    unit = inputs.unit
+    read = _reader(inputs, unit.dataset, inputs.manifest)
     notes = list(inputs.notes)
     parts = []
-    current = pd.Series(image_digests(inputs.manifest), index=inputs.manifest["image_id"].astype(str))
+    learnt_too = _training_features(inputs, notes) if inputs.training else None
+    current = _digests(inputs.manifest)
     for fold, (train_ids, test_ids) in inputs.folds.items():
-        key = paths.feature_key(request.protocol, fold) if request.finetuned else "frozen"
-        features = read(key)
-        if request.finetuned:
-            _check_fold_record(request, fold, features, train_ids, test_ids)
-        _check_current(features, key, current, inputs, notes)
+        features = read(fold if unit.finetuned else None)
+        if unit.finetuned:
+            _check_fold_record(unit, fold, features, train_ids, test_ids)
+        _check_current(features, unit.dataset, inputs.manifest, current, fold, inputs, notes)
+        if learnt_too is not None:
+            features = _joined(learnt_too, features, inputs)
         parts.append((fold, features, _rows(train_ids, inputs.labels, features, notes),
                       _rows(test_ids, inputs.labels, features, notes)))
     fits = run_folds([Fold(f.features, train.position.to_numpy(), train.label.to_numpy(), test.position.to_numpy(),
                            inputs.lesions.reindex(train.image_id).to_numpy()) for _, f, train, test in parts],
-                     seed=request.seed)
+                     seed=unit.seed)
     results, predictions = [], []
     for (fold, features, train, test), fit in zip(parts, fits):
         metrics = fold_metrics(test.label.to_numpy(), fit.scores, inputs.design.positive)
@@ -142,17 +165,50 @@ def run(inputs: Inputs) -> Evaluation:
                    pd.concat(predictions, ignore_index=True))
 
 
+def _reader(inputs: Inputs, dataset: DatasetRef, manifest: pd.DataFrame) -> Callable[[str | None], FeatureSet]:
+    unit = inputs.unit
+    return features_reader(inputs.ctx.store, dataset.adapter, unit.backbone, unit.protocol, tta=unit.tta,
+                           power=unit.power, image_ids=manifest["image_id"])
+
+
+def _training_features(inputs: Inputs, notes: list[str]) -> FeatureSet:
+    """The training dataset's frozen set, checked like the scored one's."""
+    train, training = inputs.unit.train_dataset, inputs.training
+    features = _reader(inputs, train, training.manifest)(None)
+    _check_current(features, train, training.manifest, _digests(training.manifest), None, inputs, notes)
+    return features
+
+
+def _joined(training: FeatureSet, scored: FeatureSet, inputs: Inputs) -> FeatureSet:
+    """One set of both datasets' rows (the training ones prefixed), if one model made both the same way."""
+    unit = inputs.unit
+    names = (unit.train_dataset.adapter, unit.dataset.adapter)
+    for what, attr in (("model (weights)", "model_sha256"), ("preprocessing (input size, mean, std)", "preprocessing"),
+                       ("test-time augmentation", "tta")):
+        if training.attrs.get(attr) != scored.attrs.get(attr):
+            raise BenchError(f"the {names[0]} and {names[1]} feature sets of {unit.backbone} differ in {what}: "
+                             f"{training.attrs.get(attr)} vs {scored.attrs.get(attr)}. Extract both with the same "
+                             "backbone, weights and settings (`bench extract` on each dataset)")
+    return FeatureSet(image_ids=np.concatenate([inputs.training.ids(training.image_ids), scored.image_ids]),
+                      features=np.vstack([training.features, scored.features]),
+                      digests=np.concatenate([training.digests, scored.digests]),
+                      attrs={**scored.attrs, "skipped": [*inputs.training.ids(training.attrs.get("skipped", [])),
+                                                         *scored.attrs.get("skipped", [])]})
+
+
 def _tables(inputs: Inputs, results: pd.DataFrame, predictions: pd.DataFrame) -> Evaluation:
     """Add identity, the AUC interval and provenance; key columns first."""
-    request = inputs.request
-    ci = bootstrap_auc(predictions, seed=request.seed)
-    identity = {"dataset": request.dataset, "protocol": request.protocol,
-                "backbone": features_label(request.backbone, request.tta, request.power),
-                "finetuned": request.finetuned, "split": request.split}
-    provenance = {"seed": request.seed, "tta": request.tta or "none", "power_norm": request.power,
+    unit = inputs.unit
+    ci = bootstrap_auc(predictions, seed=unit.seed)
+    identity = {"dataset": unit.target, "protocol": unit.protocol, "backbone": unit.features,
+                "finetuned": unit.finetuned, "split": unit.split}
+    store = inputs.ctx.store if inputs.ctx.store != paths.default_store() else None
+    provenance = {"seed": unit.seed, "tta": unit.tta or "none", "power_norm": unit.power,
                   "auc_ci_low": ci.low, "auc_ci_high": ci.high,
                   "dataset_fingerprint": inputs.fingerprint, "bench_version": bench.__version__,
-                  "command": request.command(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                  **({"train_dataset": unit.train_dataset.adapter,
+                      "train_dataset_fingerprint": inputs.training.fingerprint} if inputs.training else {}),
+                  "command": unit.command(store), "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     results = results.assign(**identity, **provenance)
     predictions = predictions.assign(**identity)
     return Evaluation(inputs, _key_first(results), _key_first(predictions))
@@ -162,36 +218,43 @@ def _key_first(table: pd.DataFrame) -> pd.DataFrame:
     return table[KEY + [c for c in table.columns if c not in KEY]]
 
 
-def _check_fold_record(request: Request, fold: str, features: FeatureSet, train_ids: np.ndarray,
+def _check_fold_record(unit: Evaluate, fold: str, features: FeatureSet, train_ids: np.ndarray,
                        test_ids: np.ndarray) -> None:
     """A fine-tuned set is scored only on the fold whose training part it was trained on."""
-    problems = fold_record_problems(features.attrs.get("fold_record"), protocol=request.protocol,
-                                    split=request.split, seed=request.seed, fold=fold, train_ids=train_ids,
-                                    test_ids=test_ids)
+    problems = fold_record_problems(features.attrs.get("fold_record"), protocol=unit.protocol, split=unit.split,
+                                    seed=unit.seed, fold=fold, train_ids=train_ids, test_ids=test_ids)
     if problems:
-        key = paths.feature_key(request.protocol, fold)
-        seed = f" --seed {request.seed}" if request.seed else ""
+        key = feature_key(unit.protocol, fold)
+        seed = f" --seed {unit.seed}" if unit.seed else ""
+        dataset = unit.dataset.adapter
         raise BenchError(
-            f"refusing to score fine-tuned set {request.dataset}/{request.backbone}/{key} on fold {fold} "
-            f"(split {request.split}, seed {request.seed}): {'; '.join(problems)}. Fine-tune for this fold and "
-            f"extract again: `bench train --backbone {request.backbone} --dataset {request.dataset} --protocol "
-            f"{request.protocol} --split {request.split} --fold {fold}{seed} ...`, then `bench extract ... "
-            f"--protocol {request.protocol} --fold {fold} --overwrite`")
+            f"refusing to score fine-tuned set {dataset}/{unit.backbone}/{key} on fold {fold} "
+            f"(split {unit.split}, seed {unit.seed}): {'; '.join(problems)}. Fine-tune for this fold and "
+            f"extract again: `bench train --backbone {unit.backbone} --dataset {dataset} --protocol "
+            f"{unit.protocol} --split {unit.split} --fold {fold}{seed} ...`, then `bench extract ... "
+            f"--protocol {unit.protocol} --fold {fold} --overwrite`")
 
 
-def _check_current(features: FeatureSet, key: str, current: pd.Series, inputs: Inputs, notes: list[str]) -> None:
+def _digests(manifest: pd.DataFrame) -> pd.Series:
+    """The images' content digests today, by id."""
+    return pd.Series(image_digests(manifest), index=manifest["image_id"].astype(str))
+
+
+def _check_current(features: FeatureSet, dataset: DatasetRef, manifest: pd.DataFrame, current: pd.Series,
+                   fold: str | None, inputs: Inputs, notes: list[str]) -> None:
     """Refuse features computed from images that changed since; labels are not an input of extraction, so a
     label-only change is scored with today's labels and a note."""
     now = current.reindex(features.image_ids).to_numpy()
     changed = features.image_ids[(now != features.digests) & pd.notna(now)]
-    request = inputs.request
+    unit = inputs.unit
+    key = feature_key(unit.protocol, fold if unit.finetuned else None, unit.tta)
     if len(changed):
-        command = FeatureStore(request.store_path).extract_command(request.dataset, request.backbone, key,
-                                                                   str(request.root or "PATH"))
-        raise BenchError(f"{len(changed)} image(s) of {request.dataset} changed since their features in "
-                         f"{request.backbone}/{key} were extracted (e.g. {', '.join(changed[:3])}): those features are "
+        command = FeatureStore(inputs.ctx.store).extract_command(dataset.adapter, unit.backbone, key,
+                                                                 str(dataset.root or "PATH"))
+        raise BenchError(f"{len(changed)} image(s) of {dataset.adapter} changed since their features in "
+                         f"{unit.backbone}/{key} were extracted (e.g. {', '.join(changed[:3])}): those features are "
                          f"stale. Refresh them with `{command}` (it recomputes only what changed), then evaluate again")
-    if features.attrs.get("labels_fingerprint") != label_fingerprint(inputs.manifest):
+    if features.attrs.get("labels_fingerprint") != label_fingerprint(manifest):
         notes.append("the dataset's labels changed since the features were extracted; features depend on the images "
                      "only, so they are scored with today's labels")
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from bench.cluster import RETRIES, connect, has_gpus, result
-from bench.plan import Stage
-from bench.study import Study
-from bench.workspace import worker_env
+from bench.context import Context
+from bench.work import Work
 
 
 class Executor(Protocol):
@@ -26,7 +24,7 @@ class Executor(Protocol):
     @property
     def full(self) -> bool: ...
 
-    def submit(self, stage: Stage, fingerprint: str, run: Callable[[Stage], Any]) -> None: ...
+    def submit(self, stage: Work, fingerprint: str, run: Callable[[Work, Context], Any]) -> None: ...
 
     def next_finished(self) -> Finished: ...
 
@@ -35,7 +33,7 @@ class Executor(Protocol):
 class Finished:
     """A stage an executor ran: what its `run` returned, or the error it raised."""
 
-    stage: Stage
+    stage: Work
     fingerprint: str
     value: Any = None
     seconds: float = 0.0
@@ -45,8 +43,9 @@ class Finished:
 class InProcess:
     """The local executor: each stage runs in this process, one at a time, in the order they are submitted."""
 
-    def __init__(self) -> None:
-        self.pending: tuple[Stage, str, Callable[[Stage], Any]] | None = None
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.pending: tuple[Work, str, Callable[[Work, Context], Any]] | None = None
 
     @property
     def running(self) -> int:
@@ -56,14 +55,14 @@ class InProcess:
     def full(self) -> bool:
         return self.pending is not None
 
-    def submit(self, stage: Stage, fingerprint: str, run: Callable[[Stage], Any]) -> None:
+    def submit(self, stage: Work, fingerprint: str, run: Callable[[Work, Context], Any]) -> None:
         self.pending = (stage, fingerprint, run)
 
     def next_finished(self) -> Finished:
         (stage, print_, run), self.pending = self.pending, None
         started = time.monotonic()
         try:
-            value = run(stage)
+            value = run(stage, self.ctx)
         except Exception as exc:
             return Finished(stage, print_, error=exc)
         return Finished(stage, print_, value, time.monotonic() - started)
@@ -79,25 +78,24 @@ class RayStages:
 
     full = False  # Ray itself queues the tasks that do not fit yet
 
-    def __init__(self, home: Path, study: Study, address: str | None = None):
+    def __init__(self, ctx: Context, address: str | None = None):
         import torch
 
         self.ray = connect(address)
-        self.home, self.study = home, study
+        self.ctx = ctx
         self.task = self.ray.remote(max_retries=RETRIES)(_run_stage)
         biggest = max(node["Resources"].get("CPU", 0) for node in self.ray.nodes() if node["Alive"])
         self.threads = max(1, min(torch.get_num_threads(), int(biggest)))
         self.gpus = has_gpus(self.ray)
-        self.inflight: dict[Any, tuple[Stage, str]] = {}
+        self.inflight: dict[Any, tuple[Work, str]] = {}
 
     @property
     def running(self) -> int:
         return len(self.inflight)
 
-    def submit(self, stage: Stage, fingerprint: str, run: Callable[[Stage], Any]) -> None:
+    def submit(self, stage: Work, fingerprint: str, run: Callable[[Work, Context], Any]) -> None:
         gpus = int(self.gpus and stage.runs_network)
-        ref = self.task.options(num_cpus=self.threads, num_gpus=gpus).remote(run, stage, self.home, self.study,
-                                                                            self.threads)
+        ref = self.task.options(num_cpus=self.threads, num_gpus=gpus).remote(run, stage, self.ctx, self.threads)
         self.inflight[ref] = (stage, fingerprint)
 
     def next_finished(self) -> Finished:
@@ -110,9 +108,8 @@ class RayStages:
         return Finished(stage, fingerprint, value, seconds)
 
 
-def _run_stage(run: Callable[[Stage], Any], stage: Stage, home: Path, study: Study,
-               threads: int) -> tuple[Any, float]:
-    """In a Ray worker: one stage, with the study's BENCH_HOME, backbones and thread count."""
+def _run_stage(run: Callable[[Work, Context], Any], stage: Work, ctx: Context, threads: int) -> tuple[Any, float]:
+    """In a Ray worker: one stage, with the study's context and thread count."""
     from threadpoolctl import threadpool_limits
 
     if stage.runs_network:
@@ -120,6 +117,6 @@ def _run_stage(run: Callable[[Stage], Any], stage: Stage, home: Path, study: Stu
 
         torch.set_num_threads(threads)
     started = time.monotonic()
-    with threadpool_limits(threads), worker_env(home, study):  # Ray's default: 1 BLAS thread
-        value = run(stage)
+    with threadpool_limits(threads):  # Ray's default: 1 BLAS thread
+        value = run(stage, ctx)
     return value, time.monotonic() - started

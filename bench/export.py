@@ -39,24 +39,28 @@ class ExportedModel:
     cached: bool  # found in the cache: this call exported nothing
 
 
-def export_onnx(backbone: Backbone, weights: Path | None = None, preprocessing: Preprocessing | None = None) -> ExportedModel:
-    """The backbone with `weights` (else its initial weights) as ONNX with a dynamic batch axis.
+def export_onnx(backbone: Backbone, weights: Path | None = None, preprocessing: Preprocessing | None = None,
+                home: Path | None = None) -> ExportedModel:
+    """The backbone with `weights` (else its initial weights) as ONNX with a dynamic batch axis, cached under
+    `home` (default: the user's).
 
     From a weights file (a fine-tune, a source stage, --weights), a memo keyed by the file finds the model exported
     from it before without building the network or hashing its weights, so a finished `bench extract` re-runs at
     once. Initial weights have no such key (a plugin may change them in code), so they are built and hashed.
     """
+    cache = paths.onnx_dir(home or paths.home())
     if weights is None or not Path(weights).is_file():  # a missing file is reported by the checkpoint reader
-        return _find_or_export(backbone, weights, preprocessing)
-    memo = _memo(backbone, Path(weights), preprocessing)
+        return _find_or_export(backbone, weights, preprocessing, cache)
+    memo = _memo(backbone, Path(weights), preprocessing, cache)
     model = _remembered(memo, backbone)
     if model is None:
-        model = _find_or_export(backbone, weights, preprocessing)
+        model = _find_or_export(backbone, weights, preprocessing, cache)
         _remember(memo, model)
     return model
 
 
-def _find_or_export(backbone: Backbone, weights: Path | None, preprocessing: Preprocessing | None) -> ExportedModel:
+def _find_or_export(backbone: Backbone, weights: Path | None, preprocessing: Preprocessing | None,
+                    cache: Path) -> ExportedModel:
     """The backbone with `weights` (else its initial weights) as ONNX with a dynamic batch axis.
 
     The preprocessing defaults to the one saved in the checkpoint (fine-tunes may use another size), else the
@@ -69,7 +73,7 @@ def _find_or_export(backbone: Backbone, weights: Path | None, preprocessing: Pre
     net = backbone.create(weights)
     identity = [backbone.name, state_dict_sha256(net), preprocessing.to_dict(), OPSET]
     key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()
-    path = paths.onnx_dir() / f"{backbone.name}-{key[:16]}.onnx"
+    path = cache / f"{backbone.name}-{key[:16]}.onnx"
     sidecar = path.with_suffix(".json")
     meta = _cached_meta(sidecar, path)
     if meta is not None:
@@ -95,7 +99,7 @@ def export_network(net: nn.Module, backbone: Backbone, preprocessing: Preprocess
     import onnx
     import torch
 
-    graph, graph_path = _graph(net, backbone, preprocessing)
+    graph, graph_path = _graph(net, backbone, preprocessing, path.parent / "graphs")
     if graph_path:  # a graph exported without a cache holds the net's weights already
         _put_weights(graph, net)
     graph = _optimised(graph)
@@ -115,8 +119,9 @@ def export_network(net: nn.Module, backbone: Backbone, preprocessing: Preprocess
     }
 
 
-def _graph(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing) -> tuple[onnx.ModelProto, Path | None]:
-    """The network's ONNX graph at the preprocessing's size, and the file it is cached in.
+def _graph(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing,
+           graphs: Path) -> tuple[onnx.ModelProto, Path | None]:
+    """The network's ONNX graph at the preprocessing's size, and the file it is cached in (in `graphs`).
 
     A graph depends on the architecture and the input size, not on the weights, so it is exported once per
     architecture and size (seconds to tens of seconds) and every further model of it is this graph with its own
@@ -126,8 +131,7 @@ def _graph(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing) -> 
     """
     import onnx
 
-
-    cached = paths.onnx_dir() / "graphs" / f"{architecture_key(net, preprocessing.size)}.onnx"
+    cached = graphs / f"{architecture_key(net, preprocessing.size)}.onnx"
     if cached.is_file():
         try:
             return onnx.load(cached), cached
@@ -313,7 +317,7 @@ def _exported(path: Path, meta: dict, backbone: Backbone, preprocessing: Preproc
 
 # --- the memo: a weights file -> the model exported from it -------------------------------------------------------
 
-def _memo(backbone: Backbone, weights: Path, preprocessing: Preprocessing | None) -> Path:
+def _memo(backbone: Backbone, weights: Path, preprocessing: Preprocessing | None, cache: Path) -> Path:
     """The memo file of an export from a weights file. Its key is what decides the model without reading the
     weights: the file's path, inode, size and modification time, and the backbone's declaration and code version
     (bench's, and its plugin distribution's); like the content cache, it does not see code edited in place."""
@@ -325,7 +329,7 @@ def _memo(backbone: Backbone, weights: Path, preprocessing: Preprocessing | None
                 backbone.plugin, plugin_version, bench.__version__, _file_identity(weights),
                 preprocessing.to_dict() if preprocessing else None, OPSET]
     key = hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()
-    return paths.onnx_dir() / "memo" / f"{backbone.name}-{key[:16]}.json"
+    return cache / "memo" / f"{backbone.name}-{key[:16]}.json"
 
 
 def _file_identity(path: Path) -> list:

@@ -17,15 +17,17 @@ import numpy as np
 import pandas as pd
 
 import bench
-from bench import paths, plugins, tta as views
+from bench import paths, tta as views
 from bench.backbone import Backbone, Preprocessing, read_checkpoint
+from bench.context import Context
 from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
 from bench.export import ExportedModel, export_onnx
 from bench.features import SOURCE_IDS, refuse_trained_on
 from bench.images import load_image
 from bench.threads import count as thread_count
-from featurestore import FeatureStore, SetWriter, feature_key
+from bench.work import Extract
+from featurestore import FeatureStore, SetWriter
 
 BATCH_SIZE = 32
 CHUNK_BYTES = 4 << 20  # target size of one store chunk of features
@@ -70,6 +72,15 @@ class Extraction:
     @property
     def todo_images(self) -> int:
         return sum(len(self.writer.chunk_rows_of(c)) for c in self.todo)
+
+    def fill(self) -> str:
+        """Compute the missing chunks and let the set go (a Ray worker outlives the job: its lease must not); the
+        model's digest."""
+        try:
+            self.run()
+        finally:
+            self.writer.release()
+        return self.model.sha256
 
     def run(self, advance: Callable[[int], None] = lambda n: None) -> None:
         """Compute and store every missing chunk; `advance(k)` after each batch of k images."""
@@ -183,93 +194,62 @@ def chunk_rows(dim: int, batch_size: int) -> int:
     return max(batch_size, rows // batch_size * batch_size)
 
 
-def _source_stage_output(backbone: Backbone) -> Path | None:
-    """A trained source stage's checkpoint, passed as the weights so that its preprocessing (e.g. the smaller
-    image size it was trained at) is used, not the backbone's default; None leaves `load_initial` to explain."""
-    if not backbone.source_stages:
-        return None
-    output = paths.weights_dir() / backbone.source_stages[-1].output
-    return output if output.is_file() else None
-
-
-def source_image_ids(backbone: Backbone) -> list[str]:
+def source_image_ids(backbone: Backbone, ctx: Context) -> list[str]:
     """The ids of the images the backbone's trained source stage learnt from (none recorded: none known)."""
-    output = _source_stage_output(backbone)
+    output = ctx.source_weights(backbone)
     return read_checkpoint(output).get("meta", {}).get(SOURCE_IDS, []) if output else []
 
 
-def prepare(
-    backbone_name: str,
-    dataset_name: str,
-    root: Path | None,
-    *,
-    store: Path | str,
-    protocol: str | None = None,
-    fold: str | None = None,
-    batch_size: int = BATCH_SIZE,
-    limit: int | None = None,
-    skip_bad: bool = False,
-    overwrite: bool = False,
-    options: dict[str, str] | None = None,
-    rows_per_chunk: int | None = None,
-    tta: str | None = None,
-) -> Extraction:
+def prepare(unit: Extract, ctx: Context) -> Extraction:
     """Load the manifest, export (or find) the model and open the store set; nothing is computed yet.
 
-    `rows_per_chunk` sets a new set's chunk length (default: about CHUNK_BYTES of features); a chunk is also the
-    unit of work a Ray worker takes. `tta` (e.g. "dihedral") stores each image's mean feature over its views, in
-    a set of its own key."""
-    if batch_size < 1 or (limit is not None and limit < 1):
+    A trained source stage's checkpoint is the model's weights, so that its preprocessing (e.g. the smaller image
+    size it was trained at) is used, not the backbone's default. `unit.rows_per_chunk` sets a new set's chunk
+    length (default: about CHUNK_BYTES of features); a chunk is also the unit of work a Ray worker takes.
+    `unit.tta` (e.g. "dihedral") stores each image's mean feature over its views, in a set of its own key."""
+    dataset, limit = unit.dataset, unit.dataset.limit
+    if unit.batch_size < 1 or (limit is not None and limit < 1):
         raise BenchError("--batch-size and --limit must be at least 1")
-    if (protocol is None) != (fold is None):
+    if (unit.protocol is None) != (unit.fold is None):
         raise BenchError("a fine-tuned feature set needs both --protocol and --fold")
-    backbone = plugins.get_backbone(backbone_name)
-    features = FeatureStore(store)
+    views.check(unit.tta)
+    backbone = ctx.registry.backbone(unit.backbone)
+    features = FeatureStore(ctx.store)
     features.exists()  # an unusable store URL fails now, not after the export
-    manifest = plugins.get_dataset(dataset_name).manifest(root, **(options or {}))
+    manifest = dataset.manifest(ctx)
     if limit is not None:
         manifest = manifest.head(limit)
-    weights = _source_stage_output(backbone)
-    if fold is not None:
-        weights = paths.finetuned_checkpoint(dataset_name, backbone_name, protocol, fold)
+    weights = ctx.source_weights(backbone)
+    if unit.fold is not None:
+        weights = paths.finetuned_checkpoint(ctx.home, dataset.adapter, unit.backbone, unit.protocol, unit.fold)
         if not weights.is_file():
-            raise BenchError(f"no fine-tuned checkpoint {weights}: fine-tune {backbone_name} on {dataset_name} "
-                             f"for protocol {protocol}, fold {fold} first (`bench train`)")
-    trained_on = source_image_ids(backbone)
-    refuse_trained_on(trained_on, manifest["image_id"], backbone_name, dataset_name)
-    model = export_onnx(backbone, weights)
-    key = views.key(feature_key(protocol, fold), views.check(tta))
+            raise BenchError(f"no fine-tuned checkpoint {weights}: fine-tune {unit.backbone} on {dataset.adapter} "
+                             f"for protocol {unit.protocol}, fold {unit.fold} first (`bench train`)")
+    trained_on = source_image_ids(backbone, ctx)
+    refuse_trained_on(trained_on, manifest["image_id"], unit.backbone, dataset.adapter)
+    model = export_onnx(backbone, weights, home=ctx.home)
+    key = unit.set_key
     # a fine-tuned set carries its checkpoint's record of the fold it trained on: evaluation checks it
-    record = read_checkpoint(weights).get("meta", {}).get("fold_record") if fold is not None else None
+    record = read_checkpoint(weights).get("meta", {}).get("fold_record") if unit.fold is not None else None
     attrs = {
         "model_sha256": model.sha256,
         "preprocessing": model.preprocessing.to_dict(),
         "labels_fingerprint": label_fingerprint(manifest),  # not identity: features depend on the images only
-        "dataset": dataset_name,
-        "backbone": backbone_name,
+        "dataset": dataset.adapter,
+        "backbone": unit.backbone,
         "key": key,
-        "tta": tta or "none",
+        "tta": unit.tta or "none",
         "weights": str(weights) if weights else "initial weights",
-        "dataset_options": options or {},
+        "dataset_options": dataset.options,
         "bench_version": bench.__version__,
-        **({"fold_record": record} if fold is not None else {}),
+        **({"fold_record": record} if unit.fold is not None else {}),
         SOURCE_IDS: trained_on,
     }
     writer = features.open_for_write(
-        dataset_name, backbone_name, key, image_ids=manifest["image_id"].astype(str).to_numpy(),
-        image_digests=image_digests(manifest), dim=backbone.feature_dim, chunk_rows=rows_per_chunk or chunk_rows(backbone.feature_dim, batch_size),
-        attrs=attrs, overwrite=overwrite,
+        dataset.adapter, unit.backbone, key, image_ids=manifest["image_id"].astype(str).to_numpy(),
+        image_digests=image_digests(manifest), dim=backbone.feature_dim,
+        chunk_rows=unit.rows_per_chunk or chunk_rows(backbone.feature_dim, unit.batch_size), attrs=attrs,
+        overwrite=unit.overwrite,
     )
-    return Extraction(dataset_name, backbone_name, key, manifest, model, writer, batch_size, skip_bad,
-                      todo=writer.missing_chunks(), tta=tta)
-
-
-def extract(backbone_name: str, dataset_name: str, root: Path | None, *, store: Path | str, **kwargs) -> Extraction:
-    """Fill the feature set of (dataset, backbone, frozen | ft-{protocol}-{fold}); see `prepare` for the options."""
-    job = prepare(backbone_name, dataset_name, root, store=store, **kwargs)
-    try:
-        job.run()
-    finally:
-        job.writer.release()
-    return job
-
+    return Extraction(dataset.adapter, unit.backbone, key, manifest, model, writer, unit.batch_size, unit.skip_bad,
+                      todo=writer.missing_chunks(), tta=unit.tta)

@@ -16,7 +16,7 @@ from sklearn.preprocessing import normalize
 
 from bench import tta as views
 from bench.errors import BenchError
-from featurestore import FeatureSet, FeatureStore
+from featurestore import FeatureSet, FeatureStore, feature_key
 
 FUSION = "+"
 SOURCE_IDS = "source_image_ids"  # provenance of a set whose backbone has a source stage: the ids it trained on
@@ -31,7 +31,7 @@ def members(backbone: str) -> list[str]:
     return names
 
 
-def label(backbone: str, tta: str | None, power: bool) -> str:
+def display_name(backbone: str, tta: str | None, power: bool) -> str:
     """The name an evaluation's rows carry: the backbone(s), then what was done to the features, so a TTA or
     power-normalised evaluation is a leaderboard row of its own (`efficientnet-lite0 [tta dihedral, power]`)."""
     done = [f"tta {tta}"] * bool(tta) + ["power"] * power
@@ -39,7 +39,7 @@ def label(backbone: str, tta: str | None, power: bool) -> str:
 
 
 def parse(spec: str) -> tuple[str, str | None, bool]:
-    """A `label` read back, as a study lists it: `A+B [tta dihedral, power]` -> ("A+B", "dihedral", True)."""
+    """A `display_name` read back, as a study lists it: `A+B [tta dihedral, power]` -> ("A+B", "dihedral", True)."""
     backbone, bracket, rest = spec.partition(" [")
     done = [d.strip() for d in rest.removesuffix("]").split(",")] if bracket else []
     tta = next((d.removeprefix("tta ") for d in done if d.startswith("tta ")), None)
@@ -49,15 +49,17 @@ def parse(spec: str) -> tuple[str, str | None, bool]:
     return backbone, views.check(tta), "power" in done
 
 
-def reader(store: Path, dataset: str, backbone: str, *, tta: str | None = None, power: bool = False,
-           image_ids: Iterable[str] = ()) -> Callable[[str], FeatureSet]:
-    """key -> the feature set to score (each store set read once). `image_ids` are the dataset's: a set whose
-    backbone trained on any of them is refused."""
+def reader(store: Path | str, dataset: str, backbone: str, protocol: str | None = None, *, tta: str | None = None,
+           power: bool = False, image_ids: Iterable[str] = ()) -> Callable[[str | None], FeatureSet]:
+    """fold -> the feature set to score: the frozen set for None, else the set fine-tuned on that fold for
+    `protocol` (each store set read once). `image_ids` are the dataset's: a set whose backbone trained on any of
+    them is refused."""
     names, store_, cache = members(backbone), FeatureStore(store), {}
     evaluated = set(map(str, image_ids))  # once, not per fold
+    views.check(tta)
 
-    def read(key: str) -> FeatureSet:
-        key = views.key(key, views.check(tta))
+    def read(fold: str | None) -> FeatureSet:
+        key = feature_key(protocol, fold, tta)
         if key not in cache:
             sets = [store_.read(dataset, name, key) for name in names]
             for name, features in zip(names, sets):

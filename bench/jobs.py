@@ -1,8 +1,10 @@
-"""Training jobs, for `bench train` and a study's source and fine-tune stages: a backbone's source stage, or a
-fine-tune on the training part of one target fold."""
+"""Training, for `bench train` and a study's source and fine-tune stages: a backbone's source stage, or a
+fine-tune on the training part of one target fold. `*_job` builds the job (nothing trained yet); `train_source`
+and `finetune` run it."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -12,45 +14,65 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from bench import paths, plugins
-from bench.backbone import Backbone, SourceStage
+from bench.backbone import Backbone
+from bench.context import Context
 from bench.dataset import fingerprint
 from bench.errors import BenchError
 from bench.features import SOURCE_IDS
 from bench.recipes import Recipe
-from bench.train import LabelledImages, TrainingJob
+from bench.train import LabelledImages, TrainingJob, fit
+from bench.work import FineTune, TrainSource
+from featurestore.keys import feature_key
 from protocols.designs import DESIGNS, apply_design
 from protocols.splits import fold_record, groups_of, make_folds, select_folds
 
 
-def source_stage_job(backbone: Backbone, dataset: str, root: Path | None, recipe: Recipe, *,
-                     options: dict[str, str] | None = None, limit: int | None = None, seed: int = 0) -> TrainingJob:
-    """Train `backbone`'s source stage on `dataset` (e.g. retino: VGG-M from scratch on the retinopathy grades);
-    the result, in `weights_dir()/stage.output`, becomes the backbone's initial weights."""
-    stage = _stage(backbone, dataset)
-    manifest = plugins.get_dataset(dataset).manifest(root, **(options or {}))
+def train_source(unit: TrainSource, ctx: Context) -> str:
+    """Train the source stage; the digest of the weights it made."""
+    return _fit(source_stage_job(unit, ctx))
+
+
+def finetune(unit: FineTune, ctx: Context) -> str:
+    """Fine-tune; the digest of the checkpoint it made."""
+    return _fit(finetune_job(unit, ctx))
+
+
+def _fit(job: TrainingJob) -> str:
+    from bench.export import file_sha256
+
+    fit(job)
+    return file_sha256(job.out)
+
+
+def source_stage_job(unit: TrainSource, ctx: Context) -> TrainingJob:
+    """Train a backbone's source stage (e.g. retino: VGG-M from scratch on the retinopathy grades); the result, in
+    `unit.output(ctx)`, becomes the backbone's initial weights."""
+    backbone = ctx.registry.backbone(unit.backbone)
+    manifest = unit.dataset.manifest(ctx)
+    limit = unit.dataset.limit
     rows = manifest.head(limit) if limit else manifest
     # the source task's own label (e.g. the retinopathy grade) where the adapter keeps one
     own = "source_label" in rows and rows["source_label"].notna().all()
     values = rows["source_label"] if own else rows["diagnosis"]
     classes, labels = np.unique(values.astype(str), return_inverse=True)
-    start = plugins.get_backbone(stage.start)
+    start = ctx.registry.backbone(unit.start)
     # the ids it trains on go with the weights, so that no dataset holding them is ever scored with it
-    meta = {"stage": f"{stage.task} on {stage.dataset} (from {stage.start})", "dataset": dataset,
-            "dataset_fingerprint": fingerprint(manifest), "limit": limit,
+    meta = {"stage": f"{backbone.source_stages[0].task} on {unit.dataset.adapter} (from {unit.start})",
+            "dataset": unit.dataset.adapter, "dataset_fingerprint": fingerprint(manifest), "limit": limit,
             SOURCE_IDS: rows["image_id"].astype(str).tolist()}
-    return _job(backbone, start.create, _labelled(rows, labels, tuple(classes)),
-                recipe.starting_from(start.random_init), out=paths.weights_dir() / stage.output,
-                key=Path(stage.output).stem, seed=seed, meta=meta)
+    out = unit.output(ctx)
+    return _job(ctx, backbone, functools.partial(start.create, ctx.source_weights(start)),
+                _labelled(rows, labels, tuple(classes)), unit.recipe.starting_from(start.random_init), out=out,
+                key=out.stem, seed=unit.seed, meta=meta)
 
 
-def finetune_job(backbone: Backbone, dataset: str, root: Path | None, recipe: Recipe, *, protocol: str, fold: str,
-                 split: str = "5x2", reference_dir: Path | None = None, options: dict[str, str] | None = None,
-                 limit: int | None = None, seed: int = 0) -> TrainingJob:
-    """Fine-tune `backbone` on the training part of `fold` only, with `protocol`'s classes. The folds are made on
-    the full manifest (as evaluation makes them) and the fold's test images are never read."""
-    manifest = plugins.get_dataset(dataset).manifest(root, **(options or {}))
-    folds = make_folds(manifest, split, seed=seed, reference_dir=reference_dir, protocol=protocol)
+def finetune_job(unit: FineTune, ctx: Context) -> TrainingJob:
+    """Fine-tune a backbone on the training part of `unit.fold` only, with its protocol's classes. The folds are
+    made on the full manifest (as evaluation makes them) and the fold's test images are never read."""
+    backbone = ctx.registry.backbone(unit.backbone)
+    manifest = unit.dataset.manifest(ctx)
+    protocol, fold, split, limit = unit.protocol, unit.fold, unit.split, unit.limit
+    folds = make_folds(manifest, split, seed=unit.seed, reference_dir=unit.reference, protocol=protocol)
     train_ids, _ = select_folds(folds, [fold], split)[fold]
     design = apply_design(manifest, protocol)
     rows = design[design["image_id"].isin(set(train_ids))]
@@ -60,24 +82,12 @@ def finetune_job(backbone: Backbone, dataset: str, root: Path | None, recipe: Re
     if missing:
         raise BenchError(f"fold {fold} has no training images of class(es) {missing} under {protocol}"
                          + (f" in its first {limit} rows: raise --limit" if limit else ""))
-    meta = {"dataset": dataset, "dataset_fingerprint": fingerprint(manifest), "protocol": protocol, "split": split,
-            "fold": fold, "limit": limit,
-            "fold_record": fold_record(protocol, split, seed, fold, rows["image_id"].tolist())}
-    return _job(backbone, backbone.create, _labelled(rows, rows["label"].to_numpy(), classes),
-                recipe.starting_from(backbone.random_init),
-                out=paths.finetuned_checkpoint(dataset, backbone.name, protocol, fold),
-                key=paths.feature_key(protocol, fold), seed=seed, meta=meta)
-
-
-def _stage(backbone: Backbone, dataset: str) -> SourceStage:
-    for stage in backbone.source_stages:
-        if stage.dataset == dataset:
-            return stage
-    if backbone.source_stages:
-        names = ", ".join(s.dataset for s in backbone.source_stages)
-        raise BenchError(f"{backbone.name}'s source stage trains on {names}, not {dataset}; to fine-tune on "
-                         f"{dataset} give --protocol P --fold K")
-    raise BenchError(f"{backbone.name} has no source stage; to fine-tune it on {dataset} give --protocol P --fold K")
+    meta = {"dataset": unit.dataset.adapter, "dataset_fingerprint": fingerprint(manifest), "protocol": protocol,
+            "split": split, "fold": fold, "limit": limit,
+            "fold_record": fold_record(protocol, split, unit.seed, fold, rows["image_id"].tolist())}
+    return _job(ctx, backbone, functools.partial(backbone.create, ctx.source_weights(backbone)),
+                _labelled(rows, rows["label"].to_numpy(), classes), unit.recipe.starting_from(backbone.random_init),
+                out=unit.checkpoint(ctx), key=feature_key(protocol, fold), seed=unit.seed, meta=meta)
 
 
 def _labelled(rows: pd.DataFrame, labels: np.ndarray, classes: tuple[str, ...]) -> LabelledImages:
@@ -85,13 +95,13 @@ def _labelled(rows: pd.DataFrame, labels: np.ndarray, classes: tuple[str, ...]) 
                           labels=np.asarray(labels, np.int64), classes=classes, groups=groups_of(rows).to_numpy())
 
 
-def _job(backbone: Backbone, start: Callable[[], nn.Module], data: LabelledImages, recipe: Recipe, *, out: Path,
-         key: str, seed: int, meta: dict) -> TrainingJob:
+def _job(ctx: Context, backbone: Backbone, start: Callable[[], nn.Module], data: LabelledImages, recipe: Recipe, *,
+         out: Path, key: str, seed: int, meta: dict) -> TrainingJob:
     """The job, with a run folder named after everything that determines its result, so rerunning the same
     command resumes it and a changed command starts afresh."""
     config = {"backbone": backbone.name, "recipe": recipe.to_dict(), "seed": seed, **meta}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     return TrainingJob(backbone=backbone.name, start=start, feature_dim=backbone.feature_dim, data=data,
                        recipe=recipe, preprocessing=backbone.preprocessing.with_size(recipe.image_size), out=out,
-                       run_dir=paths.home() / "runs" / meta["dataset"] / backbone.name / f"{key}-{digest}",
+                       run_dir=ctx.home / "runs" / meta["dataset"] / backbone.name / f"{key}-{digest}",
                        seed=seed, meta=meta)

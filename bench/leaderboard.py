@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bench import atomic
-from bench.results import EVALUATION, select
+from bench.results import EVALUATION, matching
 from protocols.designs import DESIGNS
 from protocols.metrics import METRICS
 from protocols.stats import format_mean_sd, mean_sd
@@ -101,7 +101,7 @@ def _pivot(dataset: str, summary: pd.DataFrame) -> list[str]:
 def _roc_png(dataset: str, protocol: str, summary: pd.DataFrame, predictions: pd.DataFrame,
              folder: Path) -> Path | None:
     """Fold-averaged ROC curves (the positive class, melanoma or malignant, vs. the rest) of this section."""
-    mine = select(predictions, dataset=dataset, protocol=protocol)
+    mine = matching(predictions, dataset=dataset, protocol=protocol)
     if mine.empty:
         return None
     import matplotlib  # here, not at the top: evaluating must not pay for matplotlib
@@ -113,7 +113,7 @@ def _roc_png(dataset: str, protocol: str, summary: pd.DataFrame, predictions: pd
     auc = "one-vs-one AUC" if len(design.classes) > 2 else "AUC"
     fig, ax = plt.subplots(figsize=(5, 5))
     for r in summary.itertuples():
-        rows = select(mine, backbone=r.backbone, finetuned=r.finetuned, split=r.split)
+        rows = matching(mine, backbone=r.backbone, finetuned=r.finetuned, split=r.split)
         if not rows.empty:
             label = f"{r.backbone}{' FT' if r.finetuned else ''} ({r.split}) {auc} {100 * r.auc:.1f}"
             ax.plot(FPR_GRID, _mean_roc(rows), label=label)

@@ -8,28 +8,29 @@ from featurestore.keys import NAME_RULE, feature_key, is_name
 
 
 def home() -> Path:
-    """Root for weights, trained models, ONNX files and generated datasets (`$BENCH_HOME`, else ~/.cache/bench)."""
+    """The user's root for weights, trained models, ONNX files, generated datasets and caches (`$BENCH_HOME`, else
+    ~/.cache/bench). Read, never set, by bench: a study passes its own folder as its units' home instead."""
     return Path(os.environ.get("BENCH_HOME") or Path.home() / ".cache" / "bench")
 
 
-def weights_dir() -> Path:
+def weights_dir(home: Path) -> Path:
     """Initial weights of backbones: imported ImageNet files and trained source stages (e.g. `retino.pt`)."""
-    return home() / "weights"
+    return home / "weights"
 
 
-def models_dir() -> Path:
+def models_dir(home: Path) -> Path:
     """Fine-tuned checkpoints: `models/{dataset}/{backbone}/ft-{protocol}-{fold}.pt`."""
-    return home() / "models"
+    return home / "models"
 
 
-def onnx_dir() -> Path:
+def onnx_dir(home: Path) -> Path:
     """Exported ONNX models, cached by content hash."""
-    return home() / "onnx"
+    return home / "onnx"
 
 
-def datasets_dir() -> Path:
+def datasets_dir(home: Path) -> Path:
     """Datasets bench generates or downloads itself (synthetic, DermaMNIST)."""
-    return home() / "datasets"
+    return home / "datasets"
 
 
 def default_store() -> str:
@@ -42,11 +43,11 @@ DEFAULT_RESULTS = Path("leaderboard/results.csv")  # `bench evaluate`'s results 
 DEFAULT_LEADERBOARD = Path("leaderboard/README.md")  # `bench leaderboard`'s markdown
 
 
-def finetuned_checkpoint(dataset: str, backbone: str, protocol: str, fold: str) -> Path:
+def finetuned_checkpoint(home: Path, dataset: str, backbone: str, protocol: str, fold: str) -> Path:
     """Where `bench train --protocol P --fold K` leaves its checkpoint and `bench extract --fold K` finds it."""
     for what, value in {"dataset": dataset, "backbone": backbone, "protocol": protocol, "fold": fold}.items():
         check_name(what, value)
-    return models_dir() / dataset / backbone / f"{feature_key(protocol, fold)}.pt"
+    return models_dir(home) / dataset / backbone / f"{feature_key(protocol, fold)}.pt"
 
 
 def check_name(what: str, value: str, where: str = "") -> str:

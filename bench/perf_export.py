@@ -7,7 +7,6 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
 
@@ -26,15 +25,15 @@ def measure(backbone_name: str, size: int | None = None, models: int = 3) -> dic
     load = os.getloadavg()[0]
     net = backbone.build().eval()
     seconds = []
-    # an empty ONNX cache in a temporary BENCH_HOME; the user's is left untouched
-    with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp, mock.patch.dict(os.environ, BENCH_HOME=tmp):
+    # an empty ONNX cache in a temporary home; the user's is left untouched
+    with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
         for i in range(models):
             with torch.no_grad():
                 for p in net.parameters():
                     p.add_(torch.randn_like(p), alpha=1e-3)
             checkpoint = save_checkpoint(Path(tmp) / f"model-{i}.pt", net, backbone.name, preprocessing)
             start = time.perf_counter()
-            model = export_onnx(backbone, checkpoint)
+            model = export_onnx(backbone, checkpoint, home=Path(tmp))
             seconds.append(time.perf_counter() - start)
             parity = model.parity_max_abs_diff
     return {"backbone": backbone.name, "image_size": preprocessing.size, "models": models,

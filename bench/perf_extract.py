@@ -16,9 +16,11 @@ import torch
 from bench import plugins
 from bench.tta import VIEWS
 from bench.backbone import Preprocessing
-from bench.extract import BATCH_SIZE, SESSION_OPTIONS, create_session, prepare
+from bench.context import Context
+from bench.extract import BATCH_SIZE, SESSION_OPTIONS, Extraction, create_session, prepare
 from bench.images import load_image
 from bench.threads import count as thread_count
+from bench.work import DatasetRef, Extract
 
 
 # onnxruntime session settings `--sweep` measures against the chosen ones (SESSION_OPTIONS), one change each
@@ -42,15 +44,18 @@ def measure(backbone_name: str, dataset_name: str, root: Path | None, *, limit: 
     augmentation takes its turn too, counted in views/s (8 model inputs per image for `dihedral`).
     """
     load = os.getloadavg()[0]
-    job = lambda store, tta=None: prepare(backbone_name, dataset_name, root, store=store,  # noqa: E731
-                                          batch_size=batch_size, limit=limit, options=options, tta=tta)
+    dataset = DatasetRef.of(dataset_name, root, options, limit)
+
+    def job(store: Path, tta: str | None = None) -> Extraction:
+        return prepare(Extract(backbone_name, dataset, tta=tta, batch_size=batch_size), Context.for_user(str(store)))
+
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
         start = time.perf_counter()
         first = job(Path(tmp) / "0")
         startup = time.perf_counter() - start  # manifest, model (from the ONNX cache), store set: once per run
         files, model = first.manifest["path"].tolist(), first.model
         decoded = [load_image(f, model.preprocessing.size) for f in files]  # also puts the files in the page cache
-        net = plugins.get_backbone(backbone_name).create()
+        net = plugins.get_backbone(backbone_name).create()  # initial weights, as the exported model has
         variants = {"chosen": (0, SESSION_OPTIONS)}
         if sweep:
             variants |= {name: (0, {**SESSION_OPTIONS, **change}) for name, change in SWEEP.items()}
@@ -127,13 +132,14 @@ def measure_on_ray(backbone_name: str, dataset_name: str, root: Path | None, *, 
     start = time.perf_counter()
     connect(address)
     ray_start = time.perf_counter() - start
-    manifest = plugins.get_dataset(dataset_name).manifest(root, **(options or {}))
+    dataset = DatasetRef.of(dataset_name, root, options, limit)
+    manifest = dataset.manifest(Context.for_user())
     n = min(len(manifest), limit or len(manifest))
     rows = -(-n // (2 * workers * batch_size)) * batch_size  # 2 x workers chunks of whole batches
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
         def seconds(name: str, ray_workers: int | None) -> float:
-            job = prepare(backbone_name, dataset_name, root, store=Path(tmp) / name, batch_size=batch_size,
-                          limit=limit, options=options, rows_per_chunk=rows)
+            unit = Extract(backbone_name, dataset, batch_size=batch_size, rows_per_chunk=rows)
+            job = prepare(unit, Context.for_user(str(Path(tmp) / name)))
             return _seconds(job.run if ray_workers is None else
                             functools.partial(extract_on_ray, job, workers=ray_workers))
 

@@ -1,175 +1,17 @@
-"""What a study runs: its data (manifests, folds, content fingerprints) and the typed stages it expands to.
-
-One frozen dataclass per kind of stage. Its fields are everything the stage's output depends on besides the
-stages it reads (`deps`), so `params` (its fields as a dict) is what the runner fingerprints; the key, which names
-the stage in the ledger and on screen, follows from the fields too.
-"""
+"""What a study runs: its data (manifests, folds, content fingerprints) and the units of work (`bench.work`) it
+expands to, each planned once however many evaluations read it."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
-from bench import paths, plugins
+from bench import paths
+from bench.context import Context
 from bench.errors import BenchError
-from bench.features import label, parse
-from bench.recipes import Recipe
-from bench.study import DatasetSpec, Evaluation, Study, stored_backbones
-from bench.tta import key as tta_key
-from protocols.svm import SOLVER
-
-
-@dataclass(frozen=True)
-class DatasetRef:
-    """A study dataset as a stage reads it (not its root: results do not depend on where the files lie)."""
-
-    name: str  # the study's own name for it
-    adapter: str
-    options: dict[str, str]
-    limit: int | None
-
-    @classmethod
-    def of(cls, spec: DatasetSpec) -> DatasetRef:
-        return cls(spec.name, spec.adapter, spec.options, spec.limit)
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One unit of work of a study; `deps` are the keys of the stages whose outputs it reads."""
-
-    kind: ClassVar[str]
-    runs_network: ClassVar[bool] = False  # loads initial weights and runs torch: a GPU on a cluster that has one
-    deps: tuple[str, ...] = field(default=(), kw_only=True)
-
-    @property
-    def key(self) -> str:
-        raise NotImplementedError
-
-    @property
-    def params(self) -> dict[str, Any]:
-        """The fields the fingerprint hashes: all but `deps` (a recipe as `Recipe.to_dict` gives it)."""
-        params = asdict(self)
-        del params["deps"]
-        if "recipe" in params:
-            params["recipe"] = self.recipe.to_dict()
-        return params
-
-
-@dataclass(frozen=True)
-class TrainSource(Stage):
-    """Train `backbone`'s source stage on `dataset`, starting from `start`'s weights."""
-
-    kind: ClassVar[str] = "source"
-    runs_network: ClassVar[bool] = True
-    backbone: str
-    start: str
-    dataset: DatasetRef
-    recipe: Recipe
-    seed: int
-
-    @property
-    def key(self) -> str:
-        return source_key(self.backbone)
-
-
-@dataclass(frozen=True)
-class FineTune(Stage):
-    """Fine-tune `backbone` on the training part of `fold` with `protocol`'s classes."""
-
-    kind: ClassVar[str] = "finetune"
-    runs_network: ClassVar[bool] = True
-    backbone: str
-    dataset: DatasetRef
-    protocol: str
-    split: str
-    fold: str
-    recipe: Recipe
-    seed: int
-    reference: Path | None  # fingerprinted as its text, like every path
-
-    @property
-    def key(self) -> str:
-        return f"finetune {self.dataset.name}/{self.backbone}/{paths.feature_key(self.protocol, self.fold)}"
-
-
-@dataclass(frozen=True)
-class Extract(Stage):
-    """Export `backbone` (fine-tuned on `fold` when given) to ONNX and fill its feature set."""
-
-    kind: ClassVar[str] = "extract"
-    runs_network: ClassVar[bool] = True
-    backbone: str
-    dataset: DatasetRef
-    protocol: str | None
-    fold: str | None
-    tta: str | None = None  # test-time augmentation (bench.tta)
-
-    @property
-    def key(self) -> str:
-        return f"extract {self.dataset.name}/{self.backbone}/{self.set_key}"
-
-    @property
-    def set_key(self) -> str:
-        """The feature set it fills."""
-        return tta_key(paths.feature_key(self.protocol, self.fold), self.tta)
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return _unless_default(super().params, tta=None)
-
-
-@dataclass(frozen=True)
-class Evaluate(Stage):
-    """Score a backbone's features (frozen, or each fold's fine-tuned set) with the SVM protocol on `folds`."""
-
-    kind: ClassVar[str] = "evaluate"
-    backbone: str
-    dataset: DatasetRef
-    protocol: str
-    split: str
-    folds: tuple[str, ...]
-    finetuned: bool
-    seed: int
-    svm: str
-    reference: Path | None
-    tta: str | None = None  # score the sets extracted with test-time augmentation
-    power: bool = False  # signed square root of every feature before L2 normalisation
-
-    @property
-    def label(self) -> str:
-        """What its results rows call the features: the backbone(s), then what was done to them."""
-        return label(self.backbone, self.tta, self.power)
-
-    @property
-    def key(self) -> str:
-        return f"evaluate {self.dataset.name}/{self.label}/{self.protocol}/{'ft' if self.finetuned else 'frozen'}"
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return _unless_default(super().params, tta=None, power=False)
-
-
-@dataclass(frozen=True)
-class Report(Stage):
-    """The study's leaderboard and report, from every evaluation."""
-
-    kind: ClassVar[str] = "report"
-    study: str
-
-    @property
-    def key(self) -> str:
-        return "report"
-
-
-def source_key(backbone: str) -> str:
-    return f"source {backbone}"
-
-
-def _unless_default(params: dict[str, Any], **defaults: Any) -> dict[str, Any]:
-    """`params` less the fields added later that are at their default, so earlier studies keep their
-    fingerprints."""
-    return {k: v for k, v in params.items() if not (k in defaults and v == defaults[k])}
+from bench.features import parse
+from bench.study import Study, stored_backbones
+from bench.work import EXTERNAL, DatasetRef, Evaluate, Extract, FineTune, Report, TrainSource, Work, source_key
 
 
 # --- the study's data ------------------------------------------------------------------------------------------
@@ -182,17 +24,19 @@ class StudyData:
     manifests: dict[str, Any]
     fingerprints: dict[str, str]
     fold_keys: dict[int, list[str]]
-    imported: dict[str, str]  # weights linked from the user's BENCH_HOME: name -> size and modification time
+    imported: dict[str, str]  # weights the study reads from the user's home: name -> size and modification time
 
     @classmethod
-    def load(cls, study: Study) -> StudyData:
+    def load(cls, study: Study, ctx: Context) -> StudyData:
         from bench.dataset import fingerprint as dataset_fingerprint
         from protocols.splits import make_folds
 
-        manifests = {name: plugins.get_dataset(spec.adapter).manifest(spec.root, **spec.options)
-                     for name, spec in study.datasets.items()}
+        manifests = {name: spec.manifest(ctx) for name, spec in study.datasets.items()}
         fold_keys = {}
         for i, evaluation in enumerate(study.evaluations):
+            if evaluation.split == EXTERNAL:
+                fold_keys[i] = ["all"]
+                continue
             folds = make_folds(manifests[evaluation.dataset], evaluation.split, seed=study.seed,
                                reference_dir=evaluation.reference, protocol=evaluation.protocols[0])
             unknown = [f for f in evaluation.folds or () if f not in folds]
@@ -201,60 +45,71 @@ class StudyData:
                                  f"{evaluation.split!r}; it has {', '.join(folds)}")
             fold_keys[i] = list(evaluation.folds or folds)
         fingerprints = {name: dataset_fingerprint(m) for name, m in manifests.items()}
-        linked = [f for f in paths.weights_dir().glob("*") if f.is_symlink()]
-        imported = {f.name: f"{f.stat().st_size}-{f.stat().st_mtime_ns}" for f in linked if f.exists()}
-        return cls(study, manifests, fingerprints, fold_keys, imported)
+        return cls(study, manifests, fingerprints, fold_keys, _imported_weights(study, ctx))
 
-    def identity(self, stage: Stage) -> dict[str, Any]:
-        """What a stage depends on beyond its parameters: the data it reads and the code that reads it."""
+    def identity(self, work: Work) -> dict[str, Any]:
+        """What a unit depends on beyond its parameters: the data it reads and the code that reads it."""
         import bench
 
-        dataset: DatasetRef | None = getattr(stage, "dataset", None)
+        dataset: DatasetRef | None = getattr(work, "dataset", None)
         identity = {"bench": bench.__version__, "data": self.fingerprints.get(dataset.name) if dataset else None}
-        if stage.runs_network:  # the stages that load initial weights
+        if work.runs_network:  # the units that load initial weights
             identity["imported_weights"] = self.imported
         return identity
 
 
-# --- the stage graph ------------------------------------------------------------------------------------------
+def _imported_weights(study: Study, ctx: Context) -> dict[str, str]:
+    """The weights files of the user's home a study may load (e.g. ImageNet VGG-M), by size and modification
+    time; the ones the study trains itself are its own."""
+    made_here = {f"{b}.pt" for b in study.backbones} | {ctx.registry.backbone(b).source_stages[0].output
+                                                        for b in study.sources}
+    folder = paths.weights_dir(paths.home())
+    files = sorted(f for f in folder.glob("*") if f.is_file() and f.name not in made_here) if folder.is_dir() else []
+    return {f.name: f"{f.stat().st_size}-{f.stat().st_mtime_ns}" for f in files}
 
-def plan(study: Study, fold_keys: dict[int, list[str]]) -> list[Stage]:
-    """Every stage of the study in dependency order. `fold_keys[i]` are the folds evaluation i runs on.
 
-    A stage that several evaluations read (an extraction, a fine-tune) is planned once."""
-    stages: dict[str, Stage] = {}
+# --- the graph of units -----------------------------------------------------------------------------------------
 
-    def add(stage: Stage) -> str:
-        stages.setdefault(stage.key, stage)
-        return stage.key
+def plan(study: Study, fold_keys: dict[int, list[str]], ctx: Context) -> list[Work]:
+    """Every unit of the study in dependency order. `fold_keys[i]` are the folds evaluation i runs on.
+
+    A unit that several evaluations read (an extraction, a fine-tune) is planned once."""
+    units: dict[str, Work] = {}
+
+    def add(work: Work) -> str:
+        units.setdefault(work.key, work)
+        return work.key
 
     # installed backbones' sources first: a study-defined backbone may start from one (`like = "retino"`)
     for backbone in [*study.sources, *(b for b, spec in study.backbones.items() if spec.source)]:
-        add(_train_source(study, backbone))
+        add(_train_source(study, backbone, ctx))
     evaluations: list[Evaluate] = []
-    for i, evaluation in enumerate(study.evaluations):
-        dataset = DatasetRef.of(study.datasets[evaluation.dataset])
-        folds = tuple(fold_keys[i])
-        for features in evaluation.frozen:  # e.g. `A@448+B [tta dihedral, power]`: each member's set, then its SVM
+    for i, spec in enumerate(study.evaluations):
+        dataset = study.datasets[spec.dataset]
+        train = study.datasets[spec.train] if spec.train else None
+        folds = () if spec.split == EXTERNAL else tuple(fold_keys[i])
+        common = dict(split=spec.split, folds=folds, seed=study.seed, reference=spec.reference)
+        common |= {"train_dataset": train} if train else {}
+        for features in spec.frozen:  # e.g. `A@448+B [tta dihedral, power]`: each member's set, then its SVM
             backbone, tta, power = parse(features)
-            extracts = tuple(add(Extract(member, dataset, None, None, tta, deps=_weights_stage(study, member)))
-                             for member in stored_backbones(backbone))
-            evaluations += [_evaluate(study, evaluation, dataset, backbone, protocol, folds, False, extracts, tta,
-                                      power) for protocol in evaluation.protocols]
-        for backbone in evaluation.finetuned:
-            for protocol in evaluation.protocols:
+            extracts = tuple(add(Extract(member, data, tta=tta, deps=_weights_stage(study, member)))
+                             for member in stored_backbones(backbone) for data in (train, dataset) if data)
+            evaluations += [Evaluate(backbone, dataset, protocol, tta=tta, power=power, deps=extracts, **common)
+                            for protocol in spec.protocols]
+        for backbone in spec.finetuned:
+            for protocol in spec.protocols:
                 extracts = []
                 for fold in folds:
-                    finetune = add(FineTune(backbone, dataset, protocol, evaluation.split, fold,
-                                            study.recipe_for(backbone), study.seed, evaluation.reference,
+                    finetune = add(FineTune(backbone, dataset, protocol, spec.split, fold,
+                                            study.recipe_for(backbone), study.seed, spec.reference,
                                             deps=_weights_stage(study, backbone)))
                     extracts.append(add(Extract(backbone, dataset, protocol, fold, deps=(finetune,))))
-                evaluations.append(_evaluate(study, evaluation, dataset, backbone, protocol, folds, True,
-                                             tuple(extracts)))
-    for stage in evaluations:
-        add(stage)
-    add(Report(study.name, deps=tuple(s.key for s in evaluations)))
-    return list(stages.values())
+                evaluations.append(Evaluate(backbone, dataset, protocol, finetuned=True, deps=tuple(extracts),
+                                            **common))
+    for work in evaluations:
+        add(work)
+    add(Report(study.name, deps=tuple(e.key for e in evaluations)))
+    return list(units.values())
 
 
 def _weights_stage(study: Study, backbone: str) -> tuple[str, ...]:
@@ -263,21 +118,13 @@ def _weights_stage(study: Study, backbone: str) -> tuple[str, ...]:
     return (source_key(made_by),) if made_by else ()
 
 
-def source_start(study: Study, backbone: str) -> str:
+def source_start(study: Study, backbone: str, ctx: Context) -> str:
     """The backbone a source stage starts from: a defined backbone's `like`, an installed one's stage start."""
     spec = study.backbones.get(backbone)
-    return spec.like if spec else plugins.get_backbone(backbone).source_stages[0].start
+    return spec.like if spec else ctx.registry.backbone(backbone).source_stages[0].start
 
 
-def _train_source(study: Study, backbone: str) -> TrainSource:
-    start = source_start(study, backbone)
-    dataset = DatasetRef.of(study.datasets[study.source_dataset(backbone)])
-    return TrainSource(backbone, start, dataset, study.recipe_for(start), study.seed,
-                       deps=_weights_stage(study, start))
-
-
-def _evaluate(study: Study, evaluation: Evaluation, dataset: DatasetRef, backbone: str, protocol: str,
-              folds: tuple[str, ...], finetuned: bool, extracts: tuple[str, ...], tta: str | None = None,
-              power: bool = False) -> Evaluate:
-    return Evaluate(backbone, dataset, protocol, evaluation.split, folds, finetuned, study.seed, SOLVER,
-                    evaluation.reference, tta, power, deps=extracts)
+def _train_source(study: Study, backbone: str, ctx: Context) -> TrainSource:
+    start = source_start(study, backbone, ctx)
+    return TrainSource(backbone, start, study.datasets[study.source_dataset(backbone)], study.recipe_for(start),
+                       study.seed, deps=_weights_stage(study, start))

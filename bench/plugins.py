@@ -7,7 +7,7 @@ import os
 import warnings
 from functools import cache
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Mapping, TypeVar
 
 import pluggy
 
@@ -93,10 +93,11 @@ def _get(items: dict[str, T], name: str, kind: str, command: str) -> T:
     return items[name]
 
 
-def get_backbone(name: str) -> Backbone:
-    """A backbone by name; `name@SIZE` is it fed SIZE x SIZE images (e.g. `efficientnet-lite1@448` for large images)."""
+def get_backbone(name: str, own: Mapping[str, Backbone] | None = None) -> Backbone:
+    """A backbone by name, installed or one of `own` (a study's); `name@SIZE` is it fed SIZE x SIZE images (e.g.
+    `efficientnet-lite1@448` for large images)."""
     base, at, size = name.partition("@")
-    backbone = _get(backbones(), base, "backbone", "backbones")
+    backbone = _get({**backbones(), **(own or {})}, base, "backbone", "backbones")
     if not at:
         return backbone
     if not size.isdigit() or not 32 <= int(size) <= 2048:

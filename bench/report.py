@@ -15,7 +15,7 @@ import pandas as pd
 
 from bench import atomic
 from bench.leaderboard import render, summarise
-from bench.results import read_table, select
+from bench.results import matching, read_table
 from bench.select import Selection, select as choose
 from protocols import stats
 from protocols.designs import DESIGNS
@@ -145,7 +145,7 @@ class Report:
     def row(self, dataset: str, protocol: str, backbone: str | None, finetuned: bool) -> pd.Series | None:
         if backbone is None:
             return None
-        hit = select(self.summary, dataset=dataset, protocol=protocol, backbone=backbone, finetuned=finetuned)
+        hit = matching(self.summary, dataset=dataset, protocol=protocol, backbone=backbone, finetuned=finetuned)
         return hit.iloc[0] if len(hit) else None
 
     def table1(self, i: int, dataset: str) -> list[str]:
@@ -218,7 +218,7 @@ class Report:
                 f"| {verdict} |")
 
     def _predictions(self, dataset: str, protocol: str, backbone: str, finetuned: bool) -> pd.DataFrame | None:
-        rows = select(self.predictions, dataset=dataset, protocol=protocol, backbone=backbone, finetuned=finetuned)
+        rows = matching(self.predictions, dataset=dataset, protocol=protocol, backbone=backbone, finetuned=finetuned)
         # one CSV holds every design: the 3-class score columns are empty on the binary designs' rows
         return rows.dropna(axis=1, how="all").reset_index(drop=True) if len(rows) else None
 
@@ -260,7 +260,7 @@ class Report:
 
     def _chosen(self, dataset: str, protocol: str, split: str, candidates: list[str]) -> Selection | None:
         """The configuration picked per fold by validation AUC, where there is a choice and it was recorded."""
-        rows = select(self.results, dataset=dataset, protocol=protocol, finetuned=False)
+        rows = matching(self.results, dataset=dataset, protocol=protocol, finetuned=False)
         recorded = "validation_auc" in rows and rows["validation_auc"].notna().all()
         if len(candidates) < 2 or not recorded:
             return None

@@ -46,7 +46,7 @@ def _unreadable(path: Path, why: str) -> BenchError:
                       "`bench evaluate` again")
 
 
-def select(table: pd.DataFrame, **identity: object) -> pd.DataFrame:
+def matching(table: pd.DataFrame, **identity: object) -> pd.DataFrame:
     """The rows whose columns equal `identity` (any of EVALUATION's columns, e.g. dataset=..., finetuned=True)."""
     unknown = sorted(set(identity) - set(KEY))
     if unknown:

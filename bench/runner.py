@@ -27,8 +27,9 @@ from rich.text import Text
 
 from bench import atomic
 from bench.errors import BenchError
-from bench.executors import Executor, InProcess
-from bench.plan import Stage
+from bench.executors import Executor
+from bench.context import Context
+from bench.work import Work
 
 KINDS = ("source", "finetune", "extract", "evaluate", "report")
 KIND_TITLES = {"source": "source training", "finetune": "fine-tuning", "extract": "export + extraction",
@@ -63,16 +64,17 @@ class Ledger:
 
 @dataclass(frozen=True)
 class Action:
-    """What a stage kind does: `run` makes the output, `keep` turns what `run` returned into the stage's digest,
-    `present` says the output still exists. `run` may run in another process (`--executor ray`); `keep` runs in
-    the study's own process, so files that several stages add to (the results tables) have a single writer."""
+    """What the study does with a kind of unit: `run` makes its output, `present` says it still exists, `keep`
+    turns what `run` returned into the unit's digest. `run` may run in another process (`--executor ray`); `keep`
+    runs in the study's own process, so files that several units add to (the results tables) have a single
+    writer."""
 
-    run: Callable[[Stage], Any]
-    present: Callable[[Stage], bool]
-    keep: Callable[[Stage, Any], str] = lambda stage, digest: digest
+    run: Callable[[Work, Context], Any]
+    present: Callable[[Work], bool]
+    keep: Callable[[Work, Any], str] = lambda unit, digest: digest
 
 
-def fingerprint(stage: Stage, ledger: Ledger, identity: dict[str, Any]) -> str:
+def fingerprint(stage: Work, ledger: Ledger, identity: dict[str, Any]) -> str:
     """Hash of everything the stage's output depends on."""
     missing = [d for d in stage.deps if ledger.digest(d) is None]
     if missing:
@@ -82,14 +84,13 @@ def fingerprint(stage: Stage, ledger: Ledger, identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def execute(stages: list[Stage], ledger: Ledger, actions: dict[str, Action], identity: Callable[[Stage], dict],
-            log: Path, console: Console, executor: Executor | None = None) -> Counter:
+def execute(stages: list[Work], ledger: Ledger, actions: dict[str, Action], identity: Callable[[Work], dict],
+            log: Path, console: Console, executor: Executor) -> Counter:
     """Run `stages` (in dependency order), skipping the ones already done; returns counts of ran / skipped.
 
-    A stage is submitted to the executor (default: this process, one stage at a time) as soon as the stages it
+    A stage is submitted to the executor (`InProcess`: this process, one stage at a time) as soon as the stages it
     depends on are done or skipped. After a failure nothing new starts, the running stages finish and are
     recorded, then the first error is raised."""
-    executor = executor or InProcess()
     view = StudyView(stages, ledger)
     counts: Counter = Counter()
     planned, settled, waiting, failure = {s.key for s in stages}, set(), list(stages), None
@@ -155,20 +156,20 @@ def ran_stages(log: Path) -> list[list[str]]:
 class StudyView:
     """The live view: per kind of stage how many are done / running / left, and an estimate of the time left."""
 
-    def __init__(self, stages: list[Stage], ledger: Ledger):
+    def __init__(self, stages: list[Work], ledger: Ledger):
         self.left = Counter(s.kind for s in stages)
         self.done: Counter = Counter()
         self.skipped: Counter = Counter()
         self.pending = {s.key: s for s in stages}
         self.ledger = ledger
         self.durations: dict[str, list[float]] = {}
-        self.running: dict[str, tuple[Stage, float]] = {}  # key -> stage, when it started (several on Ray)
+        self.running: dict[str, tuple[Work, float]] = {}  # key -> stage, when it started (several on Ray)
         self.run_started = time.monotonic()
 
-    def start(self, stage: Stage) -> None:
+    def start(self, stage: Work) -> None:
         self.running[stage.key] = (stage, time.monotonic())
 
-    def finish(self, stage: Stage, seconds: float | None) -> None:
+    def finish(self, stage: Work, seconds: float | None) -> None:
         """`seconds` is None for a skipped stage."""
         self.running.pop(stage.key, None)
         self.left[stage.kind] -= 1
@@ -179,7 +180,7 @@ class StudyView:
             self.done[stage.kind] += 1
             self.durations.setdefault(stage.kind, []).append(seconds)
 
-    def estimate(self, stage: Stage) -> float | None:
+    def estimate(self, stage: Work) -> float | None:
         """This stage's last duration, else the mean of its kind in this run, else in the ledger; None: unknown."""
         entry = self.ledger.entry(stage.key)
         if entry:

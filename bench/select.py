@@ -17,20 +17,20 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.results import select as rows_of
+from bench.results import matching
 from protocols.stats import bootstrap_auc
 
 
 @dataclass(frozen=True)
 class Selection:
-    label: str  # the selected pipeline's backbone label in the tables
+    name: str  # what the tables call the selected pipeline (their `backbone` column)
     choices: pd.DataFrame  # per fold: the chosen candidate, its validation AUC, its test AUC
     results: pd.DataFrame  # the chosen candidates' fold rows, relabelled
     predictions: pd.DataFrame  # their test predictions, relabelled
 
 
-def label(candidates: list[str]) -> str:
-    return f"select[{'; '.join(candidates)}]"  # no '|': the label is a markdown table cell too
+def pick_name(candidates: list[str]) -> str:
+    return f"select[{'; '.join(candidates)}]"  # no '|': the name is a markdown table cell too
 
 
 def select(results: pd.DataFrame, predictions: pd.DataFrame, candidates: list[str], *, dataset: str, protocol: str,
@@ -45,8 +45,8 @@ def select(results: pd.DataFrame, predictions: pd.DataFrame, candidates: list[st
     chosen = (rows.assign(order=rows["backbone"].map(rank))
               .sort_values(["fold", "validation_auc", "order"], ascending=[True, False, True])
               .drop_duplicates("fold").drop(columns="order"))
-    name = label(candidates)
-    picked = pd.concat([rows_of(predictions, **identity, backbone=r.backbone, fold=r.fold)
+    name = pick_name(candidates)
+    picked = pd.concat([matching(predictions, **identity, backbone=r.backbone, fold=r.fold)
                         for r in chosen.itertuples()], ignore_index=True)
     if picked.groupby("fold").size().reindex(folds).isna().any():
         raise BenchError("the predictions table lacks some chosen configuration's test scores: evaluate each "
@@ -68,7 +68,7 @@ def command(candidates: list[str], *, dataset: str, protocol: str, split: str, f
 
 
 def _candidate_rows(results: pd.DataFrame, candidate: str, identity: dict) -> pd.DataFrame:
-    rows = rows_of(results, **identity, backbone=candidate)
+    rows = matching(results, **identity, backbone=candidate)
     if rows.empty:
         raise BenchError(f"no {identity['dataset']} {identity['protocol']} results for {candidate!r} (split "
                          f"{identity['split']}): run `bench evaluate --backbone ...` for it with these --results first")

@@ -31,6 +31,12 @@ A study file (see `bench/studies/*.toml`, listed by `bench studies`):
     imagenet = "efficientnet-lite0"
     double = "lite0-double"
 
+    [[evaluate]]                    # external: the SVM learns on all of `train`, scored on all of `dataset`
+    dataset = "ph2"                 #   (with `split`: on `train` plus each fold's training part)
+    train = "skin"
+    protocols = ["mela-vs-ben"]
+    frozen = ["efficientnet-lite0"]
+
     [[evaluate]]                    # a target dataset, its split, protocols and what is evaluated on it
     dataset = "skin"
     split = "5x2"
@@ -56,26 +62,14 @@ from bench.errors import BenchError
 from bench.features import members, parse
 from bench.paths import check_name
 from bench.recipes import Recipe, get_recipe
+from bench.work import EXTERNAL, DatasetRef
 
 TRANSFER_COLUMNS = ("none", "retino", "imagenet", "double")
 TOP_KEYS = {"description", "recipe", "seed", "overrides", "architectures", "datasets", "sources", "backbones",
             "transfer", "evaluate", "baseline"}
 DATASET_KEYS = {"adapter", "root", "options", "limit"}
 BACKBONE_KEYS = {"like", "weights", "source"}
-EVALUATE_KEYS = {"dataset", "split", "folds", "protocols", "frozen", "finetuned", "reference"}
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str  # the study's own name for it
-    adapter: str
-    root: Path | None
-    options: dict[str, str]
-    limit: int | None
-
-    @property
-    def synthetic(self) -> bool:
-        return self.adapter.startswith("synthetic")
+EVALUATE_KEYS = {"dataset", "split", "folds", "protocols", "frozen", "finetuned", "reference", "train"}
 
 
 @dataclass(frozen=True)
@@ -86,11 +80,13 @@ class BackboneSpec:
     name: str
     like: str
     random: bool
-    source: str | None  # a DatasetSpec name
+    source: str | None  # the name of one of the study's datasets
 
 
 @dataclass(frozen=True)
-class Evaluation:
+class EvaluationSpec:
+    """An [[evaluate]] table: a target dataset (a name of the study's), its split and what is evaluated there."""
+
     dataset: str
     split: str
     folds: tuple[str, ...] | None  # None: every fold of the split
@@ -98,6 +94,7 @@ class Evaluation:
     frozen: tuple[str, ...]
     finetuned: tuple[str, ...]
     reference: Path | None  # fold files for split = "reference"
+    train: str | None = None  # external evaluation: the SVM also learns on all of this dataset of the study
 
 
 @dataclass(frozen=True)
@@ -107,12 +104,12 @@ class Study:
     description: str
     recipe: Recipe
     seed: int
-    datasets: dict[str, DatasetSpec]
-    sources: dict[str, str]  # installed backbone with a source stage -> the DatasetSpec name it trains on
+    datasets: dict[str, DatasetRef]
+    sources: dict[str, str]  # installed backbone with a source stage -> the name of the dataset it trains on
     backbones: dict[str, BackboneSpec]  # in definition order: each `like` is installed or defined before
     transfer: dict[str, str]
     architectures: tuple[str, ...]
-    evaluations: tuple[Evaluation, ...]
+    evaluations: tuple[EvaluationSpec, ...]
     baseline: str | None = None  # the frozen evaluation every other one is tested against (a "levers" report)
 
     @property
@@ -246,7 +243,7 @@ class _Reader:
         except BenchError as exc:
             raise self.fail("overrides", str(exc)) from None
 
-    def dataset(self, name: str, value: Any) -> DatasetSpec:
+    def dataset(self, name: str, value: Any) -> DatasetRef:
         key = f"datasets.{name}"
         check_name("dataset", name, f"{self.path}: datasets: ")
         if not isinstance(value, dict):
@@ -272,10 +269,10 @@ class _Reader:
         limit = value.get("limit")
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise self.fail(f"{key}.limit", "must be a positive whole number of manifest rows")
-        return DatasetSpec(name, adapter_name, Path(root) if root else None,
-                           {k: str(v) for k, v in options.items()}, limit)
+        return DatasetRef(name, adapter_name, {k: str(v) for k, v in options.items()}, limit,
+                          Path(root) if root else None)
 
-    def source(self, name: str, value: Any, datasets: dict[str, DatasetSpec]) -> str:
+    def source(self, name: str, value: Any, datasets: dict[str, DatasetRef]) -> str:
         backbones = plugins.backbones()
         if name not in backbones or not backbones[name].source_stages:
             having = [b.name for b in backbones.values() if b.source_stages]
@@ -283,7 +280,7 @@ class _Reader:
                             f"{', '.join(having) or 'none'}); define new ones under [backbones]")
         return self.dataset_ref(f"sources.{name}", value, datasets)
 
-    def defined_backbone(self, name: str, value: Any, datasets: dict[str, DatasetSpec],
+    def defined_backbone(self, name: str, value: Any, datasets: dict[str, DatasetRef],
                          defined: dict[str, BackboneSpec]) -> BackboneSpec:
         key = f"backbones.{name}"
         check_name("backbone", name, f"{self.path}: backbones: ")  # its checkpoints are files named after it
@@ -308,7 +305,7 @@ class _Reader:
                                 "define the random backbone first and name it as `like`")
         return BackboneSpec(name, like, weights == "random", source)
 
-    def evaluation(self, index: int, value: Any, datasets: dict[str, DatasetSpec], known: set[str]) -> Evaluation:
+    def evaluation(self, index: int, value: Any, datasets: dict[str, DatasetRef], known: set[str]) -> EvaluationSpec:
         from protocols.designs import DESIGNS
         from protocols.splits import SPLITS
 
@@ -317,9 +314,11 @@ class _Reader:
             raise self.fail(key, "must be a table")
         self.check_keys(value, EVALUATE_KEYS, key)
         dataset = self.dataset_ref(f"{key}.dataset", value.get("dataset"), datasets)
-        split = value.get("split", "5x2")
-        if split not in SPLITS:
-            raise self.fail(f"{key}.split", f"unknown split {split!r}; available: {', '.join(SPLITS)}")
+        train = self.dataset_ref(f"{key}.train", value["train"], datasets) if "train" in value else None
+        split = value.get("split", EXTERNAL if train else "5x2")
+        allowed = (*SPLITS, EXTERNAL) if train else SPLITS
+        if split not in allowed:
+            raise self.fail(f"{key}.split", f"unknown split {split!r}; available: {', '.join(allowed)}")
         protocols = self.strings(value, "protocols", key)
         if not protocols:
             raise self.fail(f"{key}.protocols", f"missing: list protocols from {', '.join(DESIGNS)}")
@@ -331,14 +330,16 @@ class _Reader:
                           for b in self.strings(value, "finetuned", key))
         if not frozen and not finetuned:
             raise self.fail(key, "evaluates no backbone: list some under `frozen` and/or `finetuned`")
+        if train and finetuned:
+            raise self.fail(f"{key}.finetuned", "an external evaluation (`train`) scores frozen features only")
         folds = tuple(self.strings(value, "folds", key)) or None
         reference = value.get("reference")
         if split == "reference" and not reference:
             raise self.fail(f"{key}.reference", "split = 'reference' needs the folder of the paper's fold files")
-        return Evaluation(dataset, split, folds, tuple(protocols), frozen, finetuned,
-                          Path(reference) if reference else None)
+        return EvaluationSpec(dataset, split, folds, tuple(protocols), frozen, finetuned,
+                              Path(reference) if reference else None, train)
 
-    def check_sources_needed(self, evaluations: tuple[Evaluation, ...], sources: dict[str, str]) -> None:
+    def check_sources_needed(self, evaluations: tuple[EvaluationSpec, ...], sources: dict[str, str]) -> None:
         """A backbone whose weights come from a source task cannot run before the study trains it."""
         backbones = plugins.backbones()
         for i, evaluation in enumerate(evaluations):
@@ -352,7 +353,7 @@ class _Reader:
 
     # --- values
 
-    def dataset_ref(self, key: str, value: Any, datasets: dict[str, DatasetSpec]) -> str:
+    def dataset_ref(self, key: str, value: Any, datasets: dict[str, DatasetRef]) -> str:
         if value not in datasets:
             raise self.fail(key, f"{value!r} is not a dataset of this study; it has {', '.join(datasets) or 'none'}")
         return value

@@ -22,11 +22,6 @@ def check(tta: str | None) -> str | None:
     return tta
 
 
-def key(base: str, tta: str | None) -> str:
-    """The feature-set key: a TTA set never shares its key with the plain one (`frozen-tta-dihedral`)."""
-    return f"{base}-tta-{tta}" if tta else base
-
-
 def dihedral_views(images: np.ndarray) -> Iterator[np.ndarray]:
     """The 8 views of a batch (N, C, S, S): rotations by 0/90/180/270 degrees, each also mirrored left-right."""
     for turns in range(4):

@@ -18,21 +18,24 @@ def is_name(value: object) -> bool:
     return isinstance(value, str) and _NAME.fullmatch(value) is not None
 
 
-def feature_key(protocol: str | None = None, fold: str | None = None) -> str:
-    """`frozen`, or `ft-{protocol}-{fold}` for the model fine-tuned on that fold's training part.
+def feature_key(protocol: str | None = None, fold: str | None = None, tta: str | None = None) -> str:
+    """`frozen`, or `ft-{protocol}-{fold}` for the model fine-tuned on that fold's training part; with test-time
+    augmentation `tta`, a key of its own (`frozen-tta-dihedral`), so a TTA set never replaces the plain one.
 
     The protocol is part of the key because a fine-tune learns that protocol's classes.
     """
     if fold is None:
-        return FROZEN
-    if protocol is None:
+        base = FROZEN
+    elif protocol is None:
         raise ValueError("a fine-tuned feature set needs its protocol as well as its fold")
-    return f"ft-{protocol}-{fold}"
+    else:
+        base = f"ft-{protocol}-{fold}"
+    return f"{base}-tta-{tta}" if tta else base
 
 
 def parse_key(key: str) -> tuple[str, str] | None:
     """(protocol, fold) of a fine-tuned set's key, None for `frozen`; fold keys (r0f1, official) hold no hyphen."""
     if not key.startswith("ft-"):
         return None
-    protocol, fold = key[3:].rsplit("-", 1)
+    protocol, fold = key[3:].partition("-tta-")[0].rsplit("-", 1)
     return protocol, fold

@@ -13,7 +13,7 @@ from skimage import data
 from typer.testing import CliRunner
 
 from bench import paths, plugins
-from bench.backbone import Backbone, Preprocessing, checkpoint_preprocessing, load_state_dict_file, save_checkpoint
+from bench.backbone import Backbone, Preprocessing, checkpoint_preprocessing, save_checkpoint
 from bench.export import export_onnx
 from bench.cli import app
 from bench.errors import BenchError
@@ -146,9 +146,9 @@ def test_vggm_initial_weights_come_from_the_weights_folder(name, file, command):
     backbone = plugins.get_backbone(name)
     with pytest.raises(BenchError, match=command.replace("[", r"\[")) as error:
         backbone.load_initial(VGGM(SMALL, SMALL_FC))
-    assert str(paths.weights_dir() / file) in str(error.value)
+    assert str(paths.weights_dir(paths.home()) / file) in str(error.value)
     saved = VGGM(SMALL, SMALL_FC)
-    save_checkpoint(paths.weights_dir() / file, saved, name, backbone.preprocessing)
+    save_checkpoint(paths.weights_dir(paths.home()) / file, saved, name, backbone.preprocessing)
     net = VGGM(SMALL, SMALL_FC)
     backbone.load_initial(net)
     assert torch.equal(net.fc.fc7.weight, saved.fc.fc7.weight)
@@ -214,7 +214,7 @@ def test_matconvnet_import_reproduces_hand_computed_layers(tmp_path, old_format)
     arrays = write_vggm_mat(tmp_path / "imagenet-vgg-m.mat", rng, old_format=old_format)
     result = runner.invoke(app, ["weights", "import-matconvnet", str(tmp_path / "imagenet-vgg-m.mat")])
     assert result.exit_code == 0, result.output
-    checkpoint = paths.weights_dir() / "vgg-m-imagenet.pt"  # the default --out is where `vgg-m` looks
+    checkpoint = paths.weights_dir(paths.home()) / "vgg-m-imagenet.pt"  # the default --out is where `vgg-m` looks
     preprocessing = checkpoint_preprocessing(checkpoint, vggm.PREPROCESSING)
     assert np.allclose(preprocessing.mean, arrays["mean"], atol=1e-3)
     assert (preprocessing.value_range, preprocessing.std, preprocessing.channel_order) == (255, (1, 1, 1), "RGB")

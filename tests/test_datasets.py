@@ -240,7 +240,7 @@ def test_dermamnist_from_an_npz(tmp_path: Path):
     assert m.loc[m["image_id"] == "train_00004", "diagnosis"].item() == "melanoma"  # MedMNIST label 4
     written = np.asarray(Image.open(m.loc[m["image_id"] == "test_00002", "path"].item()))
     assert np.array_equal(written, np.load(npz)["test_images"][2])
-    assert Path(m.loc[0, "path"]).is_relative_to(paths.datasets_dir())
+    assert Path(m.loc[0, "path"]).is_relative_to(paths.datasets_dir(paths.home()))
 
 
 def test_dermamnist_other_size_and_explicit_path(tmp_path: Path):

@@ -1,5 +1,7 @@
 """`bench evaluate`, `bench compare`, `bench perf evaluate` end to end on a feature store the tests write."""
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,9 @@ from bench import paths, plugins
 from bench.cli import app
 from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
-from bench.evaluate import Request, evaluate, prepare
+from bench.context import Context
+from bench.evaluate import evaluate, prepare
+from bench.work import DatasetRef, Evaluate
 from bench.features import SOURCE_IDS, reader
 from bench.results import read_table
 from featurestore import FeatureStore, StoreError
@@ -21,6 +25,7 @@ from protocols.splits import fold_record, make_folds
 
 OPTIONS = {"n": "120", "size": "32"}
 DATA = ["--dataset", "synthetic", "--option", "n=120", "--option", "size=32"]
+SYNTHETIC = DatasetRef.of("synthetic", options=OPTIONS)
 runner = CliRunner()
 
 
@@ -47,12 +52,13 @@ def trained_on(fold: str, seed: int = 0, protocol: str = "mela-vs-ben") -> dict:
 
 
 def write_features(store: Path, backbone: str, key: str, rows: pd.DataFrame, x: np.ndarray, sha: str,
-                   extra: dict | None = None) -> None:
+                   extra: dict | None = None, dataset: str = "synthetic") -> None:
     """`x` as the features of the manifest rows `rows`, recorded as computed from their images as they are now."""
+    labelled = manifest() if dataset == "synthetic" else rows
     writer = FeatureStore(store).open_for_write(
-        "synthetic", backbone, key, image_ids=rows["image_id"].to_numpy(), image_digests=image_digests(rows),
+        dataset, backbone, key, image_ids=rows["image_id"].to_numpy(), image_digests=image_digests(rows),
         dim=x.shape[1], chunk_rows=64, overwrite=True,
-        attrs={"model_sha256": sha, "preprocessing": {}, "labels_fingerprint": label_fingerprint(manifest()),
+        attrs={"model_sha256": sha, "preprocessing": {}, "labels_fingerprint": label_fingerprint(labelled),
                **(extra or {})})
     for chunk in writer.missing_chunks():
         rows = writer.chunk_rows_of(chunk)
@@ -87,7 +93,7 @@ def test_evaluate_writes_one_row_per_fold_and_one_per_test_image(tmp_path):
     assert set(scores.columns) >= {"dataset", "protocol", "backbone", "finetuned", "split", "fold", "image_id",
                                    "label", "score"}
     lesion = m.set_index("image_id")["lesion_id"]
-    folds = prepare(Request("synthetic", "good", "mela-vs-ben", options=tuple(OPTIONS.items()))).folds
+    folds = prepare(Evaluate("good", SYNTHETIC, "mela-vs-ben"), Context.for_user()).folds
     for fold, part in scores.groupby("fold"):
         train = set(lesion[folds[fold][0]])
         assert not train & set(lesion[part["image_id"]]), fold  # no lesion in both train and test
@@ -126,22 +132,21 @@ def test_no_test_image_influences_c_end_to_end(tmp_path):
     store_a, store_b = tmp_path / "a", tmp_path / "b"
     x = write_set(store_a, "good")
     m = manifest()
-    request = Request("synthetic", "good", "mela-vs-carc-vs-ben", store=store_a, options=tuple(OPTIONS.items()))
-    test_ids = set(prepare(request).folds["r0f0"][1])
+    unit = Evaluate("good", SYNTHETIC, "mela-vs-carc-vs-ben")
+    test_ids = set(prepare(unit, Context.for_user(str(store_a))).folds["r0f0"][1])
     scrambled = x.copy()
     rows = m["image_id"].isin(test_ids).to_numpy()
     scrambled[rows] = np.random.default_rng(9).permutation(scrambled[rows]) * 5
     write_features(store_b, "good", "frozen", m, scrambled, "sha-b")
-    a = evaluate(request).results.set_index("fold")
-    b = evaluate(Request(**{**request.__dict__, "store": store_b})).results.set_index("fold")
+    a = evaluate(unit, Context.for_user(str(store_a))).results.set_index("fold")
+    b = evaluate(unit, Context.for_user(str(store_b))).results.set_index("fold")
     assert a.loc["r0f0", "c"] == b.loc["r0f0", "c"]
     assert a.loc["r0f0", "auc"] != b.loc["r0f0", "auc"]  # the scrambled test features did change the scores
 
 
 def test_finetuned_reads_each_folds_own_set(tmp_path):
     store, results = tmp_path / "store", tmp_path / "results.csv"
-    request = Request("synthetic", "tuned", "mela-vs-ben", options=tuple(OPTIONS.items()))
-    folds = list(prepare(request).folds)
+    folds = list(prepare(Evaluate("tuned", SYNTHETIC, "mela-vs-ben"), Context.for_user()).folds)
     for k, fold in enumerate(folds):
         write_set(store, "tuned", paths.feature_key("mela-vs-ben", fold), seed=k, sha=f"sha-{fold}",
                   record=trained_on(fold))
@@ -389,4 +394,71 @@ def test_a_backbone_is_refused_on_images_its_source_stage_trained_on(tmp_path):
 
 
 def read_features(store: Path, backbone: str, power: bool = False):
-    return reader(store, "synthetic", backbone, power=power, image_ids=manifest()["image_id"])("frozen")
+    return reader(store, "synthetic", backbone, power=power, image_ids=manifest()["image_id"])(None)
+
+
+# --- external evaluation: the SVM learns on one dataset and is scored on another --------------------------------
+
+def write_folder(root: Path, store: Path, sha: str = "sha-frozen", without: str | None = None) -> pd.DataFrame:
+    """A second dataset: another synthetic draw as a `folder` dataset, its features made as `write_set` makes them
+    (the same diagnosis, the same direction); `without` leaves a diagnosis out."""
+    for row in plugins.get_dataset("synthetic").manifest(None, n="80", size="32", seed="1").itertuples():
+        if row.diagnosis != without:
+            (root / row.diagnosis).mkdir(parents=True, exist_ok=True)
+            shutil.copy(row.path, root / row.diagnosis / Path(row.path).name)
+    m = plugins.get_dataset("folder").manifest(root)
+    codes = m["diagnosis"].map({d: i for i, d in enumerate(sorted(manifest()["diagnosis"].unique()))}).to_numpy()
+    x = np.random.default_rng(5).normal(size=(len(m), 16)).astype(np.float32)
+    x[np.arange(len(m)), codes] += 2.0
+    write_features(store, "good", "frozen", m, np.abs(x), sha, dataset="folder")
+    return m
+
+
+def external(store: Path, root: Path, *extra: str):
+    return cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "good", "--train-dataset", "synthetic",
+               "--train-option", "n=120", "--train-option", "size=32", "--dataset", "folder", "--root", str(root),
+               "--store", str(store), *extra)
+
+
+def test_an_external_evaluation_fits_on_one_dataset_and_scores_all_of_another(tmp_path):
+    store, root, results, predictions = tmp_path / "store", tmp_path / "folder", tmp_path / "r.csv", tmp_path / "p.csv"
+    write_set(store, "good")
+    target = write_folder(root, store)
+    out = external(store, root, "--results", str(results), "--predictions", str(predictions))
+    assert out.exit_code == 0, out.output
+    row = read_table(results).iloc[0]
+    kept = (target["diagnosis"] != "basal_cell_carcinoma").sum()
+    trained = (manifest()["diagnosis"] != "basal_cell_carcinoma").sum()
+    assert (row["dataset"], row["split"], row["fold"]) == ("synthetic -> folder", "external", "all")
+    assert (row["n_train"], row["n_test"], row["train_dataset"]) == (trained, kept, "synthetic")
+    assert row["auc"] > 0.8 and row["auc_ci_low"] < row["auc"] < row["auc_ci_high"]
+    scored = read_table(predictions)
+    assert sorted(scored["image_id"]) == sorted(target.loc[target["diagnosis"] != "basal_cell_carcinoma", "image_id"])
+    again = tmp_path / "again.csv"  # the stored command regenerates the row
+    assert cli(*row["command"].split()[1:], "--results", str(again)).exit_code == 0
+    assert read_table(again)["auc"].tolist() == [row["auc"]]
+    summary = json.loads(external(store, root, "--results", str(again), "--json").stdout)
+    assert summary[0]["dataset"] == "synthetic -> folder"
+
+
+def test_an_external_evaluation_with_folds_adds_the_training_set_to_each_folds_training_part(tmp_path):
+    store, root, results = tmp_path / "store", tmp_path / "folder", tmp_path / "r.csv"
+    write_set(store, "good")
+    target = write_folder(root, store)
+    assert external(store, root, "--split", "5x2", "--results", str(results)).exit_code == 0
+    rows = read_table(results)
+    kept = (target["diagnosis"] != "basal_cell_carcinoma").sum()
+    trained = (manifest()["diagnosis"] != "basal_cell_carcinoma").sum()
+    assert len(rows) == 10 and (rows["dataset"] == "synthetic -> folder").all()
+    assert ((rows["n_train"] - trained) + rows["n_test"] == kept).all()  # all of A + the fold's part of B
+
+
+def test_an_external_evaluation_refuses_a_design_one_side_lacks_and_sets_made_otherwise(tmp_path):
+    store, root = tmp_path / "store", tmp_path / "folder"
+    write_set(store, "good")
+    write_folder(root, store, without="basal_cell_carcinoma")
+    out = external(store, root, "--protocol", "mela-vs-carc-vs-ben")
+    assert out.exit_code != 0 and str(out.exception).startswith("folder: mela-vs-carc-vs-ben needs basal cell")
+    write_folder(tmp_path / "other", store, sha="sha-other")
+    out = external(store, tmp_path / "other")
+    assert out.exit_code != 0 and "differ in model (weights)" in str(out.exception)

@@ -77,3 +77,24 @@ def test_the_cli_and_the_plugin_manager_import_no_network_library(module):
             f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert loaded.stdout.strip() == ""
+
+
+def test_the_cli_choices_are_the_ones_the_modules_define():
+    """`--protocol`, `--split` and `--tta` list their choices in `--help` without importing their modules."""
+    from typing import get_args
+
+    from bench.cli.options import DesignName, SplitName, TTAName
+    from bench.tta import VIEWS
+    from protocols.designs import DESIGNS
+    from protocols.splits import SPLITS
+
+    assert get_args(DesignName) == tuple(DESIGNS)
+    assert get_args(SplitName) == tuple(SPLITS)
+    assert get_args(TTAName) == tuple(VIEWS)
+
+
+def test_no_code_sets_bench_home():
+    """Settings are passed (a `Context`), not set in the environment for the code below to find."""
+    offenders = [str(path.relative_to(ROOT)) for path in modules().values()
+                 if "environ[\"BENCH_HOME\"]" in path.read_text() or "BENCH_HOME=" in path.read_text()]
+    assert offenders == []

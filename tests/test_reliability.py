@@ -136,8 +136,10 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import tiny_extraction as tiny
 tiny.register()
-from bench import extract
-job = extract.prepare(tiny.NAME, tiny.DATASET, Path(sys.argv[2]), store=sys.argv[3])  # takes the set's lease
+from bench.context import Context
+from bench.extract import prepare
+from bench.work import DatasetRef, Extract
+job = prepare(Extract(tiny.NAME, DatasetRef.of(tiny.DATASET, Path(sys.argv[2]))), Context.for_user(sys.argv[3]))  # takes the lease
 Path(sys.argv[4]).write_text("holding")
 while not Path(sys.argv[5]).exists():
     time.sleep(0.05)

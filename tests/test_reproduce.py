@@ -19,12 +19,14 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from bench.context import Context
 from bench.errors import BenchError
+from bench.executors import InProcess
 from bench.plan import StudyData, plan
 from bench.reproduce import reproduce
 from bench.runner import Action, Ledger, execute, fingerprint, ran_stages
 from bench.study import load_study
-from bench.workspace import worker_env
+from bench.workspace import Workspace
 
 # --- the runner, with fake stage functions -------------------------------------------------------------------
 
@@ -36,6 +38,9 @@ class Stage:
     kind: str
     params: dict
     deps: tuple[str, ...] = ()
+
+
+CTX = Context(Path("unused"), "unused")  # the fake stages read nothing from it
 
 
 def fake_graph(epochs: int = 2) -> list[Stage]:
@@ -60,7 +65,7 @@ class FakeWork:
     def file(self, stage: Stage) -> Path:
         return self.folder / (stage.key.replace(" ", "_").replace("/", "_") + ".out")
 
-    def run(self, stage: Stage) -> str:
+    def run(self, stage: Stage, ctx: Context) -> str:
         self.ran.append(stage.key)
         inputs = [self.file(Stage(d, "", {})).read_text() for d in stage.deps]
         content = json.dumps([stage.params, inputs], sort_keys=True)
@@ -74,7 +79,7 @@ class FakeWork:
     def execute(self, stages: list[Stage], identity: dict | None = None):
         ledger = Ledger(self.folder / "ledger.json")
         return execute(stages, ledger, self.actions(), lambda stage: identity or {}, self.folder / "log.jsonl",
-                       Console(file=open(self.folder / "console.txt", "a"), width=120))
+                       Console(file=open(self.folder / "console.txt", "a"), width=120), InProcess(CTX))
 
 
 def test_runner_runs_every_stage_once_then_skips_an_unchanged_study(tmp_path):
@@ -120,13 +125,13 @@ def test_a_failing_stage_keeps_everything_finished_before_it(tmp_path):
     work = FakeWork(tmp_path)
     actions = work.actions()
 
-    def broken(stage: Stage) -> str:
+    def broken(stage: Stage, ctx: Context) -> str:
         raise BenchError("evaluation exploded")
 
     actions["evaluate"] = Action(run=broken, present=lambda stage: False)
     with pytest.raises(BenchError, match="exploded"):
         execute(fake_graph(), Ledger(tmp_path / "ledger.json"), actions, lambda s: {}, tmp_path / "log.jsonl",
-                Console(file=open(tmp_path / "console.txt", "a")))
+                Console(file=open(tmp_path / "console.txt", "a")), InProcess(CTX))
     work.ran.clear()
     work.execute(fake_graph())
     assert work.ran == ["evaluate a", "evaluate b", "report"]
@@ -217,7 +222,7 @@ def test_a_dataset_root_can_be_given_on_the_command_line(tmp_path):
 
 def test_the_demo_plans_every_column_of_table_1_in_dependency_order():
     study = load_study("demo")
-    stages = plan(study, {0: ["r0f0"]})
+    stages = plan(study, {0: ["r0f0"]}, Workspace(Path("unused")).context(study))
     kinds = [s.kind for s in stages]
     assert kinds.count("source") == 2 and kinds.count("finetune") == 4 * 3 and kinds.count("report") == 1
     assert kinds.count("evaluate") == (2 + 4) * 3 and kinds.count("extract") == 2 + 12
@@ -260,11 +265,10 @@ def test_the_committed_study_ledgers_are_still_valid(shared_data, tmp_path, name
     study = load_study(str(root / name) if name.endswith(".toml") else name,
                        {d: shared_data / folders[d] for d in datasets})
     ledger = Ledger(root / "leaderboard" / folder / "ledger.json")
-    with worker_env(tmp_path / "home", study):
-        data = StudyData.load(study)
-        stages = plan(study, data.fold_keys)
-        changed = [s.key for s in stages
-                   if fingerprint(s, ledger, data.identity(s)) != ledger.entry(s.key)["fingerprint"]]
+    ctx = Workspace(tmp_path).context(study)
+    data = StudyData.load(study, ctx)
+    stages = plan(study, data.fold_keys, ctx)
+    changed = [s.key for s in stages if fingerprint(s, ledger, data.identity(s)) != ledger.entry(s.key)["fingerprint"]]
     assert len(stages) == len(ledger.stages) and changed == []
 
 
@@ -317,7 +321,8 @@ def test_a_killed_study_resumes_without_redoing_a_finished_stage(killed_then_fin
     first, second = ran_stages(out / "log.jsonl")
     assert finished_before_kill <= set(first)
     assert not finished_before_kill & set(second)  # nothing finished was redone...
-    everything = {s.key for s in plan(load_study(path), {0: ["official"]})}
+    study = load_study(path)
+    everything = {s.key for s in plan(study, {0: ["official"]}, Workspace(out).context(study))}
     assert set(json.loads((out / "ledger.json").read_text())["stages"]) == everything  # ...and all got done
 
 
@@ -444,7 +449,8 @@ frozen = ["efficientnet-lite0@32", "efficientnet-lite0@32 [power]", "efficientne
 
 
 def test_a_study_plans_levers_on_shared_feature_sets(tmp_path):
-    stages = plan(load_study(write_study(tmp_path, LEVERS, "levers")), {0: ["r0f0", "r0f1"]})
+    study = load_study(write_study(tmp_path, LEVERS, "levers"))
+    stages = plan(study, {0: ["r0f0", "r0f1"]}, Workspace(tmp_path).context(study))
     by_key = {s.key: s for s in stages}
     assert sorted(k for k in by_key if k.startswith("extract")) == [
         "extract skin/efficientnet-lite0@32/frozen", "extract skin/efficientnet-lite0@32/frozen-tta-dihedral",
@@ -487,3 +493,23 @@ def test_the_levers_report_tests_each_configuration_against_the_baseline(tmp_pat
     chosen = next(line for line in report.splitlines() if line.startswith("| mela-vs-ben | chosen per fold by"))
     assert f"| {100 * picks['auc'].mean():.1f} ± " in chosen
     assert re.search(r"\| [+-]\d+\.\d \([+-]\d+\.\d to [+-]\d+\.\d\) \|", chosen)
+
+
+def test_a_study_plans_an_external_evaluation_with_both_datasets_sets(tmp_path):
+    text = TINY.replace("[datasets.fundus]", "[datasets.other]\nadapter = \"folder\"\n\n[datasets.fundus]") + """
+[[evaluate]]
+dataset = "other"
+train = "skin"
+protocols = ["mela-vs-ben"]
+frozen = ["efficientnet-lite0 [power]"]
+"""
+    study = load_study(write_study(tmp_path, text), {"other": tmp_path})
+    units = {u.key: u for u in plan(study, {0: ["official"], 1: ["all"]}, Workspace(tmp_path).context(study))}
+    external = units["evaluate skin->other/efficientnet-lite0 [power]/mela-vs-ben/frozen"]
+    assert external.split == "external" and external.train_dataset.name == "skin" and external.power
+    assert set(external.deps) == {"extract skin/efficientnet-lite0/frozen", "extract other/efficientnet-lite0/frozen"}
+    with pytest.raises(BenchError, match=r"evaluate\[1\].train: 'eyes' is not a dataset"):
+        load_study(write_study(tmp_path, text.replace('train = "skin"', 'train = "eyes"')), {"other": tmp_path})
+    with pytest.raises(BenchError, match=r"evaluate\[1\].finetuned: an external evaluation"):
+        load_study(write_study(tmp_path, text.replace('frozen = ["efficientnet-lite0 [power]"]',
+                                                      'finetuned = ["efficientnet-lite0"]')), {"other": tmp_path})

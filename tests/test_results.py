@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bench.errors import BenchError
-from bench.results import KEY, PREDICTION_KEY, check_writable, read_table, select, upsert
+from bench.results import KEY, PREDICTION_KEY, check_writable, matching, read_table, upsert
 
 
 def fold_rows(backbone: str, aucs: list[float], finetuned: bool = False) -> pd.DataFrame:
@@ -23,8 +23,8 @@ def test_upsert_appends_new_keys_and_replaces_old_ones(tmp_path):
     upsert((path, fold_rows("a", [0.9, 0.92]), KEY))
     table = read_table(path)
     assert len(table) == 4
-    assert select(table, backbone="a")["auc"].tolist() == [0.9, 0.92]
-    assert select(table, backbone="b", finetuned=False)["auc"].tolist() == [0.7, 0.72]
+    assert matching(table, backbone="a")["auc"].tolist() == [0.9, 0.92]
+    assert matching(table, backbone="b", finetuned=False)["auc"].tolist() == [0.7, 0.72]
     assert table["fold"].tolist()[-2:] == ["r0f0", "r0f1"] and table["finetuned"].dtype == bool
 
 
@@ -100,4 +100,4 @@ def test_a_write_that_fails_half_way_changes_no_table(tmp_path, monkeypatch):
 
 def test_select_refuses_a_column_that_is_no_part_of_the_identity():
     with pytest.raises(ValueError, match="identified by"):
-        select(fold_rows("a", [0.8]), auc=0.8)
+        matching(fold_rows("a", [0.8]), auc=0.8)

@@ -14,14 +14,16 @@ from typer.testing import CliRunner
 from bench import paths, plugins
 from bench.backbone import Backbone, Preprocessing, SourceStage, read_checkpoint
 from bench.cli import app
+from bench.context import Context, Registry
 from bench.errors import BenchError
 from bench.export import export_onnx
-from bench.extract import prepare
 from bench.features import SOURCE_IDS
+from bench.extract import prepare
 from bench.hookspecs import hookimpl
-from bench.recipes import get_recipe, recipes
 from bench.jobs import finetune_job, source_stage_job
+from bench.recipes import get_recipe, recipes
 from bench import train
+from bench.work import DatasetRef, Extract, FineTune, TrainSource
 from featurestore import FeatureStore
 from protocols.errors import ProtocolError
 from protocols.splits import make_folds
@@ -59,13 +61,37 @@ TINY_FROM_RANDOM = dataclasses.replace(TINY, name="tiny-from-random", source_sta
     SourceStage(dataset="synthetic", task="4 diagnoses", start="tiny-random", output="tiny-from-random.pt"),))
 
 
+TINIES = {b.name: b for b in (TINY, TINY_START, TINY_SOURCE, TINY_DOUBLE, TINY_RANDOM, TINY_FROM_RANDOM,
+                               dataclasses.replace(TINY, name="tiny-missing", load_initial=_missing))}
+
+
 class TinyPlugin:
     @staticmethod
     @hookimpl
     def bench_register_backbones(register) -> None:
-        for backbone in (TINY, TINY_START, TINY_SOURCE, TINY_DOUBLE, TINY_RANDOM, TINY_FROM_RANDOM,
-                         dataclasses.replace(TINY, name="tiny-missing", load_initial=_missing)):
+        for backbone in TINIES.values():
             register(backbone)
+
+
+def _ctx(store: Path | None = None) -> Context:
+    """The tiny backbones passed in the context, as a study passes its own: nothing is registered."""
+    return Context(paths.home(), str(store or "bench-store"), Registry(TINIES))
+
+
+def _finetune_job(backbone: Backbone, recipe=RECIPE, seed: int = 0) -> train.TrainingJob:
+    unit = FineTune(backbone.name, DatasetRef.of("synthetic", options=SYNTHETIC), "mela-vs-ben", "5x2", "r0f0",
+                    recipe, seed)
+    return finetune_job(unit, _ctx())
+
+
+def _source_job(backbone: Backbone, recipe=RECIPE, dataset: str = "synthetic", limit: int | None = None):
+    ctx = _ctx()
+    unit = TrainSource.of(ctx, backbone.name, DatasetRef.of(dataset, options=SYNTHETIC, limit=limit), recipe)
+    return source_stage_job(unit, ctx)
+
+
+def _extraction(backbone: str, dataset: str, store: Path):
+    return prepare(Extract(backbone, DatasetRef.of(dataset, options=SYNTHETIC)), _ctx(store))
 
 
 @pytest.fixture
@@ -77,9 +103,7 @@ def tiny_plugin():
 
 
 def _job(seed: int = 0, recipe=RECIPE, **changes) -> train.TrainingJob:
-    job = finetune_job(TINY, "synthetic", None, recipe, protocol="mela-vs-ben", fold="r0f0", options=SYNTHETIC,
-                       seed=seed)
-    return dataclasses.replace(job, **changes)
+    return dataclasses.replace(_finetune_job(TINY, recipe, seed), **changes)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -102,7 +126,7 @@ def test_fine_tune_reads_only_the_training_part_of_its_fold(monkeypatch):
     carcinomas = set(manifest.loc[manifest["diagnosis"] == "basal_cell_carcinoma", "image_id"])
     assert read and set(read) <= set(train_ids) - carcinomas  # mela-vs-ben drops carcinomas
     assert not set(read) & set(test_ids)
-    out = paths.finetuned_checkpoint("synthetic", "tiny", "mela-vs-ben", "r0f0")
+    out = paths.finetuned_checkpoint(paths.home(), "synthetic", "tiny", "mela-vs-ben", "r0f0")
     saved = read_checkpoint(out)
     assert saved["meta"]["fold"] == "r0f0" and saved["meta"]["classes"] == ["benign", "melanoma"]
     assert saved["preprocessing"]["size"] == 32 and not job.run_dir.exists()
@@ -257,37 +281,36 @@ def test_network_input_matches_the_declared_preprocessing():
 
 
 @pytest.mark.slow
-def test_source_stage_becomes_the_backbones_initial_weights(tiny_plugin, tmp_path):
-    job = source_stage_job(TINY_SOURCE, "synthetic", None, RECIPE.with_overrides(image_size=24), options=SYNTHETIC)
+def test_source_stage_becomes_the_backbones_initial_weights(tmp_path):
+    job = _source_job(TINY_SOURCE, RECIPE.with_overrides(image_size=24))
     assert job.data.classes == ("basal_cell_carcinoma", "melanoma", "nevus", "seborrheic_keratosis")
-    assert job.out == paths.weights_dir() / "tiny-source.pt"
+    assert job.out == paths.weights_dir(paths.home()) / "tiny-source.pt"
     torch.manual_seed(99)
     assert _same(job.start().state_dict(), TINY_START.create().state_dict())  # starts from the stage's `start`
     train.fit(job)
     assert read_checkpoint(job.out)["backbone"] == "tiny-source"
     # frozen extraction uses the stage's weights at the size they were trained at, not the backbone's default 32
-    extraction = prepare("tiny-source", "synthetic-fundus", None, store=tmp_path / "store", options=SYNTHETIC)
+    extraction = _extraction("tiny-source", "synthetic-fundus", tmp_path / "store")
     assert extraction.model.preprocessing.size == 24
     with pytest.raises(BenchError, match="source stage trains on synthetic"):
-        source_stage_job(TINY_SOURCE, "other", None, RECIPE)
+        _source_job(TINY_SOURCE, dataset="other")
 
 
-def test_a_backbone_whose_source_is_a_dataset_is_refused_on_it(tiny_plugin, tmp_path):
-    job = source_stage_job(TINY_SOURCE, "synthetic", None, RECIPE.with_overrides(epochs=1), limit=40,
-                           options=SYNTHETIC)
+def test_a_backbone_whose_source_is_a_dataset_is_refused_on_it(tmp_path):
+    job = _source_job(TINY_SOURCE, RECIPE.with_overrides(epochs=1), limit=40)
     train.fit(job)
     trained_on = read_checkpoint(job.out)["meta"][SOURCE_IDS]
     assert trained_on == job.data.image_ids.tolist() and len(trained_on) == 40
     with pytest.raises(BenchError, match="tiny-source was trained on 40 image"):  # any overlap: not only all of D
-        prepare("tiny-source", "synthetic", None, store=tmp_path / "store", options=SYNTHETIC)
-    prepare("tiny-source", "synthetic-fundus", None, store=tmp_path / "store", options=SYNTHETIC).run()
+        _extraction("tiny-source", "synthetic", tmp_path / "store")
+    _extraction("tiny-source", "synthetic-fundus", tmp_path / "store").fill()
     stored = FeatureStore(tmp_path / "store").read("synthetic-fundus", "tiny-source", "frozen")
     assert stored.attrs[SOURCE_IDS] == trained_on  # the record travels with the features, for evaluation to check
 
 
-def test_missing_starting_weights_fail_before_any_image_is_read(tiny_plugin, monkeypatch):
+def test_missing_starting_weights_fail_before_any_image_is_read(monkeypatch):
     monkeypatch.setattr(train, "load_image", lambda *args: pytest.fail("an image was decoded"))
-    job = source_stage_job(TINY_DOUBLE, "synthetic", None, RECIPE, options=SYNTHETIC)
+    job = _source_job(TINY_DOUBLE)
     with pytest.raises(BenchError, match="import it first"):
         train.fit(job)
     assert not job.out.exists()
@@ -299,7 +322,7 @@ def test_cli_train_recipes_and_perf(tiny_plugin):
                                  "mal-vs-ben", "--fold", "r1f1", "--recipe", "demo", "--image-size", "32",
                                  "--epochs", "1", "--limit", "30", *OPTIONS])
     assert result.exit_code == 0, result.output
-    saved = read_checkpoint(paths.finetuned_checkpoint("synthetic", "tiny", "mal-vs-ben", "r1f1"))
+    saved = read_checkpoint(paths.finetuned_checkpoint(paths.home(), "synthetic", "tiny", "mal-vs-ben", "r1f1"))
     assert saved["meta"]["train_images"] == 30 and saved["meta"]["recipe"]["epochs"] == 1
     assert "bench extract --backbone tiny" in result.output
 
@@ -333,13 +356,11 @@ def test_recipe_overrides_are_checked():
 
 
 
-def test_a_random_start_trains_every_layer_whatever_the_recipe_freezes(tiny_plugin):
+def test_a_random_start_trains_every_layer_whatever_the_recipe_freezes():
     top_only = RECIPE.with_overrides(train_last=2)
     assert _job(recipe=top_only).recipe.train_last == 2  # pretrained: the recipe's choice stands
-    scratch = finetune_job(TINY_RANDOM, "synthetic", None, top_only, protocol="mela-vs-ben", fold="r0f0",
-                           options=SYNTHETIC)
-    assert scratch.recipe.train_last is None
-    assert source_stage_job(TINY_FROM_RANDOM, "synthetic", None, top_only, options=SYNTHETIC).recipe.train_last is None
+    assert _finetune_job(TINY_RANDOM, top_only).recipe.train_last is None
+    assert _source_job(TINY_FROM_RANDOM, top_only).recipe.train_last is None
     assert plugins.get_backbone("scratch").random_init and not plugins.get_backbone("vgg-m").random_init
 
 
@@ -356,7 +377,7 @@ def test_a_fine_tune_made_with_another_seed_is_refused_end_to_end(tiny_plugin, t
     trained = runner.invoke(app, ["train", *common, "--protocol", "mela-vs-ben", "--fold", "r0f0", "--seed", "1",
                                   "--recipe", "demo", "--image-size", "32", "--epochs", "1"])
     assert trained.exit_code == 0, trained.output
-    record = read_checkpoint(paths.finetuned_checkpoint("synthetic", "tiny", "mela-vs-ben", "r0f0"))["meta"][
+    record = read_checkpoint(paths.finetuned_checkpoint(paths.home(), "synthetic", "tiny", "mela-vs-ben", "r0f0"))["meta"][
         "fold_record"]
     assert record["seed"] == 1 and record["fold"] == "r0f0" and len(record["train_ids"]) > 0
     store = ["--store", str(tmp_path / "store")]

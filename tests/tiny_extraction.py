@@ -7,6 +7,7 @@ Also importable from a subprocess (see test_extract's kill test).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,9 @@ from bench import plugins
 from bench.backbone import Backbone, Preprocessing
 from bench.dataset import DatasetAdapter
 from bench.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from bench.extract import Extraction
 
 NAME = "tiny-test"
 DATASET = "tiny-images"
@@ -79,3 +83,15 @@ def write_images(root: Path, n: int, seed: int = 0) -> Path:
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"img{i:03d}.png")
     return root
 
+
+
+def extract(backbone: str, dataset: str, root: Path | None, store: Path | str, limit: int | None = None,
+            **how) -> Extraction:
+    """Fill a feature set as `bench extract` does (settings as keywords of `bench.work.Extract`); the job."""
+    from bench.context import Context
+    from bench.extract import prepare
+    from bench.work import DatasetRef, Extract
+
+    job = prepare(Extract(backbone, DatasetRef.of(dataset, root, limit=limit), **how), Context.for_user(str(store)))
+    job.fill()
+    return job

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
-from bench import plugins
 from bench.cli.app import app, perf_app
-from bench.cli.options import DatasetOptions, JsonOption, RootOption, StoreOption, parse_pairs
+from bench.cli.options import (DatasetOptions, DesignName, JsonOption, RootOption, SplitName, StoreOption, TTAName,
+                               parse_pairs)
 from bench.cli.output import console, err_console, print_json, table
 from bench.errors import BenchError
 from bench.paths import DEFAULT_LEADERBOARD, DEFAULT_RESULTS
@@ -23,18 +23,29 @@ from bench.paths import DEFAULT_LEADERBOARD, DEFAULT_RESULTS
 if TYPE_CHECKING:
     import pandas as pd
 
-    from bench.evaluate import Evaluation, Request
+    from bench.context import Context
+    from bench.evaluate import Evaluation
+    from bench.work import Evaluate
 
-Protocol = Annotated[str, typer.Option(help="Label design: mal-vs-ben, mela-vs-ben or mela-vs-carc-vs-ben.")]
+Protocol = Annotated[DesignName, typer.Option(help="Label design.")]
 Dataset = Annotated[str, typer.Option(help="Dataset adapter (see `bench datasets`).")]
 Backbone = Annotated[str, typer.Option(help="Backbone whose features are scored (see `bench backbones`); A+B scores "
                                              "the concatenation of A's and B's L2-normalised sets.")]
-TTA = Annotated[Optional[str], typer.Option("--tta", help="Score the sets extracted with `bench extract --tta` "
-                                                          "(dihedral).")]
+TTA = Annotated[Optional[TTAName], typer.Option("--tta", help="Score the sets extracted with `bench extract --tta`.")]
 PowerNorm = Annotated[bool, typer.Option("--power-norm", help="Signed square root of every feature before L2 "
                                                               "normalisation (recorded in the results).")]
 Finetuned = Annotated[bool, typer.Option("--finetuned", help="Use each fold's fine-tuned set ft-<protocol>-<fold>.")]
-Split = Annotated[str, typer.Option(help="How folds are made: 5x2, official or reference.")]
+Split = Annotated[SplitName, typer.Option(help="How folds are made.")]
+EvaluateSplit = Annotated[Optional[SplitName], typer.Option(
+    help="How folds are made (default 5x2; with --train-dataset, default: no folds, all of --dataset is scored).")]
+TrainDataset = Annotated[Optional[str], typer.Option(
+    help="External evaluation: fit the SVM on all of this dataset (adapter), score --dataset (with --split, each "
+         "fold's SVM learns on both this and the fold's training part).")]
+TrainRoot = Annotated[Optional[Path], typer.Option(help="Folder holding --train-dataset's files.")]
+TrainOptions = Annotated[list[str], typer.Option("--train-option", help="--train-dataset adapter option key=value.")]
+DropOverlap = Annotated[bool, typer.Option(
+    "--drop-overlap", help="Leave out (and count) scored images that are the same picture as a training image, "
+                           "instead of refusing.")]
 ReferenceDir = Annotated[Optional[Path], typer.Option(help="The paper's fold files (a folder or one .yml file).")]
 KeepDuplicates = Annotated[bool, typer.Option("--keep-duplicate-folds",
                                               help="Reference split: also run the repeated partitions.")]
@@ -51,7 +62,7 @@ def evaluate(
     dataset: Dataset,
     backbone: Backbone,
     finetuned: Finetuned = False,
-    split: Split = "5x2",
+    split: EvaluateSplit = None,
     reference_dir: ReferenceDir = None,
     keep_duplicate_folds: KeepDuplicates = False,
     seed: Seed = 0,
@@ -64,17 +75,31 @@ def evaluate(
     as_json: JsonOption = False,
     tta: TTA = None,
     power_norm: PowerNorm = False,
+    train_dataset: TrainDataset = None,
+    train_root: TrainRoot = None,
+    train_option: TrainOptions = [],  # noqa: B006 (typer reads it)
+    drop_overlap: DropOverlap = False,
 ) -> None:
-    """Score a feature set with the paper's linear-SVM protocol on every fold; write results (and predictions)."""
-    from bench.evaluate import Request, evaluate as run_evaluation
+    """Score a feature set with the paper's linear-SVM protocol on every fold; write results (and predictions).
+
+    With --train-dataset A, an external evaluation: the SVM learns on all of A (C chosen on its lesion-grouped
+    validation folds) and is scored on all of --dataset B; its rows are keyed `A -> B`."""
+    from bench.context import Context
+    from bench.evaluate import evaluate as run_evaluation
     from bench.leaderboard import summarise
     from bench.results import KEY, PREDICTION_KEY, check_writable, upsert
+    from bench.work import EXTERNAL, DatasetRef, Evaluate
 
     check_writable(results, predictions)  # before the work: an unwritable file must not cost the scores
-    request = Request(dataset, backbone, protocol, split, finetuned, seed, root, store, reference_dir,
-                      keep_duplicate_folds, tuple(parse_pairs(option).items()), tuple(fold), tta, power_norm)
-    _check_backbone(request)
-    done = run_evaluation(request)
+    training = DatasetRef.of(train_dataset, train_root, parse_pairs(train_option, "--train-option")) \
+        if train_dataset else None
+    unit = Evaluate(backbone, DatasetRef.of(dataset, root, parse_pairs(option)), protocol,
+                    split or (EXTERNAL if training else "5x2"), tuple(fold), finetuned, seed, reference=reference_dir,
+                    tta=tta, power=power_norm, keep_duplicate_folds=keep_duplicate_folds, train_dataset=training,
+                    drop_overlap=drop_overlap)
+    ctx = Context.for_user(store)
+    _check_backbone(unit, ctx)
+    done = run_evaluation(unit, ctx)
     for note in done.inputs.notes:
         err_console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     if as_json:
@@ -89,19 +114,19 @@ def evaluate(
                       + (f", predictions -> {predictions}" if predictions else ""), highlight=False)
 
 
-def _check_backbone(request: Request) -> None:
+def _check_backbone(unit: Evaluate, ctx: Context) -> None:
     """An unknown backbone (or member of a fusion A+B) is named as such (not as a missing feature set whose extract
     command would fail too), unless the store holds its features (a study's own backbone, say)."""
     from bench.features import members
     from featurestore import FeatureStore
 
-    store = FeatureStore(request.store_path)
-    for name in members(request.backbone):
-        if name.partition("@")[0] in plugins.backbones():
+    store, installed = FeatureStore(ctx.store), ctx.registry.backbones()
+    for name in members(unit.backbone):
+        if name.partition("@")[0] in installed:
             continue
-        if not any(i.dataset == request.dataset and i.backbone == name for i in store.list()):
+        if not any(i.dataset == unit.dataset.adapter and i.backbone == name for i in store.list()):
             raise BenchError(f"unknown backbone {name!r}: no installed plugin provides it and {store.path} holds no "
-                             f"{request.dataset} features of it; installed: {', '.join(plugins.backbones())} (see "
+                             f"{unit.dataset.adapter} features of it; installed: {', '.join(installed)} (see "
                              "`bench backbones`)")
 
 
@@ -172,15 +197,17 @@ def compare(
 ) -> None:
     """Paired tests of two backbones' mean AUC on the same folds and test images: a cluster bootstrap over test
     lesions, and the 5x2cv paired F-test where both have all ten 5x2 folds."""
-    from bench.evaluate import Request, evaluate as run_evaluation
+    from bench.context import Context
+    from bench.evaluate import evaluate as run_evaluation
+    from bench.work import DatasetRef, Evaluate
     from protocols import stats
 
     def scores(backbone: str) -> pd.DataFrame:
         if predictions is not None:
             return _stored_predictions(predictions, dataset, protocol, backbone, finetuned, split)
-        request = Request(dataset, backbone, protocol, split, finetuned, seed, root, store, reference_dir,
-                          options=tuple(parse_pairs(option).items()))
-        return run_evaluation(request).predictions
+        unit = Evaluate(backbone, DatasetRef.of(dataset, root, parse_pairs(option)), protocol, split,
+                        finetuned=finetuned, seed=seed, reference=reference_dir)
+        return run_evaluation(unit, Context.for_user(store)).predictions
 
     result = stats.paired_comparison(scores(a), scores(b), seed=seed)
     d = result.difference
@@ -224,7 +251,7 @@ def select_command(
                     split=split, finetuned=finetuned, command=line)
     r = chosen.results
     if as_json:
-        print_json({"backbone": chosen.label, "auc": r["auc"].mean(), "ci_low": r["auc_ci_low"].iloc[0],
+        print_json({"backbone": chosen.name, "auc": r["auc"].mean(), "ci_low": r["auc_ci_low"].iloc[0],
                     "ci_high": r["auc_ci_high"].iloc[0], "folds": chosen.choices.to_dict(orient="records")})
     else:
         shown = table(f"{dataset} · {protocol} · split {split}: chosen per fold by validation AUC",
@@ -232,7 +259,7 @@ def select_command(
         for row in chosen.choices.itertuples():
             shown.add_row(row.fold, escape(row.chosen), f"{100 * row.validation_auc:.1f}", f"{100 * row.auc:.1f}")
         console.print(shown)
-        console.print(f"{escape(chosen.label)}: AUC {100 * r['auc'].mean():.1f}, 95% CI {100 * r['auc_ci_low'].iloc[0]:.1f}–"
+        console.print(f"{escape(chosen.name)}: AUC {100 * r['auc'].mean():.1f}, 95% CI {100 * r['auc_ci_low'].iloc[0]:.1f}–"
                       f"{100 * r['auc_ci_high'].iloc[0]:.1f} (bootstrap over test lesions)", highlight=False)
     upsert((results, r, KEY), (predictions, chosen.predictions, PREDICTION_KEY))
     err_console.print(f"{len(r)} fold rows -> {results}, predictions -> {predictions}", highlight=False)
@@ -245,9 +272,9 @@ def _finite(value: float) -> float | None:
 
 def _stored_predictions(path: Path, dataset: str, protocol: str, backbone: str, finetuned: bool,
                         split: str) -> pd.DataFrame:
-    from bench.results import read_table, select
+    from bench.results import matching, read_table
 
-    rows = select(read_table(path), dataset=dataset, protocol=protocol, backbone=backbone, finetuned=finetuned,
+    rows = matching(read_table(path), dataset=dataset, protocol=protocol, backbone=backbone, finetuned=finetuned,
                   split=split)
     if rows.empty:
         raise BenchError(f"{path} has no predictions for {backbone} ({dataset}, {protocol}, split {split}"
@@ -283,12 +310,13 @@ def perf_evaluate(
     option: DatasetOptions = [],  # noqa: B006 (typer reads it)
 ) -> None:
     """Seconds for a whole evaluation (manifest, folds, features, SVM on every fold, bootstrap); writes nothing."""
-    from bench.evaluate import Request, prepare, run
+    from bench.context import Context
+    from bench.evaluate import prepare, run
+    from bench.work import DatasetRef, Evaluate
 
-    request = Request(dataset, backbone, protocol, split, root=root, store=store,
-                      options=tuple(parse_pairs(option).items()))
+    unit = Evaluate(backbone, DatasetRef.of(dataset, root, parse_pairs(option)), protocol, split)
     started, cpu = time.perf_counter(), time.process_time()
-    inputs = prepare(request)
+    inputs = prepare(unit, Context.for_user(store))
     prepared = time.perf_counter()
     done = run(inputs)
     finished = time.perf_counter()

@@ -11,8 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from bench.cli.app import app
-from bench.cli.options import (AddressOption, DatasetOptions, ExecutorOption, RootOption, StoreOption, TTAOption,
-                               parse_pairs, store_url)
+from bench.cli.options import (AddressOption, DatasetOptions, DesignName, ExecutorOption, RootOption, StoreOption,
+                               TTAOption, parse_pairs)
 from bench.cli.output import console
 
 if TYPE_CHECKING:
@@ -24,7 +24,8 @@ def extract(
     backbone: Annotated[str, typer.Option("--backbone", help="Backbone name (see `bench backbones`).")],
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset adapter (see `bench datasets`).")],
     root: RootOption = None,
-    protocol: Annotated[Optional[str], typer.Option(help="With --fold: use the model fine-tuned for this protocol.")] = None,
+    protocol: Annotated[Optional[DesignName], typer.Option(
+        help="With --fold: use the model fine-tuned for this label design.")] = None,
     fold: Annotated[Optional[str], typer.Option(help="With --protocol: the fold (e.g. r0f1) whose fine-tune to use.")] = None,
     store: StoreOption = None,
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 32,
@@ -40,17 +41,20 @@ def extract(
 
     Resumable: an interrupted run keeps every finished chunk and the next run computes only the rest.
     """
+    from bench.context import Context
     from bench.extract import prepare  # torch and onnxruntime load only when a command needs them
+    from bench.work import DatasetRef, Extract
 
     if executor == "ray":  # before any work: a missing Ray or an unreachable cluster is said at once
         from bench.cluster import connect
 
         connect(address)
-    store = store_url(store)
-    job = prepare(backbone, dataset, root, store=store, protocol=protocol, fold=fold, batch_size=batch_size,
-                  limit=limit, skip_bad=skip_bad, overwrite=overwrite, options=parse_pairs(option), tta=tta)
+    ctx = Context.for_user(store)
+    unit = Extract(backbone, DatasetRef.of(dataset, root, parse_pairs(option), limit), protocol, fold, tta=tta,
+                   batch_size=batch_size, skip_bad=skip_bad, overwrite=overwrite)
+    job = prepare(unit, ctx)
     try:
-        _run(job, store, executor)
+        _run(job, ctx.store, executor)
     finally:
         job.writer.release()  # the set's write lease: the next writer need not wait for this process to end
 

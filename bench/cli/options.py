@@ -35,6 +35,12 @@ def parse_pairs(pairs: list[str], option: str = "--option", what: str = "key=val
     if bad:
         raise BenchError(f"{option} takes {what}, got {bad}")
     return {key.strip(): value for key, value in (p.split("=", 1) for p in pairs)}
-TTAOption = Annotated[Optional[str], typer.Option(
+# the choices, listed here so that `--help` shows them and a typo fails as the command line is read, without
+# importing the modules that define them (tests/test_imports.py checks both lists agree)
+DesignName = Literal["mal-vs-ben", "mela-vs-ben", "mela-vs-carc-vs-ben"]  # protocols.designs.DESIGNS
+SplitName = Literal["5x2", "official", "reference"]  # protocols.splits.SPLITS
+TTAName = Literal["dihedral"]  # bench.tta.VIEWS
+
+TTAOption = Annotated[Optional[TTAName], typer.Option(
     "--tta", help="Test-time augmentation: `dihedral` stores each image's mean feature over its 8 flips/rotations "
                   "(a set of its own, key frozen-tta-dihedral or ft-...-tta-dihedral).")]

@@ -7,9 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from bench import plugins
 from bench.cli.app import app
-from bench.cli.options import DatasetOptions, JsonOption, RootOption, parse_pairs
+from bench.cli.options import DatasetOptions, DesignName, JsonOption, RootOption, SplitName, parse_pairs
 from bench.cli.output import console, print_json, table
 from bench.errors import BenchError
 from bench.recipes import Recipe, get_recipe, recipes as all_recipes
@@ -44,9 +43,9 @@ def train(
     backbone: Annotated[str, typer.Option(help="Backbone to train (see `bench backbones`).")],
     dataset: Annotated[str, typer.Option(help="Dataset adapter (see `bench datasets`).")],
     root: RootOption = None,
-    protocol: Annotated[Optional[str], typer.Option(help="Label design to fine-tune for (with --fold).")] = None,
+    protocol: Annotated[Optional[DesignName], typer.Option(help="Label design to fine-tune for (with --fold).")] = None,
     fold: Annotated[Optional[str], typer.Option(help="Fine-tune on this fold's training part, e.g. r0f0.")] = None,
-    split: Annotated[str, typer.Option(help="How folds are made: 5x2, official or reference.")] = "5x2",
+    split: Annotated[SplitName, typer.Option(help="How folds are made.")] = "5x2",
     reference_dir: Annotated[Optional[Path], typer.Option(help="Folder of the paper's fold files.")] = None,
     recipe: RecipeOption = "paper",
     epochs: Annotated[Optional[int], typer.Option(help="Override the recipe's epochs.")] = None,
@@ -61,19 +60,22 @@ def train(
 
     A rerun of an interrupted command resumes from its last finished epoch.
     """
+    from bench.context import Context
     from bench.jobs import finetune_job, source_stage_job
     from bench.train import fit
+    from bench.work import DatasetRef, FineTune, TrainSource
 
     if (protocol is None) != (fold is None):
         raise BenchError("fine-tuning needs both --protocol P and --fold K (a source stage takes neither)")
     chosen = get_recipe(recipe).with_overrides(epochs=epochs, image_size=image_size, batch_size=batch_size, lr=lr)
-    b, options = plugins.get_backbone(backbone), parse_pairs(option)
+    ctx, options = Context.for_user(), parse_pairs(option)
     if fold is None:
-        job = source_stage_job(b, dataset, root, chosen, options=options, limit=limit, seed=seed)
+        job = source_stage_job(TrainSource.of(ctx, backbone, DatasetRef.of(dataset, root, options, limit), chosen,
+                                              seed), ctx)
     else:
-        job = finetune_job(b, dataset, root, chosen, protocol=protocol, fold=fold, split=split,
-                           reference_dir=reference_dir, options=options, limit=limit, seed=seed)
-    console.print(f"[bold]{b.name}[/bold] on {dataset}: {len(job.data.labels)} training images, classes "
+        job = finetune_job(FineTune(backbone, DatasetRef.of(dataset, root, options), protocol, split, fold, chosen,
+                                    seed, reference_dir, limit), ctx)
+    console.print(f"[bold]{backbone}[/bold] on {dataset}: {len(job.data.labels)} training images, classes "
                   f"{', '.join(job.data.classes)}; recipe {chosen.name} ({chosen.epochs} epochs at "
                   f"{chosen.image_size} px, {_trains(job.recipe)})")
     started = time.perf_counter()
@@ -82,5 +84,5 @@ def train(
                   f"{time.perf_counter() - started:.0f} s -> {job.out}")
     if fold is not None:
         root_arg = f" --root {root}" if root else ""
-        console.print(f"next: bench extract --backbone {b.name} --dataset {dataset}{root_arg} "
+        console.print(f"next: bench extract --backbone {backbone} --dataset {dataset}{root_arg} "
                       f"--protocol {protocol} --fold {fold}")

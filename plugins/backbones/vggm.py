@@ -8,7 +8,7 @@ fc6, the identity at 224 px, lets the network take the smaller images of the CPU
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from bench import paths
 from bench.backbone import Backbone, Preprocessing, SourceStage, weights_loader
@@ -36,7 +36,7 @@ def orthogonal_init(net: nn.Module) -> None:
 
 
 def imagenet_path() -> Path:
-    return paths.weights_dir() / IMAGENET_FILE
+    return paths.weights_dir(paths.home()) / IMAGENET_FILE
 
 
 def backbones() -> list[Backbone]:

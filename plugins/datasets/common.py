@@ -109,7 +109,7 @@ def generated(name: str, params: Mapping[str, object], write: Callable[[Path], p
     interrupted run never leaves a half-written set that would be reused.
     """
     digest = hashlib.sha256(json.dumps(dict(params), sort_keys=True).encode()).hexdigest()[:12]
-    folder = paths.datasets_dir() / f"{name}-{digest}"
+    folder = paths.datasets_dir(paths.home()) / f"{name}-{digest}"
     if not (folder / MANIFEST_FILE).is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))

@@ -45,7 +45,7 @@ def load(root: Path | None = None, size: str = "28", npz: str = "") -> pd.DataFr
 
 def _downloaded(name: str, size: int) -> Path:
     """The npz in bench's own cache, fetched there by the optional `medmnist` package the first time."""
-    folder = paths.datasets_dir() / "medmnist"
+    folder = paths.datasets_dir(paths.home()) / "medmnist"
     if (folder / name).is_file():
         return folder / name
     try:
