@@ -382,3 +382,74 @@ def test_datasets_show_decodes_every_image(data, capsys):
     error = fails(capsys, "datasets", "show", DATASET, "--root", data)
     assert "2 of 40 image(s) cannot be decoded" in error
     assert str(data / "img010.png") in error and str(data / "img011.png") in error
+
+
+# --- concurrent writers of one results table ------------------------------------------------------------------
+
+WRITER = """
+import sys
+import pandas as pd
+from bench.results import KEY, PREDICTION_KEY, upsert
+results, predictions, writer, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+for i in range(rounds):
+    fold = pd.DataFrame({"dataset": "d", "protocol": "mela-vs-ben", "backbone": "b", "finetuned": False,
+                         "split": "5x2", "fold": [f"{writer}-{i}"], "auc": [0.5]})
+    upsert((results, fold, KEY), (predictions, fold.assign(image_id="x"), PREDICTION_KEY))
+"""
+
+
+def test_concurrent_writers_of_one_results_pair_lose_no_row_and_agree(tmp_path):
+    results, predictions = tmp_path / "results.csv", tmp_path / "predictions.csv"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(results), str(predictions), f"w{w}", "25"])
+               for w in range(4)]
+    assert [w.wait(timeout=300) for w in writers] == [0] * 4
+    expected = {f"w{w}-{i}" for w in range(4) for i in range(25)}
+    assert set(pd.read_csv(results)["fold"]) == expected
+    assert set(pd.read_csv(predictions)["fold"]) == expected
+
+
+@pytest.mark.slow  # four interpreters evaluating at once
+def test_concurrent_evaluations_of_different_folds_keep_every_row(tmp_path, store):
+    options = ["-o", "n=60", "-o", "size=32"]
+    bench("extract", "--backbone", tiny.NAME, "--dataset", "synthetic", "--store", store, *options)
+    results, predictions = tmp_path / "results.csv", tmp_path / "predictions.csv"
+    script = "import sys; from bench.cli import main; sys.argv = ['bench'] + sys.argv[1:]; main()"
+    folds = ["r0f0", "r0f1", "r1f0", "r1f1"]
+    runs = [subprocess.Popen([sys.executable, "-c", script, "evaluate", "--protocol", "mela-vs-ben", "--dataset",
+                              "synthetic", "--backbone", tiny.NAME, "--store", str(store), *options, "--fold", fold,
+                              "--results", str(results), "--predictions", str(predictions)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for fold in folds]
+    for run in runs:
+        assert run.wait(timeout=600) == 0, run.stderr.read()
+    assert sorted(pd.read_csv(results)["fold"]) == folds
+    assert sorted(pd.read_csv(predictions)["fold"].unique()) == folds
+
+
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+from bench.cli import main
+sys.argv = ['bench'] + sys.argv[1:]
+main()
+"""
+
+
+def test_no_room_for_the_results_is_found_before_the_evaluation(tmp_path, store):
+    options = ["-o", "n=60", "-o", "size=32"]
+    bench("extract", "--backbone", tiny.NAME, "--dataset", "synthetic", "--store", store, *options)
+    run = subprocess.run([sys.executable, "-c", FULL_DISK, "evaluate", "--protocol", "mela-vs-ben", "--dataset",
+                          "synthetic", "--backbone", tiny.NAME, "--store", str(store), *options,
+                          "--results", str(tmp_path / "results.csv")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert f"cannot write {tmp_path / 'results.csv'}" in run.stderr and "nothing has been computed yet" in run.stderr
+    assert "AUC" not in run.stdout and not (tmp_path / "results.csv").exists()
+
+
+def test_a_replaced_results_file_keeps_its_mode(data, store, tmp_path):
+    extract(data, store)
+    bench(*evaluate(data, store, tmp_path, "--fold", "r0f0"))
+    (tmp_path / "results.csv").chmod(0o664)  # shared with a group
+    bench(*evaluate(data, store, tmp_path, "--fold", "r0f1"))
+    assert (tmp_path / "results.csv").stat().st_mode & 0o777 == 0o664
+    assert sorted(pd.read_csv(tmp_path / "results.csv")["fold"]) == ["r0f0", "r0f1"]
