@@ -58,7 +58,7 @@ def _source_file(stage: TrainSource) -> Path:
 
 
 def _train_source(study: Study, stage: TrainSource) -> str:
-    from bench.export import file_sha256
+    from bench.digests import file_digest
     from bench.jobs import source_stage_job
     from bench.train import fit
 
@@ -70,7 +70,7 @@ def _train_source(study: Study, stage: TrainSource) -> str:
     job = source_stage_job(trained, spec.adapter, spec.root, stage.recipe, options=spec.options,
                            limit=spec.limit, seed=study.seed)
     fit(job)
-    return file_sha256(job.out)
+    return file_digest(job.out)
 
 
 def _checkpoint(stage: FineTune) -> Path:
@@ -78,7 +78,7 @@ def _checkpoint(stage: FineTune) -> Path:
 
 
 def _finetune(study: Study, stage: FineTune) -> str:
-    from bench.export import file_sha256
+    from bench.digests import file_digest
     from bench.jobs import finetune_job
     from bench.train import fit
 
@@ -87,7 +87,7 @@ def _finetune(study: Study, stage: FineTune) -> str:
                        protocol=stage.protocol, fold=stage.fold, split=stage.split, reference_dir=stage.reference,
                        options=spec.options, seed=study.seed)
     fit(job)
-    return file_sha256(job.out)
+    return file_digest(job.out)
 
 
 def _extract(study: Study, ws: Workspace, stage: Extract) -> str:

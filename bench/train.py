@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from bench.backbone import Preprocessing, read_checkpoint, save_checkpoint
 from bench.atomic import atomic_path
+from bench.backbone import Preprocessing, read_checkpoint, save_checkpoint
+from bench.digests import file_digests
 from bench.errors import BenchError
 from bench.images import IMAGES_VERSION, load_image
 from bench.paths import home
@@ -189,9 +190,9 @@ def validation_split(data: LabelledImages, seed: int) -> tuple[np.ndarray, np.nd
 def decode(paths: list[str], size: int, device: torch.device) -> torch.Tensor:
     """Every image decoded and resized once: uint8 (N, 3, size, size) on `device` (PIL releases the GIL).
 
-    The array is kept under `$BENCH_HOME/decoded`, keyed by the files (path, bytes, modification time) and the
-    size, so the runs that train on the same images (a study's fine-tunes of one fold, its source stages) decode
-    them once; a changed or replaced file makes another key."""
+    The array is kept under `$BENCH_HOME/decoded`, keyed by the files' content (`bench.digests`) and the size, so
+    the runs that train on the same images (a study's fine-tunes of one fold, its source stages) decode them once;
+    a changed or replaced file makes another key."""
     cache = decoded_cache(paths, size)
     try:
         images = np.load(cache)
@@ -206,17 +207,9 @@ def decode(paths: list[str], size: int, device: torch.device) -> torch.Tensor:
 
 
 def decoded_cache(paths: list[str], size: int) -> Path:
-    files = [_file_identity(p) for p in paths]
-    key = hashlib.sha256(json.dumps([IMAGES_VERSION, size, files]).encode()).hexdigest()[:24]
+    # keyed by content: a file replaced by other pixels of the same size (its mtime set back) makes another key
+    key = hashlib.sha256(json.dumps([IMAGES_VERSION, size, file_digests(paths).tolist()]).encode()).hexdigest()[:24]
     return home() / "decoded" / f"{key}-{len(paths)}x{size}px.npy"
-
-
-def _file_identity(path: str) -> tuple[str, int, int]:
-    try:
-        stat = os.stat(path)
-    except OSError as exc:
-        raise BenchError(f"cannot read image {path}: {exc.strerror}. Replace or remove the file") from exc
-    return path, stat.st_size, stat.st_mtime_ns
 
 
 def _decode(paths: list[str], size: int) -> np.ndarray:

@@ -453,3 +453,26 @@ def test_a_replaced_results_file_keeps_its_mode(data, store, tmp_path):
     bench(*evaluate(data, store, tmp_path, "--fold", "r0f1"))
     assert (tmp_path / "results.csv").stat().st_mode & 0o777 == 0o664
     assert sorted(pd.read_csv(tmp_path / "results.csv")["fold"]) == ["r0f0", "r0f1"]
+
+
+def test_training_sees_images_replaced_at_the_same_size_with_their_mtime_set_back(data):
+    import torch
+
+    from bench import train
+    from bench.backbone import read_checkpoint
+    from bench.jobs import finetune_job
+    from bench.recipes import get_recipe
+
+    for image in data.glob("*.png"):
+        uncompressed(image)
+    recipe = get_recipe("demo").with_overrides(image_size=32, batch_size=8, epochs=1)
+    job = finetune_job(tiny.backbone(), DATASET, data, recipe, protocol="mela-vs-ben", fold="r0f0")
+    train.fit(job)
+    before = read_checkpoint(job.out)["state_dict"]
+    for path in map(Path, job.data.paths):
+        stat = path.stat()
+        rewrite_same_size(path)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    train.fit(job)
+    after = read_checkpoint(job.out)["state_dict"]
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # trained on the new pixels, not the cache
