@@ -476,3 +476,60 @@ def test_training_sees_images_replaced_at_the_same_size_with_their_mtime_set_bac
     train.fit(job)
     after = read_checkpoint(job.out)["state_dict"]
     assert any(not torch.equal(before[k], after[k]) for k in before)  # trained on the new pixels, not the cache
+
+
+# --- images of any mode: their real range, or refused --------------------------------------------------------
+
+def test_a_16_bit_png_gets_the_features_of_its_8_bit_original(data, store):
+    grey = np.asarray(Image.open(data / "img007.png").convert("L"))
+    Image.fromarray(grey).save(data / "img007.png")
+    extract(data, store)
+    original = FeatureStore(store).read(DATASET, tiny.NAME, "frozen").features[7]
+    Image.fromarray(grey.astype(np.uint16) * 257).save(data / "img007.png")  # the same picture at 16 bits
+    assert Image.open(data / "img007.png").mode == "I;16"
+    assert "1 image(s) changed since" in extract(data, store)
+    np.testing.assert_allclose(FeatureStore(store).read(DATASET, tiny.NAME, "frozen").features[7], original,
+                               atol=1e-6)
+
+
+RGB = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+GREY = RGB[..., 1]
+
+
+@pytest.mark.parametrize(("image", "original"), [
+    (Image.fromarray(GREY.astype(np.uint16) * 257), GREY),
+    (Image.fromarray(GREY.astype(np.float32) / 255), GREY),
+    (Image.fromarray(RGB).convert("RGBA"), RGB),  # opaque
+    (Image.fromarray(GREY).convert("LA"), GREY),
+    (Image.fromarray(GREY).convert("P"), GREY),
+    (Image.fromarray(RGB).convert("CMYK"), RGB),
+], ids=["I;16", "F", "RGBA", "LA", "P", "CMYK"])
+def test_every_mode_decodes_to_the_pixels_of_its_8_bit_original(image, original, tmp_path):
+    from bench.images import load_image
+
+    path = tmp_path / f"image.{'tiff' if image.mode in ('F', 'CMYK') else 'png'}"
+    image.save(path)
+    Image.fromarray(original).save(tmp_path / "original.png")
+    assert Image.open(path).mode == image.mode
+    assert np.array_equal(load_image(path, 24), load_image(tmp_path / "original.png", 24))
+
+
+@pytest.mark.parametrize("pixels", [np.full((8, 8), 70_000, np.int32), np.full((8, 8), 300.0, np.float32),
+                                    np.full((8, 8), np.nan, np.float32)])
+def test_pixels_of_unknown_range_are_refused_naming_the_file(pixels, tmp_path):
+    from bench.errors import BenchError
+    from bench.images import load_image
+
+    Image.fromarray(pixels).save(tmp_path / "odd.tiff")
+    with pytest.raises(BenchError, match=f"cannot decode image {tmp_path / 'odd.tiff'}: its pixels"):
+        load_image(tmp_path / "odd.tiff", 8)
+
+
+def test_transparent_pixels_are_laid_on_black(tmp_path):
+    from bench.images import load_image
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., :3], rgba[:4, ..., 3], rgba[4:, ..., 3] = 200, 255, 0
+    Image.fromarray(rgba).save(tmp_path / "half.png")
+    decoded = load_image(tmp_path / "half.png", 8)
+    assert (decoded[:3] == 200).all() and (decoded[5:] == 0).all()
