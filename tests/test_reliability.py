@@ -533,3 +533,56 @@ def test_transparent_pixels_are_laid_on_black(tmp_path):
     Image.fromarray(rgba).save(tmp_path / "half.png")
     decoded = load_image(tmp_path / "half.png", 8)
     assert (decoded[:3] == 200).all() and (decoded[5:] == 0).all()
+
+
+# --- damaged chunks ------------------------------------------------------------------------------------------
+
+def _chunk_file(store: Path, chunk: int) -> Path:
+    return store / DATASET / tiny.NAME / "frozen" / "features" / "c" / str(chunk) / "0"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "remove"])
+def test_a_damaged_chunk_is_named_by_evaluate_and_exactly_it_is_recomputed_by_extract(
+        damage, data, store, tmp_path, capsys, monkeypatch):
+    from bench import extract as extraction
+
+    monkeypatch.setattr(extraction, "CHUNK_BYTES", 8 * 4 * tiny.FEATURE_DIM)  # 5 chunks of 8 images
+    extract(data, store, "--batch-size", 4)
+    before = FeatureStore(store).read(DATASET, tiny.NAME, "frozen").features
+    chunk = _chunk_file(store, 2)
+    stored = bytearray(chunk.read_bytes())
+    if damage == "truncate":
+        chunk.write_bytes(stored[: len(stored) // 2])
+    elif damage == "flip":
+        stored[len(stored) // 2] ^= 0x10
+        chunk.write_bytes(stored)
+    else:
+        chunk.unlink()
+
+    error = fails(capsys, *evaluate(data, store, tmp_path))
+    assert f"feature set {DATASET}/{tiny.NAME}/frozen in {store} is damaged: chunk(s) 2 (rows 16-23)" in error
+    assert f"bench extract --backbone {tiny.NAME} --dataset {DATASET}" in error
+
+    loaded = []
+    real = extraction.load_batch
+    monkeypatch.setattr(extraction, "load_batch", lambda chunk, *a: loaded.append(chunk) or real(chunk, *a))
+    assert "1 damaged chunk(s)" in extract(data, store, "--batch-size", 4)
+    assert set(loaded) == {2}  # exactly the damaged chunk
+    assert FeatureStore(store).read(DATASET, tiny.NAME, "frozen").features.tobytes() == before.tobytes()
+    bench(*evaluate(data, store, tmp_path))
+
+
+def test_a_store_made_before_checksums_still_reads_and_its_truncated_chunks_are_found(
+        data, store, tmp_path, capsys, monkeypatch):
+    from featurestore import store as featurestore
+
+    monkeypatch.setattr(featurestore, "CHECKSUMMED", "auto")  # zarr's default codecs, as stores were made before
+    extract(data, store)
+    monkeypatch.undo()
+    assert "crc32c" not in (store / DATASET / tiny.NAME / "frozen" / "features" / "zarr.json").read_text()
+    bench(*evaluate(data, store, tmp_path))
+    chunk = _chunk_file(store, 0)
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    assert "is damaged: chunk(s) 0 (rows 0-39)" in fails(capsys, *evaluate(data, store, tmp_path))
+    assert "1 damaged chunk(s)" in extract(data, store)
+    bench(*evaluate(data, store, tmp_path))

@@ -64,6 +64,8 @@ def _run(job: Extraction, store: str, executor: str) -> None:
     if not job.todo:
         console.print(f"{target} is already complete ({len(job.manifest)} images): nothing to do.", highlight=False)
         return
+    if job.writer.damaged:
+        console.print(f"{job.writer.damaged} damaged chunk(s) of {target} are computed again", highlight=False)
     if job.writer.changed:
         console.print(f"{job.writer.changed} image(s) changed since {target} was written: their chunks are "
                       "computed again", highlight=False)
