@@ -92,6 +92,7 @@ def _finetune(study: Study, stage: FineTune) -> str:
 
 def _extract(study: Study, ws: Workspace, stage: Extract) -> str:
     from bench.extract import prepare
+    from bench.progress import progress
     from featurestore import StoreError
 
     spec = study.datasets[stage.dataset.name]
@@ -101,7 +102,8 @@ def _extract(study: Study, ws: Workspace, stage: Extract) -> str:
     except StoreError:  # one the study made from an earlier model (a changed setting upstream) is replaced
         job = prepare(stage.backbone, spec.adapter, spec.root, overwrite=True, **arguments)
     try:
-        job.run()
+        with progress(f"{spec.adapter}/{stage.backbone}/{job.key}", job.todo_images) as shown:
+            job.run(shown.advance)
     finally:
         job.writer.release()  # a Ray worker outlives the stage: its lease must not
     return job.model.sha256

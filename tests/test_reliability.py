@@ -586,3 +586,34 @@ def test_a_store_made_before_checksums_still_reads_and_its_truncated_chunks_are_
     assert "is damaged: chunk(s) 0 (rows 0-39)" in fails(capsys, *evaluate(data, store, tmp_path))
     assert "1 damaged chunk(s)" in extract(data, store)
     bench(*evaluate(data, store, tmp_path))
+
+
+# --- progress in logs ----------------------------------------------------------------------------------------
+
+def test_progress_off_a_terminal_is_a_plain_line_per_interval_and_per_tenth(capsys):
+    from bench.progress import progress
+
+    with progress("decoding", 1000, interval=0.05) as shown:
+        for _ in range(3):
+            time.sleep(0.06)
+            shown.advance(2)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("decoding: 6/1000 images (1%), ")
+    assert " images/s, " in lines[-1] and lines[-1].endswith(" left")
+
+    with progress("training", 50, unit="batches", interval=3600) as shown:
+        for step in range(50):
+            shown.advance(1, status=f"loss {step}")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[1].split()[0] for line in lines] == [f"{n}/50" for n in range(5, 51, 5)]
+    assert lines[-1].startswith("training: 50/50 batches (100%)") and lines[-1].endswith("; loss 49")
+
+
+def test_extract_into_a_log_says_where_it_stands(data, store, monkeypatch):
+    from bench import progress
+
+    monkeypatch.setattr(progress, "INTERVAL", 0.0)
+    out = extract(data, store, "--batch-size", 8)
+    lines = [line for line in out.splitlines() if line.startswith(f"{DATASET}/{tiny.NAME}")]
+    assert lines[0].startswith(f"{DATASET}/{tiny.NAME}/frozen: 8/40 images (20%), ") and "images/s" in lines[0]
+    assert lines[-1].startswith(f"{DATASET}/{tiny.NAME}/frozen: 40/40 images (100%)")

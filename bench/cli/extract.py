@@ -7,13 +7,12 @@ import time
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
-from rich.text import Text
 
 from bench.cli.app import app
 from bench.cli.options import (AddressOption, DatasetOptions, ExecutorOption, RootOption, StoreOption, TTAOption,
                                parse_pairs, store_url)
 from bench.cli.output import console
+from bench.progress import progress
 
 if TYPE_CHECKING:
     from bench.extract import Extraction  # torch and onnxruntime load only when a command needs them
@@ -79,9 +78,8 @@ def _run(job: Extraction, store: str, executor: str) -> None:
         run = functools.partial(extract_on_ray, job)
     start = time.perf_counter()
     try:
-        with progress_bar() as bar:
-            task = bar.add_task(f"{dataset}/{backbone}/{job.key}", total=job.todo_images)
-            run(lambda n: bar.advance(task, n))
+        with progress(f"{dataset}/{backbone}/{job.key}", job.todo_images) as shown:
+            run(shown.advance)
     except KeyboardInterrupt:
         kept = job.writer.n_chunks - len(job.writer.missing_chunks())
         console.print(f"interrupted: {kept} of {job.writer.n_chunks} chunks are kept; run the same command to resume")
@@ -94,13 +92,3 @@ def _run(job: Extraction, store: str, executor: str) -> None:
                       "feature set:[/yellow]")
         for path in job.skipped:
             console.print(f"  {path}", highlight=False)
-
-
-class RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed or 0:.1f} images/s", style="cyan")
-
-
-def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                    TimeRemainingColumn(), console=console)
