@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import fsspec
+from fsspec.registry import known_implementations
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
@@ -251,6 +252,9 @@ class FeatureStore:
         image_digests = np.asarray(image_digests, dtype=str)
         if image_digests.shape != image_ids.shape:
             raise ValueError("image_digests must hold one content hash per image id")
+        untouched = None if overwrite else self._untouched(path, image_ids, image_digests, attrs)
+        if untouched is not None:
+            return untouched
         held = self._lease(path)
         try:
             writer = self._reopen(path, image_ids, attrs, overwrite, held)
@@ -265,6 +269,24 @@ class FeatureStore:
         if not writer.missing_chunks():
             held.release()  # nothing to write: the next writer need not wait
         return writer
+
+    def _untouched(self, path: str, image_ids: np.ndarray, image_digests: np.ndarray,
+                   attrs: dict) -> SetWriter | None:
+        """The writer of a set there is nothing to do to (complete, made and labelled as now, of the same images,
+        every chunk readable), found without taking the lease: a read-only store serves it, and nothing is
+        written to it. None where anything is to be done."""
+        root = self._root()
+        group = root.get(path) if root is not None else None
+        if (not isinstance(group, zarr.Group) or group.attrs.get("layout") != LAYOUT or "image_sha256" not in group
+                or not group["done"][:].all()):
+            return None
+        stored = group.attrs.asdict()
+        if _differences(group, attrs, image_ids) or any(_plain(stored.get(k)) != _plain(v) for k, v in attrs.items()):
+            return None
+        if not np.array_equal(_strings(group["image_sha256"]), image_digests) or _read_chunks(group)[2]:
+            return None
+        fs, root_path = self._fs()
+        return SetWriter(group, self._where(path), lease.Lease(fs, f"{root_path}/{lease.LEASES}/{path}.json"))
 
     def _reopen(self, path: str, image_ids: np.ndarray, attrs: dict, overwrite: bool,
                 held: lease.Lease) -> SetWriter | None:
@@ -300,11 +322,14 @@ class FeatureStore:
 
     def _open(self, mode: str) -> zarr.Group:
         """The store's root group; an unusable URL or path is a StoreError naming it, never a library traceback."""
+        # a file:// URL as the folder it names: zarr's local store makes missing folders, its fsspec one does not
+        where = self.path.removeprefix("file://") if self.path.startswith("file:///") else self.path
         try:
-            return zarr.open_group(self.path, mode=mode)
+            return zarr.open_group(where, mode=mode)
         except ImportError as exc:  # e.g. s3:// without s3fs
-            raise StoreError(f"cannot open the store {self.path}: {exc} (its URL scheme needs an fsspec package, "
-                             "e.g. `pip install s3fs` for s3://)") from None
+            raise StoreError(f"cannot open the store {self.path}: {exc} ({_package_hint(self.path)})") from None
+        except GroupNotFoundError:  # a ValueError too, but one that says there is no store yet (`_root`)
+            raise
         except ValueError as exc:
             raise StoreError(f"cannot open the store {self.path}: {exc}. Pass a folder or an fsspec URL such as "
                              "s3://bucket/store") from None
@@ -336,6 +361,14 @@ class FeatureStore:
         if finetuned:
             command += " --protocol {} --fold {}".format(*finetuned)
         return f"{command} --store {self.path}"
+
+
+def _package_hint(url: str) -> str:
+    """Which package brings the fsspec filesystem of the URL's protocol (gcsfs for gs://, s3fs for s3://, ...)."""
+    protocol = url.split("://", 1)[0]
+    implementation = known_implementations.get(protocol, {}).get("class", "")
+    package = implementation.split(".")[0] or "the fsspec filesystem package of the URL's protocol"
+    return f"`pip install {package}` lets bench open {protocol}:// URLs"
 
 
 def _create(group: zarr.Group, image_ids: np.ndarray, image_digests: np.ndarray, dim: int, chunk_rows: int,

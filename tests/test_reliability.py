@@ -210,7 +210,8 @@ def test_skipped_images_are_recomputed_once_fixed(data, store, capsys):
     (data / "img003.png").write_bytes(b"")  # a 0-byte image
     error = fails(capsys, "extract", "--backbone", tiny.NAME, "--dataset", DATASET, "--root", data, "--store", store)
     assert f"cannot decode image {data / 'img003.png'}" in error
-    assert "skipped 1 unreadable image" in extract(data, store, "--skip-bad")
+    out = extract(data, store, "--skip-bad")
+    assert "skipped 1 unreadable image" in out and "wrote 39 images" in out  # what the set holds, not what was read
     assert FeatureStore(store).read(DATASET, tiny.NAME, "frozen").attrs["skipped"] == ["img003"]
 
     (data / "img003.png").write_bytes(good)
@@ -260,7 +261,8 @@ def test_an_oserror_anywhere_is_one_line_naming_the_file(capsys, monkeypatch, tm
     ["store", "ls"],
     ["store", "rm", DATASET, tiny.NAME, "frozen"],
 ])
-@pytest.mark.parametrize(("url", "says"), [("s3://bucket/x", "pip install s3fs"), ("nosuch://x/y", "Protocol not known")])
+@pytest.mark.parametrize(("url", "says"), [("s3://bucket/x", "pip install s3fs"), ("gs://bucket/x", "pip install gcsfs"),
+                                           ("nosuch://x/y", "Protocol not known")])
 def test_every_store_url_reaches_zarr_intact(command, url, says, data, capsys):
     needs_root = ["--root", data] if "--dataset" in command else []
     error = fails(capsys, *command, *needs_root, "--store", url)
@@ -617,3 +619,37 @@ def test_extract_into_a_log_says_where_it_stands(data, store, monkeypatch):
     lines = [line for line in out.splitlines() if line.startswith(f"{DATASET}/{tiny.NAME}")]
     assert lines[0].startswith(f"{DATASET}/{tiny.NAME}/frozen: 8/40 images (20%), ") and "images/s" in lines[0]
     assert lines[-1].startswith(f"{DATASET}/{tiny.NAME}/frozen: 40/40 images (100%)")
+
+
+# --- low items -------------------------------------------------------------------------------------------------
+
+def test_a_header_only_labels_file_is_named(data, tmp_path, capsys):
+    (data / "labels.csv").write_text("image_id,diagnosis\n")
+    assert f"{data / 'labels.csv'} lists no images" in fails(capsys, "datasets", "show", DATASET, "--root", data)
+    (tmp_path / "ham").mkdir()
+    (tmp_path / "ham" / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx,dx_type,age,sex,localization\n")
+    error = fails(capsys, "datasets", "show", "ham10000", "--root", tmp_path / "ham")
+    assert f"{tmp_path / 'ham' / 'HAM10000_metadata.csv'} has a header but no rows" in error
+
+
+@pytest.mark.parametrize("url", ["file://{tmp}/new/store", "memory://issue-23-store"])
+def test_a_store_url_can_create_the_store(url, data, tmp_path):
+    url = url.format(tmp=tmp_path)
+    extract(data, url)
+    assert len(FeatureStore(url).read(DATASET, tiny.NAME, "frozen").image_ids) == N
+    assert "nothing to do" in extract(data, url)
+
+
+def test_a_complete_set_on_a_read_only_store_is_left_alone(data, store, monkeypatch):
+    from featurestore import StoreError
+
+    extract(data, store)
+    real = FeatureStore._open
+
+    def read_only(self, mode):
+        if mode != "r":
+            raise StoreError(f"cannot open the store {self.path}: [Errno 30] Read-only file system")
+        return real(self, mode)
+
+    monkeypatch.setattr(FeatureStore, "_open", read_only)
+    assert "is already complete (40 images): nothing to do" in extract(data, store)

@@ -85,8 +85,9 @@ def _run(job: Extraction, store: str, executor: str) -> None:
         console.print(f"interrupted: {kept} of {job.writer.n_chunks} chunks are kept; run the same command to resume")
         raise typer.Exit(130)
     seconds = time.perf_counter() - start
-    console.print(f"wrote {job.todo_images} images to {target} in {seconds:.1f} s "
-                  f"({job.todo_images / seconds:.1f} images/s)", highlight=False)
+    stored = job.todo_images - len(job.skipped)  # what the set holds now, not what was read
+    console.print(f"wrote {stored} images to {target} in {seconds:.1f} s ({job.todo_images / seconds:.1f} images/s)",
+                  highlight=False)
     if job.skipped:
         console.print(f"[yellow]skipped {len(job.skipped)} unreadable image(s); their rows are left out of the "
                       "feature set:[/yellow]")
