@@ -49,10 +49,12 @@ def atomic_path(target: Path) -> Iterator[Path]:
 def locked(*targets: Path, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     """Hold every target's lock (a `.NAME.lock` file beside it, released by the OS if the holder dies) for a
     read-merge-replace: without it two processes each write back what they read before the other's rows. The
-    locks are taken in one order, so two writers of overlapping sets of files never wait on each other forever."""
+    locks are taken in one order, so two writers of overlapping sets of files never wait on each other forever.
+    A target in a folder that is missing or not writable has no lock: no writer can replace it there."""
     with ExitStack() as held:
         for target in sorted({Path(t).absolute() for t in targets}):
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if not os.access(target.parent, os.W_OK):
+                continue
             lock = target.with_name(f".{target.name}.lock")
             try:
                 held.enter_context(FileLock(lock, timeout=timeout))

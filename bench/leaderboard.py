@@ -44,6 +44,7 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
 def render(results: pd.DataFrame, out: Path, predictions: pd.DataFrame | None = None, note: str = "") -> Path:
     """Write the markdown leaderboard to `out` and one ROC PNG per dataset and protocol next to it, under `out`'s
     lock: two renders at once would leave a page from one beside the curves of the other."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     with atomic.locked(out):
         return _render(results, out, predictions, note)
 

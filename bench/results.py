@@ -102,6 +102,8 @@ def upsert(*updates: tuple[Path, pd.DataFrame, list[str]]) -> list[pd.DataFrame]
     disagree, and a concurrent writer's rows are never lost)."""
     paths = [Path(path) for path, _, _ in updates]
     try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)  # a folder to lock in
         with locked(*paths):
             tables = [_merged(path, rows, key) for path, (_, rows, key) in zip(paths, updates)]
             with atomic_paths(*paths) as tmps:
