@@ -32,9 +32,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import fsspec
-from fsspec.registry import known_implementations
 import numpy as np
 import zarr
+from fsspec.registry import known_implementations
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.errors import GroupNotFoundError
 
@@ -185,6 +185,7 @@ class FeatureStore:
         if damaged:
             rows = group["features"].chunks[0]
             shown = ", ".join(f"{c} (rows {c * rows}-{min((c + 1) * rows, info.n) - 1})" for c in damaged[:5])
+            shown += f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
             raise StoreError(
                 f"feature set {dataset}/{backbone}/{key} in {self.path} is damaged: chunk(s) {shown} of its "
                 f"features cannot be read back (truncated, altered or missing files). Recompute exactly those with "
