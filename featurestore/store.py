@@ -197,6 +197,10 @@ class FeatureStore:
         return FeatureSet(image_ids=ids[~skipped], features=features[~skipped], digests=digests[~skipped],
                           attrs=attrs)
 
+    def damaged(self, dataset: str, backbone: str, key: str) -> list[int]:
+        """The set's finished chunks that cannot be read back (checksum, truncation, a chunk file gone)."""
+        return _read_chunks(self._set(dataset, backbone, key))[2]
+
     def list(self) -> list[SetInfo]:
         root = self._root()
         if root is None:

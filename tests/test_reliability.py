@@ -566,6 +566,8 @@ def test_a_damaged_chunk_is_named_by_evaluate_and_exactly_it_is_recomputed_by_ex
     error = fails(capsys, *evaluate(data, store, tmp_path))
     assert f"feature set {DATASET}/{tiny.NAME}/frozen in {store} is damaged: chunk(s) 2 (rows 16-23)" in error
     assert f"bench extract --backbone {tiny.NAME} --dataset {DATASET}" in error
+    error, out = fails_after(capsys, "store", "verify", "--store", store)
+    assert f"{DATASET}/{tiny.NAME}/frozen: damaged chunk(s) [2]" in out and "1 set(s) in" in error
 
     loaded = []
     real = extraction.load_batch
@@ -573,6 +575,7 @@ def test_a_damaged_chunk_is_named_by_evaluate_and_exactly_it_is_recomputed_by_ex
     assert "1 damaged chunk(s)" in extract(data, store, "--batch-size", 4)
     assert set(loaded) == {2}  # exactly the damaged chunk
     assert FeatureStore(store).read(DATASET, tiny.NAME, "frozen").features.tobytes() == before.tobytes()
+    assert f"{DATASET}/{tiny.NAME}/frozen: ok" in bench("store", "verify", "--store", store)
     bench(*evaluate(data, store, tmp_path))
 
 
