@@ -65,7 +65,9 @@ def validate_manifest(manifest: pd.DataFrame, dataset: str) -> pd.DataFrame:
     if missing:
         raise BenchError(f"{dataset}: manifest lacks column(s) {missing}")
     if manifest.empty:
-        raise BenchError(f"{dataset}: the manifest has no images")
+        source = manifest.attrs.get("source")  # the labels file, where the adapter says which it read
+        raise BenchError(f"{dataset}: {source} lists no images. Check that it is the dataset's labels file" if source
+                         else f"{dataset}: the manifest has no images")
     unknown = sorted(set(manifest["diagnosis"]) - set(DIAGNOSES))
     if unknown:
         raise BenchError(f"{dataset}: diagnoses outside the vocabulary: {unknown}; known: {', '.join(DIAGNOSES)}")

@@ -1,7 +1,8 @@
-"""Content hashes of image files, cached by path, size and modification times so unchanged files are read once.
+"""Content hashes of files (images, weights, models), cached by path, size and modification times so unchanged
+files are read once: the one way bench tells whether a file it used before is the same file.
 
-Features and results must follow the pixels, not the file names: an image replaced in place (even at the same
-byte size) has to be noticed. Hashing every file on every run would read the whole dataset each time, so each
+Features, decoded pixels, models and results must follow the content, not the file names: a file replaced in
+place (even at the same byte size, its mtime set back) has to be noticed. Hashing every file on every run would read the whole dataset each time, so each
 digest is kept in an SQLite file under `$BENCH_HOME` (safe for several processes at once) and reused while the
 file's size, mtime and ctime are unchanged; any write to a file changes its ctime, which no tool can set back.
 """
@@ -22,7 +23,12 @@ from bench.errors import BenchError
 BLOCK = 1 << 20
 
 
-def file_digests(files: list[str]) -> np.ndarray:
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 (hex) of one file's content."""
+    return str(file_digests([path])[0])
+
+
+def file_digests(files: list[str | os.PathLike]) -> np.ndarray:
     """sha256 (hex) of each file's content, in order."""
     files = [os.path.abspath(path) for path in files]
     stats = [_stat(path) for path in files]
@@ -42,27 +48,27 @@ def file_digests(files: list[str]) -> np.ndarray:
 
 def _hash(files: list[str]) -> list[str]:
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # hashlib releases the GIL
-        return list(pool.map(_sha256, files))
+        return list(pool.map(file_sha256, files))
 
 
 def _stat(path: str) -> str:
     try:
         s = os.stat(path)
     except OSError as exc:
-        raise BenchError(f"cannot read image {path}: {exc.strerror}. Restore the file or remove it from the "
-                         "dataset's labels") from None
+        raise BenchError(f"cannot read {path}: {exc.strerror}. Restore the file (an image: or remove it from the "
+                         "dataset's labels)") from None
     return f"{s.st_size}:{s.st_mtime_ns}:{s.st_ctime_ns}"
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file's content, read now (`file_digests` reuses earlier reads)."""
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as file:
             while block := file.read(BLOCK):
                 digest.update(block)
     except OSError as exc:
-        raise BenchError(f"cannot read image {path}: {exc.strerror}. Restore the file or fix its permissions") \
-            from None
+        raise BenchError(f"cannot read {path}: {exc.strerror}. Restore the file or fix its permissions") from None
     return digest.hexdigest()
 
 

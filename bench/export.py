@@ -18,6 +18,7 @@ from PIL import Image
 import bench
 from bench import atomic, paths
 from bench.backbone import Backbone, Preprocessing, checkpoint_preprocessing
+from bench.digests import file_digest
 from bench.errors import BenchError
 
 if TYPE_CHECKING:  # torch and onnx are imported where a network is built: a re-run that finds its model does not
@@ -44,9 +45,9 @@ def export_onnx(backbone: Backbone, weights: Path | None = None, preprocessing: 
     """The backbone with `weights` (else its initial weights) as ONNX with a dynamic batch axis, cached under
     `home` (default: the user's).
 
-    From a weights file (a fine-tune, a source stage, --weights), a memo keyed by the file finds the model exported
-    from it before without building the network or hashing its weights, so a finished `bench extract` re-runs at
-    once. Initial weights have no such key (a plugin may change them in code), so they are built and hashed.
+    From a weights file (a fine-tune, a source stage, --weights), a memo keyed by the file's content (its digest,
+    cached by `bench.digests`) finds the model exported from it before without building the network, so a
+    finished `bench extract` re-runs at once. Initial weights have no such key (a plugin may change them in code), so they are built and hashed.
     """
     cache = paths.onnx_dir(home or paths.home())
     if weights is None or not Path(weights).is_file():  # a missing file is reported by the checkpoint reader
@@ -79,7 +80,7 @@ def _find_or_export(backbone: Backbone, weights: Path | None, preprocessing: Pre
     if meta is not None:
         return _exported(path, meta, backbone, preprocessing, cached=True)
     meta = export_network(net, backbone, preprocessing, path)
-    meta["source"] = {"weights": str(weights), "sha256": file_sha256(Path(weights))} if weights else "initial weights"
+    meta["source"] = {"weights": str(weights), "sha256": file_digest(weights)} if weights else "initial weights"
     atomic.write_text(sidecar, json.dumps(meta, indent=2))  # written last: the entry counts only once it exists
     return _exported(path, meta, backbone, preprocessing, cached=False)
 
@@ -88,7 +89,7 @@ def _cached_meta(sidecar: Path, model: Path) -> dict | None:
     """The sidecar of a sound cache entry; None for a missing, torn or foreign one (it is exported again)."""
     try:
         meta = json.loads(sidecar.read_text())
-        return meta if meta["sha256"] == file_sha256(model) else None
+        return meta if meta["sha256"] == file_digest(model) else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -110,7 +111,7 @@ def export_network(net: nn.Module, backbone: Backbone, preprocessing: Preprocess
         "backbone": backbone.name,
         "feature_dim": backbone.feature_dim,
         "preprocessing": preprocessing.to_dict(),
-        "sha256": file_sha256(path),
+        "sha256": file_digest(path),
         "opset": OPSET,
         "parity_max_abs_diff": diff,
         "graph": graph_path.name if graph_path else None,  # the cached graph its weights were put into, if any
@@ -295,14 +296,6 @@ def state_dict_sha256(net: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _exported(path: Path, meta: dict, backbone: Backbone, preprocessing: Preprocessing, cached: bool) -> ExportedModel:
     return ExportedModel(
         path=path,
@@ -318,23 +311,18 @@ def _exported(path: Path, meta: dict, backbone: Backbone, preprocessing: Preproc
 # --- the memo: a weights file -> the model exported from it -------------------------------------------------------
 
 def _memo(backbone: Backbone, weights: Path, preprocessing: Preprocessing | None, cache: Path) -> Path:
-    """The memo file of an export from a weights file. Its key is what decides the model without reading the
-    weights: the file's path, inode, size and modification time, and the backbone's declaration and code version
-    (bench's, and its plugin distribution's); like the content cache, it does not see code edited in place."""
+    """The memo file of an export from a weights file. Its key is what decides the model without building the
+    network: the weights file's content digest, and the backbone's declaration and code version (bench's, and its
+    plugin distribution's); like the content cache, it does not see code edited in place."""
     try:
         plugin_version = version(backbone.plugin)
     except (PackageNotFoundError, ValueError):  # a built-in, or a study's own backbone
         plugin_version = None
     identity = [backbone.name, backbone.architecture, backbone.feature_dim, backbone.preprocessing.to_dict(),
-                backbone.plugin, plugin_version, bench.__version__, _file_identity(weights),
+                backbone.plugin, plugin_version, bench.__version__, file_digest(weights),
                 preprocessing.to_dict() if preprocessing else None, OPSET]
     key = hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()
     return cache / "memo" / f"{backbone.name}-{key[:16]}.json"
-
-
-def _file_identity(path: Path) -> list:
-    stat = path.stat()  # bench writes a file anew (a new inode) by renaming: a rewrite changes the inode too
-    return [str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns]
 
 
 def _remembered(memo: Path, backbone: Backbone) -> ExportedModel | None:
@@ -343,7 +331,7 @@ def _remembered(memo: Path, backbone: Backbone) -> ExportedModel | None:
         entry = json.loads(memo.read_text())
         path = Path(entry["path"])
         meta = json.loads(path.with_suffix(".json").read_text())
-        if _file_identity(path) != entry["file"]:
+        if file_digest(path) != meta["sha256"]:  # the model file changed since
             return None
     except (OSError, ValueError, KeyError):
         return None
@@ -352,4 +340,4 @@ def _remembered(memo: Path, backbone: Backbone) -> ExportedModel | None:
 
 def _remember(memo: Path, model: ExportedModel) -> None:
     # atomic: a concurrent run reads the old memo or the new one, never half of one
-    atomic.write_text(memo, json.dumps({"path": str(model.path), "file": _file_identity(model.path)}))
+    atomic.write_text(memo, json.dumps({"path": str(model.path)}))

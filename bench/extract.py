@@ -73,11 +73,11 @@ class Extraction:
     def todo_images(self) -> int:
         return sum(len(self.writer.chunk_rows_of(c)) for c in self.todo)
 
-    def fill(self) -> str:
+    def fill(self, advance: Callable[[int], None] = lambda n: None) -> str:
         """Compute the missing chunks and let the set go (a Ray worker outlives the job: its lease must not); the
         model's digest."""
         try:
-            self.run()
+            self.run(advance)
         finally:
             self.writer.release()
         return self.model.sha256

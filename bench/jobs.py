@@ -38,10 +38,10 @@ def finetune(unit: FineTune, ctx: Context) -> str:
 
 
 def _fit(job: TrainingJob) -> str:
-    from bench.export import file_sha256
+    from bench.digests import file_digest
 
     fit(job)
-    return file_sha256(job.out)
+    return file_digest(job.out)
 
 
 def source_stage_job(unit: TrainSource, ctx: Context) -> TrainingJob:

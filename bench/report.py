@@ -15,7 +15,7 @@ import pandas as pd
 
 from bench import atomic
 from bench.leaderboard import render, summarise
-from bench.results import matching, read_table
+from bench.results import matching, read_tables
 from bench.select import Selection, select as choose
 from protocols import stats
 from protocols.designs import DESIGNS
@@ -72,7 +72,7 @@ def write(study: Study, ws: Workspace, data: StudyData) -> str:
     """Render `ws.leaderboard` (with its ROC PNGs) and `ws.report`; returns a digest of the report text."""
     import hashlib
 
-    results, predictions = read_table(ws.results), read_table(ws.predictions)
+    results, predictions = read_tables(ws.results, ws.predictions)
     note = _synthetic_note(study) if study.synthetic else ""
     render(results, ws.leaderboard, predictions, note=note)
     report = Report(study, data, results, predictions)

@@ -57,13 +57,15 @@ def _extract(unit: Extract, ctx: Context) -> str:
     from dataclasses import replace
 
     from bench.extract import prepare
+    from bench.progress import progress
     from featurestore import StoreError
 
     try:  # a set this study began with the same model resumes where it stopped
         job = prepare(unit, ctx)
     except StoreError:  # one the study made from an earlier model (a changed setting upstream) is replaced
         job = prepare(replace(unit, overwrite=True), ctx)
-    return job.fill()
+    with progress(f"{unit.dataset.adapter}/{unit.backbone}/{job.key}", job.todo_images) as shown:
+        return job.fill(shown.advance)
 
 
 class _StoreSnapshot:

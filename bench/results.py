@@ -2,23 +2,27 @@
 select one evaluation's rows, and add rows, replacing those with the same key.
 
 Every writer goes through here: the paths are checked before any work (so a long evaluation never ends in an
-unwritable file), both tables change together or not at all, and a crash mid-write leaves the previous files.
+unwritable file or a full disk), both tables change together or not at all under one lock (so evaluations of
+other folds running at the same time never drop each other's rows), and a crash mid-write leaves the previous
+files.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from bench.atomic import atomic_paths
+from bench.atomic import atomic_paths, locked
 from bench.errors import BenchError
 
 KEY = ["dataset", "protocol", "backbone", "finetuned", "split", "fold"]
 EVALUATION = KEY[:-1]  # all folds of one evaluation: one leaderboard row
 PREDICTION_KEY = KEY + ["image_id"]
+SPARE_BYTES = 1 << 20  # room a rewrite needs beyond the table's present size, made sure of before any work
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -41,6 +45,13 @@ def read_table(path: Path) -> pd.DataFrame:
     return table
 
 
+def read_tables(*paths: Path) -> list[pd.DataFrame]:
+    """Several tables as they stood at one moment (under their writers' lock), e.g. results and predictions that
+    agree with each other."""
+    with locked(*paths):
+        return [read_table(path) for path in paths]
+
+
 def _unreadable(path: Path, why: str) -> BenchError:
     return BenchError(f"{path} is not a readable results table ({why}): pass another path, or move it away and run "
                       "`bench evaluate` again")
@@ -58,29 +69,46 @@ def matching(table: pd.DataFrame, **identity: object) -> pd.DataFrame:
 
 
 def check_writable(*paths: Path | None) -> None:
-    """Before the work: every path can be written and, where it exists, is a table bench can add rows to."""
+    """Before the work: every path can be written and, where it exists, is a table bench can add rows to, and its
+    disk has room to write it again."""
     for path in (Path(p) for p in paths if p is not None):
+        size = 0
         if path.exists():
             read_table(path)
+            size = path.stat().st_size
         folder = next((p for p in path.parents if p.exists()), Path.cwd())
         try:
             if not folder.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, "not a folder")
-            tempfile.TemporaryFile(dir=folder).close()  # the honest test: permissions, ACLs, read-only mounts
+            _probe(folder, size + SPARE_BYTES)  # the honest test: permissions, ACLs, read-only mounts, free space
         except OSError as exc:
-            raise BenchError(f"cannot write {path}: {folder} is not writable ({exc.strerror}). Pass a path you can "
-                             "write to (nothing has been computed yet)") from None
+            raise BenchError(f"cannot write {path}: {folder} is not writable ({exc.strerror or exc}). Pass a path "
+                             "you can write to, or free space (nothing has been computed yet)") from None
+
+
+def _probe(folder: Path, size: int) -> None:
+    """Write and sync `size` bytes in `folder` (and remove them): a full disk or quota fails here."""
+    with tempfile.TemporaryFile(dir=folder) as probe:
+        block = bytes(min(size, 1 << 20))
+        for _ in range(0, size, len(block)):
+            probe.write(block)
+        probe.flush()
+        os.fsync(probe.fileno())
 
 
 def upsert(*updates: tuple[Path, pd.DataFrame, list[str]]) -> list[pd.DataFrame]:
     """Add each `(path, rows, key)`'s rows to the CSV at path, replacing earlier rows with the same key. All files
-    are replaced together, or none is (results and their predictions never disagree)."""
-    tables = [_merged(Path(path), rows, key) for path, rows, key in updates]
+    are read, merged and replaced together under their lock, or none is (results and their predictions never
+    disagree, and a concurrent writer's rows are never lost)."""
     paths = [Path(path) for path, _, _ in updates]
     try:
-        with atomic_paths(*paths) as tmps:
-            for table, tmp, path in zip(tables, tmps, paths):
-                table.to_csv(tmp, index=False, compression="gzip" if path.suffix == ".gz" else None)
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)  # a folder to lock in
+        with locked(*paths):
+            tables = [_merged(path, rows, key) for path, (_, rows, key) in zip(paths, updates)]
+            with atomic_paths(*paths) as tmps:
+                for table, tmp, path in zip(tables, tmps, paths):
+                    table.to_csv(tmp, index=False, compression="gzip" if path.suffix == ".gz" else None)
     except OSError as exc:
         raise BenchError(f"cannot write {', '.join(map(str, paths))}: {exc.strerror or exc}. No table was changed: "
                          "free space or fix the permissions and run again") from None

@@ -30,6 +30,7 @@ from bench.errors import BenchError
 from bench.executors import Executor
 from bench.context import Context
 from bench.work import Work
+from bench.progress import clock
 
 KINDS = ("source", "finetune", "extract", "evaluate", "report")
 KIND_TITLES = {"source": "source training", "finetune": "fine-tuning", "extract": "export + extraction",
@@ -109,7 +110,7 @@ def execute(stages: list[Work], ledger: Ledger, actions: dict[str, Action], iden
                               done.seconds)
                 _log(log, event="done", stage=done.stage.key, seconds=round(done.seconds, 2))
                 view.finish(done.stage, done.seconds)
-                console.print(f"[green]done[/green] {escape(done.stage.key)} [dim]({_clock(done.seconds)})[/dim]",
+                console.print(f"[green]done[/green] {escape(done.stage.key)} [dim]({clock(done.seconds)})[/dim]",
                               highlight=False)
                 counts["ran"] += 1
                 settled.add(done.stage.key)
@@ -199,8 +200,8 @@ class StudyView:
         unknown = sorted({s.kind for s, e in zip(self.pending.values(), estimates) if e is None})
         if unknown:
             kinds = ", ".join(KIND_TITLES[k] for k in unknown)
-            return f"at least {_clock(max(known, 0))} left (no timing yet for {kinds})"
-        return f"about {_clock(max(known, 0))} left"
+            return f"at least {clock(max(known, 0))} left (no timing yet for {kinds})"
+        return f"about {clock(max(known, 0))} left"
 
     def __rich__(self) -> Group:
         table = Table(box=None, pad_edge=False)
@@ -212,12 +213,6 @@ class StudyView:
                 table.add_row(KIND_TITLES[kind], str(self.done[kind]), str(self.skipped[kind]), str(self.left[kind]))
         lines = [table]
         for stage, started in self.running.values():
-            lines.append(Text(f"running: {stage.key} ({_clock(time.monotonic() - started)})", "bold"))
-        lines.append(Text(f"elapsed {_clock(time.monotonic() - self.run_started)}, {self.time_left()}", "dim"))
+            lines.append(Text(f"running: {stage.key} ({clock(time.monotonic() - started)})", "bold"))
+        lines.append(Text(f"elapsed {clock(time.monotonic() - self.run_started)}, {self.time_left()}", "dim"))
         return Group(*lines)
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60}:{seconds % 60:02d}"

@@ -22,14 +22,15 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from bench.backbone import Preprocessing, read_checkpoint, save_checkpoint
 from bench.atomic import atomic_path
+from bench.backbone import Preprocessing, read_checkpoint, save_checkpoint
+from bench.digests import file_digests
 from bench.errors import BenchError
 from bench.images import IMAGES_VERSION, load_image
 from bench.paths import home
+from bench.progress import progress
 from bench.recipes import Recipe
 from bench.threads import count as thread_count
 from protocols.splits import stratified_group_folds
@@ -91,18 +92,18 @@ def fit(job: TrainingJob, device: torch.device | None = None) -> RunState:
     job.run_dir.mkdir(parents=True, exist_ok=True)
     state = resume(job.run_dir, trainer.model, trainer.optimizer, generator)
     steps = _batch_count(balanced_size(job.data.labels[train_idx]), job.recipe.batch_size)
-    with deterministic(device), _progress() as progress:
-        task = progress.add_task("training", total=job.recipe.epochs * steps, completed=state.epoch * steps, status="")
+    with deterministic(device), progress("training", job.recipe.epochs * steps, unit="batches",
+                                         done=state.epoch * steps) as shown:
         for epoch in range(state.epoch, job.recipe.epochs):
-            progress.update(task, description=f"epoch {epoch + 1}/{job.recipe.epochs}")
+            shown.update(what=f"epoch {epoch + 1}/{job.recipe.epochs}")
             order, augmented = balanced_epoch(job.data.labels[train_idx], generator, job.recipe.augment == "all")
             loss, rate = trainer.epoch(images, labels, train_idx[order], augmented,
-                                       lambda status: progress.update(task, advance=1, status=status),
+                                       lambda status: shown.advance(1, status),
                                        head_only=epoch < job.recipe.head_epochs)
             val_loss = validation_loss(trainer.model, images[val_idx], labels[val_idx], job.preprocessing,
                                        job.recipe.batch_size, trainer.amp)
             _end_epoch(job, state, trainer, loss, val_loss, rate)
-            progress.update(task, status=f"loss {loss:.4f}  val {val_loss:.4f} (best {state.best_val_loss:.4f} "
+            shown.update(status=f"loss {loss:.4f}  val {val_loss:.4f} (best {state.best_val_loss:.4f} "
                                          f"@ {state.best_epoch})  {rate:.1f} img/s")
     _save_best(job, trainer.model[0], state)
     return state
@@ -189,9 +190,9 @@ def validation_split(data: LabelledImages, seed: int) -> tuple[np.ndarray, np.nd
 def decode(paths: list[str], size: int, device: torch.device) -> torch.Tensor:
     """Every image decoded and resized once: uint8 (N, 3, size, size) on `device` (PIL releases the GIL).
 
-    The array is kept under `$BENCH_HOME/decoded`, keyed by the files (path, bytes, modification time) and the
-    size, so the runs that train on the same images (a study's fine-tunes of one fold, its source stages) decode
-    them once; a changed or replaced file makes another key."""
+    The array is kept under `$BENCH_HOME/decoded`, keyed by the files' content (`bench.digests`) and the size, so
+    the runs that train on the same images (a study's fine-tunes of one fold, its source stages) decode them once;
+    a changed or replaced file makes another key."""
     cache = decoded_cache(paths, size)
     try:
         images = np.load(cache)
@@ -206,26 +207,18 @@ def decode(paths: list[str], size: int, device: torch.device) -> torch.Tensor:
 
 
 def decoded_cache(paths: list[str], size: int) -> Path:
-    files = [_file_identity(p) for p in paths]
-    key = hashlib.sha256(json.dumps([IMAGES_VERSION, size, files]).encode()).hexdigest()[:24]
+    # keyed by content: a file replaced by other pixels of the same size (its mtime set back) makes another key
+    key = hashlib.sha256(json.dumps([IMAGES_VERSION, size, file_digests(paths).tolist()]).encode()).hexdigest()[:24]
     return home() / "decoded" / f"{key}-{len(paths)}x{size}px.npy"
 
 
-def _file_identity(path: str) -> tuple[str, int, int]:
-    try:
-        stat = os.stat(path)
-    except OSError as exc:
-        raise BenchError(f"cannot read image {path}: {exc.strerror}. Replace or remove the file") from exc
-    return path, stat.st_size, stat.st_mtime_ns
-
-
 def _decode(paths: list[str], size: int) -> np.ndarray:
-    with ThreadPoolExecutor(max_workers=thread_count()) as pool, _progress() as progress:
-        task = progress.add_task(f"decoding {len(paths)} images at {size} px", total=len(paths), status="")
+    with ThreadPoolExecutor(max_workers=thread_count()) as pool, \
+            progress(f"decoding {len(paths)} images at {size} px", len(paths)) as shown:
         images = []
         for image in pool.map(lambda p: load_image(p, size), paths):
             images.append(image)
-            progress.advance(task)
+            shown.advance()
     return np.stack(images)
 
 
@@ -369,8 +362,3 @@ def deterministic(device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(previous)
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[status]}"))

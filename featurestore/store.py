@@ -12,6 +12,11 @@ and the provenance attributes the writer was given (model sha256, preprocessing,
 `creation_id` that every chunk write checks, so a writer whose set was replaced stops instead of writing into it.
 One writer at a time per set: see `featurestore.lease`.
 
+New sets' chunks carry a CRC32C of their stored bytes (zarr's own codec), so a truncated or bit-flipped chunk fails
+its read instead of decoding to other numbers; a finished chunk that cannot be read back (or whose file is gone:
+computed rows that read as NaN) is named by `read` and computed again by the next writer. Sets made before the
+checksum read as they are (their truncated chunks are still found, not their flipped bits).
+
 `done` rather than "the chunk file exists" marks completion because it is written strictly after the data on any
 store (local, fsspec), an interrupted write of a chunk therefore never counts as finished, and zarr does not store a
 chunk that equals the fill value at all, so existence cannot tell a finished all-NaN chunk from a missing one.
@@ -29,6 +34,8 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import zarr
+from fsspec.registry import known_implementations
+from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.errors import GroupNotFoundError
 
 from featurestore import lease
@@ -38,6 +45,7 @@ from featurestore.keys import NAME_RULE, is_name, parse_key
 # A set made with another value of any of these (or for other image ids) holds stale features.
 IDENTITY = ("model_sha256", "preprocessing")
 LAYOUT = "featurestore/1"
+CHECKSUMMED = [ZstdCodec(), Crc32cCodec()]  # zarr's default compressor, then a checksum of what it stores
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,7 @@ class SetWriter:
         self.chunk_rows = self.features.chunks[0]
         self.n_chunks = group["done"].shape[0]
         self.changed = 0  # rows whose image content changed since the set was last written
+        self.damaged = 0  # finished chunks that could not be read back, to compute again
 
     @property
     def n(self) -> int:
@@ -147,6 +156,13 @@ class SetWriter:
             self.group["done"][int(chunk)] = False
         self.group["image_sha256"][:] = image_digests
 
+    def _repair(self) -> None:
+        """Mark for recomputing every finished chunk that cannot be read back."""
+        damaged = _read_chunks(self.group)[2]
+        self.damaged = len(damaged)
+        for chunk in damaged:
+            self.group["done"][chunk] = False
+
 
 class FeatureStore:
     """`FeatureStore(path)`: a local folder or any URL zarr opens (e.g. `s3://bucket/store` with fsspec)."""
@@ -165,12 +181,25 @@ class FeatureStore:
                 f"feature set {dataset}/{backbone}/{key} in {self.path} is incomplete ({info.chunks_done} of "
                 f"{info.chunks} chunks): re-run `{self.extract_command(dataset, backbone, key)}` to finish it"
             )
+        features, skipped, damaged = _read_chunks(group)
+        if damaged:
+            rows = group["features"].chunks[0]
+            shown = ", ".join(f"{c} (rows {c * rows}-{min((c + 1) * rows, info.n) - 1})" for c in damaged[:5])
+            shown += f" and {len(damaged) - 5} more" if len(damaged) > 5 else ""
+            raise StoreError(
+                f"feature set {dataset}/{backbone}/{key} in {self.path} is damaged: chunk(s) {shown} of its "
+                f"features cannot be read back (truncated, altered or missing files). Recompute exactly those with "
+                f"`{self.extract_command(dataset, backbone, key)}`"
+            )
         ids = _strings(group["image_ids"])
         digests = _strings(group["image_sha256"]) if "image_sha256" in group else np.full(len(ids), "")
-        keep = ~group["skipped"][:]
-        attrs = {**group.attrs.asdict(), "skipped": ids[~keep].tolist()}
-        return FeatureSet(image_ids=ids[keep], features=group["features"][:][keep], digests=digests[keep],
+        attrs = {**group.attrs.asdict(), "skipped": ids[skipped].tolist()}
+        return FeatureSet(image_ids=ids[~skipped], features=features[~skipped], digests=digests[~skipped],
                           attrs=attrs)
+
+    def damaged(self, dataset: str, backbone: str, key: str) -> list[int]:
+        """The set's finished chunks that cannot be read back (checksum, truncation, a chunk file gone)."""
+        return _read_chunks(self._set(dataset, backbone, key))[2]
 
     def list(self) -> list[SetInfo]:
         root = self._root()
@@ -228,6 +257,9 @@ class FeatureStore:
         image_digests = np.asarray(image_digests, dtype=str)
         if image_digests.shape != image_ids.shape:
             raise ValueError("image_digests must hold one content hash per image id")
+        untouched = None if overwrite else self._untouched(path, image_ids, image_digests, attrs)
+        if untouched is not None:
+            return untouched
         held = self._lease(path)
         try:
             writer = self._reopen(path, image_ids, attrs, overwrite, held)
@@ -235,12 +267,31 @@ class FeatureStore:
                 group = _create(self._open("a").require_group(path), image_ids, image_digests, dim, chunk_rows, attrs)
                 writer = SetWriter(group, self._where(path), held)
             writer._refresh(image_digests)
+            writer._repair()
         except BaseException:
             held.release()
             raise
         if not writer.missing_chunks():
             held.release()  # nothing to write: the next writer need not wait
         return writer
+
+    def _untouched(self, path: str, image_ids: np.ndarray, image_digests: np.ndarray,
+                   attrs: dict) -> SetWriter | None:
+        """The writer of a set there is nothing to do to (complete, made and labelled as now, of the same images,
+        every chunk readable), found without taking the lease: a read-only store serves it, and nothing is
+        written to it. None where anything is to be done."""
+        root = self._root()
+        group = root.get(path) if root is not None else None
+        if (not isinstance(group, zarr.Group) or group.attrs.get("layout") != LAYOUT or "image_sha256" not in group
+                or not group["done"][:].all()):
+            return None
+        stored = group.attrs.asdict()
+        if _differences(group, attrs, image_ids) or any(_plain(stored.get(k)) != _plain(v) for k, v in attrs.items()):
+            return None
+        if not np.array_equal(_strings(group["image_sha256"]), image_digests) or _read_chunks(group)[2]:
+            return None
+        fs, root_path = self._fs()
+        return SetWriter(group, self._where(path), lease.Lease(fs, f"{root_path}/{lease.LEASES}/{path}.json"))
 
     def _reopen(self, path: str, image_ids: np.ndarray, attrs: dict, overwrite: bool,
                 held: lease.Lease) -> SetWriter | None:
@@ -276,11 +327,14 @@ class FeatureStore:
 
     def _open(self, mode: str) -> zarr.Group:
         """The store's root group; an unusable URL or path is a StoreError naming it, never a library traceback."""
+        # a file:// URL as the folder it names: zarr's local store makes missing folders, its fsspec one does not
+        where = self.path.removeprefix("file://") if self.path.startswith("file:///") else self.path
         try:
-            return zarr.open_group(self.path, mode=mode)
+            return zarr.open_group(where, mode=mode)
         except ImportError as exc:  # e.g. s3:// without s3fs
-            raise StoreError(f"cannot open the store {self.path}: {exc} (its URL scheme needs an fsspec package, "
-                             "e.g. `pip install s3fs` for s3://)") from None
+            raise StoreError(f"cannot open the store {self.path}: {exc} ({_package_hint(self.path)})") from None
+        except GroupNotFoundError:  # a ValueError too, but one that says there is no store yet (`_root`)
+            raise
         except ValueError as exc:
             raise StoreError(f"cannot open the store {self.path}: {exc}. Pass a folder or an fsspec URL such as "
                              "s3://bucket/store") from None
@@ -314,12 +368,23 @@ class FeatureStore:
         return f"{command} --store {self.path}"
 
 
+def _package_hint(url: str) -> str:
+    """Which package brings the fsspec filesystem of the URL's protocol (gcsfs for gs://, s3fs for s3://, ...)."""
+    protocol = url.split("://", 1)[0]
+    implementation = known_implementations.get(protocol, {}).get("class", "")
+    package = implementation.split(".")[0] or "the fsspec filesystem package of the URL's protocol"
+    return f"`pip install {package}` lets bench open {protocol}:// URLs"
+
+
 def _create(group: zarr.Group, image_ids: np.ndarray, image_digests: np.ndarray, dim: int, chunk_rows: int,
             attrs: dict) -> zarr.Group:
     n = len(image_ids)
-    group.create_array("features", shape=(n, dim), chunks=(chunk_rows, dim), dtype="float32", fill_value=np.nan)
-    group.create_array("skipped", shape=(n,), chunks=(chunk_rows,), dtype=bool, fill_value=False)
-    group.create_array("done", shape=(-(-n // chunk_rows),), chunks=(1,), dtype=bool, fill_value=False)
+    group.create_array("features", shape=(n, dim), chunks=(chunk_rows, dim), dtype="float32", fill_value=np.nan,
+                       compressors=CHECKSUMMED)
+    group.create_array("skipped", shape=(n,), chunks=(chunk_rows,), dtype=bool, fill_value=False,
+                       compressors=CHECKSUMMED)
+    group.create_array("done", shape=(-(-n // chunk_rows),), chunks=(1,), dtype=bool, fill_value=False,
+                       compressors=CHECKSUMMED)
     group.create_array("image_ids", shape=(n,), dtype=str)[:] = image_ids
     group.create_array("image_sha256", shape=(n,), dtype=str)[:] = image_digests
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -327,6 +392,24 @@ def _create(group: zarr.Group, image_ids: np.ndarray, image_digests: np.ndarray,
     group.attrs.update({**attrs, "n": n, "d": dim, "chunk_rows": chunk_rows, "created": created,
                         "creation_id": uuid.uuid4().hex, "layout": LAYOUT})
     return group
+
+
+def _read_chunks(group: zarr.Group) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The set's features and skipped flags, read one finished chunk at a time (a failing read then names its
+    chunk, and leaves no sibling reads pending), and the finished chunks that cannot be read back."""
+    array = group["features"]
+    features, skipped = np.full(array.shape, np.nan, np.float32), np.zeros(array.shape[0], bool)
+    rows, damaged = array.chunks[0], []
+    for chunk in np.flatnonzero(group["done"][:]).tolist():
+        window = slice(chunk * rows, (chunk + 1) * rows)
+        try:
+            features[window], skipped[window] = array[window], group["skipped"][window]
+        except (ValueError, RuntimeError):  # the checksum codec's mismatch, a decompressor's truncated input
+            damaged.append(chunk)
+            continue
+        if np.isnan(features[window][~skipped[window]]).any():  # a chunk file gone reads as the NaN fill value
+            damaged.append(chunk)
+    return features, skipped, damaged
 
 
 def _differences(group: zarr.Group, attrs: dict, image_ids: np.ndarray) -> list[str]:

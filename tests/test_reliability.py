@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from bench.hookspecs import hookimpl
 from featurestore import FeatureStore
 
 runner = CliRunner()
+PROGRESS = re.compile(r".+: \d+/\d+ \w+ \(\d+%\), ")  # bench.progress's line off a terminal
 DATASET = "labelled-images"
 N = 40  # 20 melanomas, 20 nevi: enough for 5x2 stratified folds
 
@@ -100,7 +102,7 @@ def fails_after(capsys, *args) -> tuple[str, str]:
     out, err = capsys.readouterr()
     assert exit_.value.code == 2, out + err
     assert "Traceback" not in out + err
-    lines = err.strip().splitlines()
+    lines = [line for line in err.strip().splitlines() if not PROGRESS.match(line)]  # a log says how far it got
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     return lines[0], out
 
@@ -212,7 +214,8 @@ def test_skipped_images_are_recomputed_once_fixed(data, store, capsys):
     (data / "img003.png").write_bytes(b"")  # a 0-byte image
     error = fails(capsys, "extract", "--backbone", tiny.NAME, "--dataset", DATASET, "--root", data, "--store", store)
     assert f"cannot decode image {data / 'img003.png'}" in error
-    assert "skipped 1 unreadable image" in extract(data, store, "--skip-bad")
+    out = extract(data, store, "--skip-bad")
+    assert "skipped 1 unreadable image" in out and "wrote 39 images" in out  # what the set holds, not what was read
     assert FeatureStore(store).read(DATASET, tiny.NAME, "frozen").attrs["skipped"] == ["img003"]
 
     (data / "img003.png").write_bytes(good)
@@ -262,7 +265,8 @@ def test_an_oserror_anywhere_is_one_line_naming_the_file(capsys, monkeypatch, tm
     ["store", "ls"],
     ["store", "rm", DATASET, tiny.NAME, "frozen"],
 ])
-@pytest.mark.parametrize(("url", "says"), [("s3://bucket/x", "pip install s3fs"), ("nosuch://x/y", "Protocol not known")])
+@pytest.mark.parametrize(("url", "says"), [("s3://bucket/x", "pip install s3fs"), ("gs://bucket/x", "pip install gcsfs"),
+                                           ("nosuch://x/y", "Protocol not known")])
 def test_every_store_url_reaches_zarr_intact(command, url, says, data, capsys):
     needs_root = ["--root", data] if "--dataset" in command else []
     error = fails(capsys, *command, *needs_root, "--store", url)
@@ -384,3 +388,275 @@ def test_datasets_show_decodes_every_image(data, capsys):
     error = fails(capsys, "datasets", "show", DATASET, "--root", data)
     assert "2 of 40 image(s) cannot be decoded" in error
     assert str(data / "img010.png") in error and str(data / "img011.png") in error
+
+
+# --- concurrent writers of one results table ------------------------------------------------------------------
+
+WRITER = """
+import sys
+import pandas as pd
+from bench.results import KEY, PREDICTION_KEY, upsert
+results, predictions, writer, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+for i in range(rounds):
+    fold = pd.DataFrame({"dataset": "d", "protocol": "mela-vs-ben", "backbone": "b", "finetuned": False,
+                         "split": "5x2", "fold": [f"{writer}-{i}"], "auc": [0.5]})
+    upsert((results, fold, KEY), (predictions, fold.assign(image_id="x"), PREDICTION_KEY))
+"""
+
+
+def test_concurrent_writers_of_one_results_pair_lose_no_row_and_agree(tmp_path):
+    results, predictions = tmp_path / "results.csv", tmp_path / "predictions.csv"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(results), str(predictions), f"w{w}", "25"])
+               for w in range(4)]
+    assert [w.wait(timeout=300) for w in writers] == [0] * 4
+    expected = {f"w{w}-{i}" for w in range(4) for i in range(25)}
+    assert set(pd.read_csv(results)["fold"]) == expected
+    assert set(pd.read_csv(predictions)["fold"]) == expected
+
+
+@pytest.mark.slow  # four interpreters evaluating at once
+def test_concurrent_evaluations_of_different_folds_keep_every_row(tmp_path, store):
+    options = ["-o", "n=60", "-o", "size=32"]
+    bench("extract", "--backbone", tiny.NAME, "--dataset", "synthetic", "--store", store, *options)
+    results, predictions = tmp_path / "results.csv", tmp_path / "predictions.csv"
+    script = "import sys; from bench.cli import main; sys.argv = ['bench'] + sys.argv[1:]; main()"
+    folds = ["r0f0", "r0f1", "r1f0", "r1f1"]
+    runs = [subprocess.Popen([sys.executable, "-c", script, "evaluate", "--protocol", "mela-vs-ben", "--dataset",
+                              "synthetic", "--backbone", tiny.NAME, "--store", str(store), *options, "--fold", fold,
+                              "--results", str(results), "--predictions", str(predictions)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for fold in folds]
+    for run in runs:
+        assert run.wait(timeout=600) == 0, run.stderr.read()
+    assert sorted(pd.read_csv(results)["fold"]) == folds
+    assert sorted(pd.read_csv(predictions)["fold"].unique()) == folds
+
+
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+from bench.cli import main
+sys.argv = ['bench'] + sys.argv[1:]
+main()
+"""
+
+
+def test_no_room_for_the_results_is_found_before_the_evaluation(tmp_path, store):
+    options = ["-o", "n=60", "-o", "size=32"]
+    bench("extract", "--backbone", tiny.NAME, "--dataset", "synthetic", "--store", store, *options)
+    run = subprocess.run([sys.executable, "-c", FULL_DISK, "evaluate", "--protocol", "mela-vs-ben", "--dataset",
+                          "synthetic", "--backbone", tiny.NAME, "--store", str(store), *options,
+                          "--results", str(tmp_path / "results.csv")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert f"cannot write {tmp_path / 'results.csv'}" in run.stderr and "nothing has been computed yet" in run.stderr
+    assert "AUC" not in run.stdout and not (tmp_path / "results.csv").exists()
+
+
+def test_a_replaced_results_file_keeps_its_mode(data, store, tmp_path):
+    extract(data, store)
+    bench(*evaluate(data, store, tmp_path, "--fold", "r0f0"))
+    (tmp_path / "results.csv").chmod(0o664)  # shared with a group
+    bench(*evaluate(data, store, tmp_path, "--fold", "r0f1"))
+    assert (tmp_path / "results.csv").stat().st_mode & 0o777 == 0o664
+    assert sorted(pd.read_csv(tmp_path / "results.csv")["fold"]) == ["r0f0", "r0f1"]
+
+
+def test_training_sees_images_replaced_at_the_same_size_with_their_mtime_set_back(data):
+    import torch
+
+    from bench import train
+    from bench.backbone import read_checkpoint
+    from bench.jobs import finetune_job
+    from bench.recipes import get_recipe
+
+    for image in data.glob("*.png"):
+        uncompressed(image)
+    recipe = get_recipe("demo").with_overrides(image_size=32, batch_size=8, epochs=1)
+    job = finetune_job(tiny.backbone(), DATASET, data, recipe, protocol="mela-vs-ben", fold="r0f0")
+    train.fit(job)
+    before = read_checkpoint(job.out)["state_dict"]
+    for path in map(Path, job.data.paths):
+        stat = path.stat()
+        rewrite_same_size(path)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    train.fit(job)
+    after = read_checkpoint(job.out)["state_dict"]
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # trained on the new pixels, not the cache
+
+
+# --- images of any mode: their real range, or refused --------------------------------------------------------
+
+def test_a_16_bit_png_gets_the_features_of_its_8_bit_original(data, store):
+    grey = np.asarray(Image.open(data / "img007.png").convert("L"))
+    Image.fromarray(grey).save(data / "img007.png")
+    extract(data, store)
+    original = FeatureStore(store).read(DATASET, tiny.NAME, "frozen").features[7]
+    Image.fromarray(grey.astype(np.uint16) * 257).save(data / "img007.png")  # the same picture at 16 bits
+    assert Image.open(data / "img007.png").mode == "I;16"
+    assert "1 image(s) changed since" in extract(data, store)
+    np.testing.assert_allclose(FeatureStore(store).read(DATASET, tiny.NAME, "frozen").features[7], original,
+                               atol=1e-6)
+
+
+RGB = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+GREY = RGB[..., 1]
+
+
+@pytest.mark.parametrize(("image", "original"), [
+    (Image.fromarray(GREY.astype(np.uint16) * 257), GREY),
+    (Image.fromarray(GREY.astype(np.float32) / 255), GREY),
+    (Image.fromarray(RGB).convert("RGBA"), RGB),  # opaque
+    (Image.fromarray(GREY).convert("LA"), GREY),
+    (Image.fromarray(GREY).convert("P"), GREY),
+    (Image.fromarray(RGB).convert("CMYK"), RGB),
+], ids=["I;16", "F", "RGBA", "LA", "P", "CMYK"])
+def test_every_mode_decodes_to_the_pixels_of_its_8_bit_original(image, original, tmp_path):
+    from bench.images import load_image
+
+    path = tmp_path / f"image.{'tiff' if image.mode in ('F', 'CMYK') else 'png'}"
+    image.save(path)
+    Image.fromarray(original).save(tmp_path / "original.png")
+    assert Image.open(path).mode == image.mode
+    assert np.array_equal(load_image(path, 24), load_image(tmp_path / "original.png", 24))
+
+
+@pytest.mark.parametrize("pixels", [np.full((8, 8), 70_000, np.int32), np.full((8, 8), 300.0, np.float32),
+                                    np.full((8, 8), np.nan, np.float32)])
+def test_pixels_of_unknown_range_are_refused_naming_the_file(pixels, tmp_path):
+    from bench.errors import BenchError
+    from bench.images import load_image
+
+    Image.fromarray(pixels).save(tmp_path / "odd.tiff")
+    with pytest.raises(BenchError, match=f"cannot decode image {tmp_path / 'odd.tiff'}: its pixels"):
+        load_image(tmp_path / "odd.tiff", 8)
+
+
+def test_transparent_pixels_are_laid_on_black(tmp_path):
+    from bench.images import load_image
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., :3], rgba[:4, ..., 3], rgba[4:, ..., 3] = 200, 255, 0
+    Image.fromarray(rgba).save(tmp_path / "half.png")
+    decoded = load_image(tmp_path / "half.png", 8)
+    assert (decoded[:3] == 200).all() and (decoded[5:] == 0).all()
+
+
+# --- damaged chunks ------------------------------------------------------------------------------------------
+
+def _chunk_file(store: Path, chunk: int) -> Path:
+    return store / DATASET / tiny.NAME / "frozen" / "features" / "c" / str(chunk) / "0"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "remove"])
+def test_a_damaged_chunk_is_named_by_evaluate_and_exactly_it_is_recomputed_by_extract(
+        damage, data, store, tmp_path, capsys, monkeypatch):
+    from bench import extract as extraction
+
+    monkeypatch.setattr(extraction, "CHUNK_BYTES", 8 * 4 * tiny.FEATURE_DIM)  # 5 chunks of 8 images
+    extract(data, store, "--batch-size", 4)
+    before = FeatureStore(store).read(DATASET, tiny.NAME, "frozen").features
+    chunk = _chunk_file(store, 2)
+    stored = bytearray(chunk.read_bytes())
+    if damage == "truncate":
+        chunk.write_bytes(stored[: len(stored) // 2])
+    elif damage == "flip":
+        stored[len(stored) // 2] ^= 0x10
+        chunk.write_bytes(stored)
+    else:
+        chunk.unlink()
+
+    error = fails(capsys, *evaluate(data, store, tmp_path))
+    assert f"feature set {DATASET}/{tiny.NAME}/frozen in {store} is damaged: chunk(s) 2 (rows 16-23)" in error
+    assert f"bench extract --backbone {tiny.NAME} --dataset {DATASET}" in error
+    error, out = fails_after(capsys, "store", "verify", "--store", store)
+    assert f"{DATASET}/{tiny.NAME}/frozen: damaged chunk(s) [2]" in out and "1 set(s) in" in error
+
+    loaded = []
+    real = extraction.load_batch
+    monkeypatch.setattr(extraction, "load_batch", lambda chunk, *a: loaded.append(chunk) or real(chunk, *a))
+    assert "1 damaged chunk(s)" in extract(data, store, "--batch-size", 4)
+    assert set(loaded) == {2}  # exactly the damaged chunk
+    assert FeatureStore(store).read(DATASET, tiny.NAME, "frozen").features.tobytes() == before.tobytes()
+    assert f"{DATASET}/{tiny.NAME}/frozen: ok" in bench("store", "verify", "--store", store)
+    bench(*evaluate(data, store, tmp_path))
+
+
+def test_a_store_made_before_checksums_still_reads_and_its_truncated_chunks_are_found(
+        data, store, tmp_path, capsys, monkeypatch):
+    from featurestore import store as featurestore
+
+    monkeypatch.setattr(featurestore, "CHECKSUMMED", "auto")  # zarr's default codecs, as stores were made before
+    extract(data, store)
+    monkeypatch.undo()
+    assert "crc32c" not in (store / DATASET / tiny.NAME / "frozen" / "features" / "zarr.json").read_text()
+    bench(*evaluate(data, store, tmp_path))
+    chunk = _chunk_file(store, 0)
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    assert "is damaged: chunk(s) 0 (rows 0-39)" in fails(capsys, *evaluate(data, store, tmp_path))
+    assert "1 damaged chunk(s)" in extract(data, store)
+    bench(*evaluate(data, store, tmp_path))
+
+
+# --- progress in logs ----------------------------------------------------------------------------------------
+
+def test_progress_off_a_terminal_is_a_plain_line_per_interval_and_per_tenth(capsys):
+    from bench.progress import progress
+
+    with progress("decoding", 1000, interval=0.05) as shown:
+        for _ in range(3):
+            time.sleep(0.06)
+            shown.advance(2)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("decoding: 6/1000 images (1%), ")
+    assert " images/s, " in lines[-1] and lines[-1].endswith(" left")
+
+    with progress("training", 50, unit="batches", interval=3600) as shown:
+        for step in range(50):
+            shown.advance(1, status=f"loss {step}")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[1].split()[0] for line in lines] == [f"{n}/50" for n in range(5, 51, 5)]
+    assert lines[-1].startswith("training: 50/50 batches (100%)") and lines[-1].endswith("; loss 49")
+
+
+def test_extract_into_a_log_says_where_it_stands(data, store, monkeypatch):
+    from bench import progress
+
+    monkeypatch.setattr(progress, "INTERVAL", 0.0)
+    out = extract(data, store, "--batch-size", 8)
+    lines = [line for line in out.splitlines() if line.startswith(f"{DATASET}/{tiny.NAME}")]
+    assert lines[0].startswith(f"{DATASET}/{tiny.NAME}/frozen: 8/40 images (20%), ") and "images/s" in lines[0]
+    assert lines[-1].startswith(f"{DATASET}/{tiny.NAME}/frozen: 40/40 images (100%)")
+
+
+# --- low items -------------------------------------------------------------------------------------------------
+
+def test_a_header_only_labels_file_is_named(data, tmp_path, capsys):
+    (data / "labels.csv").write_text("image_id,diagnosis\n")
+    assert f"{data / 'labels.csv'} lists no images" in fails(capsys, "datasets", "show", DATASET, "--root", data)
+    (tmp_path / "ham").mkdir()
+    (tmp_path / "ham" / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx,dx_type,age,sex,localization\n")
+    error = fails(capsys, "datasets", "show", "ham10000", "--root", tmp_path / "ham")
+    assert f"{tmp_path / 'ham' / 'HAM10000_metadata.csv'} has a header but no rows" in error
+
+
+@pytest.mark.parametrize("url", ["file://{tmp}/new/store", "memory://issue-23-store"])
+def test_a_store_url_can_create_the_store(url, data, tmp_path):
+    url = url.format(tmp=tmp_path)
+    extract(data, url)
+    assert len(FeatureStore(url).read(DATASET, tiny.NAME, "frozen").image_ids) == N
+    assert "nothing to do" in extract(data, url)
+
+
+def test_a_complete_set_on_a_read_only_store_is_left_alone(data, store, monkeypatch):
+    from featurestore import StoreError
+
+    extract(data, store)
+    real = FeatureStore._open
+
+    def read_only(self, mode):
+        if mode != "r":
+            raise StoreError(f"cannot open the store {self.path}: [Errno 30] Read-only file system")
+        return real(self, mode)
+
+    monkeypatch.setattr(FeatureStore, "_open", read_only)
+    assert "is already complete (40 images): nothing to do" in extract(data, store)

@@ -95,9 +95,17 @@ def test_a_write_that_fails_half_way_changes_no_table(tmp_path, monkeypatch):
     with pytest.raises(BenchError, match="No space left on device. No table was changed"):
         upsert((results, fold_rows("a", [0.9]), KEY), (predictions, scores, PREDICTION_KEY))
     assert results.read_text() == before and not predictions.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]  # no temporary file left behind
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock") == ["results.csv"]  # no temporary file
 
 
 def test_select_refuses_a_column_that_is_no_part_of_the_identity():
     with pytest.raises(ValueError, match="identified by"):
         matching(fold_rows("a", [0.8]), auc=0.8)
+
+
+def test_reading_a_missing_table_creates_no_folder_or_lock(tmp_path):
+    from bench.results import read_tables
+
+    with pytest.raises(BenchError, match="not found"):
+        read_tables(tmp_path / "typo" / "results.csv")
+    assert not (tmp_path / "typo").exists()

@@ -241,13 +241,13 @@ def select_command(
 ) -> None:
     """In each fold, the configuration with the highest validation AUC (chosen on the training part only), scored
     on that fold's test part; adds the selected pipeline's rows to the results and predictions tables."""
-    from bench.results import KEY, PREDICTION_KEY, check_writable, read_table, upsert
+    from bench.results import KEY, PREDICTION_KEY, check_writable, read_tables, upsert
     from bench.select import command, select
 
     check_writable(results, predictions)
     line = command(candidates, dataset=dataset, protocol=protocol, split=split, finetuned=finetuned,
                    results=str(results), predictions=str(predictions))
-    chosen = select(read_table(results), read_table(predictions), candidates, dataset=dataset, protocol=protocol,
+    chosen = select(*read_tables(results, predictions), candidates, dataset=dataset, protocol=protocol,
                     split=split, finetuned=finetuned, command=line)
     r = chosen.results
     if as_json:
@@ -292,10 +292,10 @@ def leaderboard(
 ) -> None:
     """Render the markdown leaderboard (and ROC curves) from the results table."""
     from bench.leaderboard import render
-    from bench.results import read_table
+    from bench.results import read_tables
 
-    scores = read_table(predictions) if predictions is not None else None
-    path = render(read_table(results), out, scores, note)
+    table, scores = read_tables(results, predictions) if predictions is not None else (*read_tables(results), None)
+    path = render(table, out, scores, note)
     console.print(f"leaderboard -> {path}")
 
 

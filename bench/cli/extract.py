@@ -7,13 +7,12 @@ import time
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
-from rich.text import Text
 
 from bench.cli.app import app
 from bench.cli.options import (AddressOption, DatasetOptions, DesignName, ExecutorOption, RootOption, StoreOption,
                                TTAOption, parse_pairs)
 from bench.cli.output import console
+from bench.progress import progress
 
 if TYPE_CHECKING:
     from bench.extract import Extraction  # torch and onnxruntime load only when a command needs them
@@ -68,6 +67,8 @@ def _run(job: Extraction, store: str, executor: str) -> None:
     if not job.todo:
         console.print(f"{target} is already complete ({len(job.manifest)} images): nothing to do.", highlight=False)
         return
+    if job.writer.damaged:
+        console.print(f"{job.writer.damaged} damaged chunk(s) of {target} are computed again", highlight=False)
     if job.writer.changed:
         console.print(f"{job.writer.changed} image(s) changed since {target} was written: their chunks are "
                       "computed again", highlight=False)
@@ -81,28 +82,18 @@ def _run(job: Extraction, store: str, executor: str) -> None:
         run = functools.partial(extract_on_ray, job)
     start = time.perf_counter()
     try:
-        with progress_bar() as bar:
-            task = bar.add_task(f"{dataset}/{backbone}/{job.key}", total=job.todo_images)
-            run(lambda n: bar.advance(task, n))
+        with progress(f"{dataset}/{backbone}/{job.key}", job.todo_images) as shown:
+            run(shown.advance)
     except KeyboardInterrupt:
         kept = job.writer.n_chunks - len(job.writer.missing_chunks())
         console.print(f"interrupted: {kept} of {job.writer.n_chunks} chunks are kept; run the same command to resume")
         raise typer.Exit(130)
     seconds = time.perf_counter() - start
-    console.print(f"wrote {job.todo_images} images to {target} in {seconds:.1f} s "
-                  f"({job.todo_images / seconds:.1f} images/s)", highlight=False)
+    stored = job.todo_images - len(job.skipped)  # what the set holds now, not what was read
+    console.print(f"wrote {stored} images to {target} in {seconds:.1f} s ({job.todo_images / seconds:.1f} images/s)",
+                  highlight=False)
     if job.skipped:
         console.print(f"[yellow]skipped {len(job.skipped)} unreadable image(s); their rows are left out of the "
                       "feature set:[/yellow]")
         for path in job.skipped:
             console.print(f"  {path}", highlight=False)
-
-
-class RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed or 0:.1f} images/s", style="cyan")
-
-
-def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                    TimeRemainingColumn(), console=console)

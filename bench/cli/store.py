@@ -1,4 +1,4 @@
-"""`bench store ls` and `bench store rm`: what the feature store holds, and removing one set."""
+"""`bench store ls`, `verify` and `rm`: what the feature store holds, whether it reads back, removing one set."""
 
 from __future__ import annotations
 
@@ -43,3 +43,23 @@ def rm(dataset: str, backbone: str, key: str, store: StoreOption = None) -> None
     url = store_url(store)
     FeatureStore(url).remove(dataset, backbone, key)
     console.print(f"removed {dataset}/{backbone}/{key} from {url}", highlight=False)
+
+
+@store_app.command("verify")
+def verify(store: StoreOption = None) -> None:
+    """Read back every chunk of every set; name the damaged ones (the `bench extract` of a set recomputes them)."""
+    from featurestore import FeatureStore, StoreError
+
+    url = store_url(store)
+    found = FeatureStore(url)
+    if not found.exists():
+        raise StoreError(f"no feature store at {url}: check --store (or $BENCH_STORE)")
+    damaged = {(i.dataset, i.backbone, i.key): found.damaged(i.dataset, i.backbone, i.key) for i in found.list()}
+    for (dataset, backbone, key), chunks in damaged.items():
+        console.print(f"{dataset}/{backbone}/{key}: " + (f"damaged chunk(s) {chunks}" if chunks else "ok"),
+                      highlight=False)
+    bad = [(name, chunks) for name, chunks in damaged.items() if chunks]
+    if bad:
+        (dataset, backbone, key), chunks = bad[0]
+        raise StoreError(f"{len(bad)} set(s) in {url} have damaged chunks (e.g. {dataset}/{backbone}/{key}: "
+                         f"{chunks}): recompute exactly those with `{found.extract_command(dataset, backbone, key)}`")

@@ -74,6 +74,8 @@ def read_csv(path: Path, columns: list[str], dataset: str, **read_options: objec
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise BenchError(f"{dataset}: {path} lacks column(s) {missing}; it has {list(table.columns)}")
+    if table.empty:
+        raise BenchError(f"{dataset}: {path} has a header but no rows. Check that it is the CSV the dataset ships")
     return table[columns].apply(lambda column: column.str.strip())
 
 
