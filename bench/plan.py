@@ -17,6 +17,7 @@ from bench.features import label, parse
 from bench.recipes import Recipe
 from bench.study import DatasetSpec, Evaluation, Study, stored_backbones
 from bench.tta import key as tta_key
+from protocols.stats import TEST_DRAWS
 from protocols.svm import SOLVER
 
 
@@ -156,10 +157,15 @@ class Report(Stage):
 
     kind: ClassVar[str] = "report"
     study: str
+    bootstrap_draws: int = TEST_DRAWS
 
     @property
     def key(self) -> str:
         return "report"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return _unless_default(super().params, bootstrap_draws=TEST_DRAWS)
 
 
 def source_key(backbone: str) -> str:
@@ -253,7 +259,7 @@ def plan(study: Study, fold_keys: dict[int, list[str]]) -> list[Stage]:
                                              tuple(extracts)))
     for stage in evaluations:
         add(stage)
-    add(Report(study.name, deps=tuple(s.key for s in evaluations)))
+    add(Report(study.name, study.bootstrap_draws, deps=tuple(s.key for s in evaluations)))
     return list(stages.values())
 
 

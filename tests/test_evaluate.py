@@ -1,5 +1,6 @@
 """`bench evaluate`, `bench compare`, `bench perf evaluate` end to end on a feature store the tests write."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +232,14 @@ def test_compare_from_predictions_and_recomputed(tmp_path):
     assert stored.exit_code == 0, stored.output
     assert "AUC(good) - AUC(noise) = +" in stored.output and "10 folds" in stored.output
     assert stored.output == recomputed.output
+    # both tests, the F-test counting training variance, and the bootstrap p no finer than its draws
+    assert "p < 0.0002 (paired bootstrap over test lesions, 10000 draws" in stored.output
+    assert "5x2cv paired F-test" in stored.output and "verdict p = " in stored.output
+    coarse = cli("compare", "good", "noise", "--protocol", "mela-vs-ben", *DATA[:2], "--predictions",
+                 str(predictions), "--draws", "1000", "--json")
+    summary = json.loads(coarse.output)
+    assert (summary["bootstrap_p"], summary["bootstrap_p_is_bound"], summary["test"]) == (0.002, True, "5x2cv F")
+    assert summary["verdict_p"] == max(0.002, summary["test_p_value"])
     absent = cli("compare", "good", "other", "--protocol", "mela-vs-ben", *DATA[:2], "--predictions", str(predictions))
     assert isinstance(absent.exception, BenchError) and "no predictions for other" in str(absent.exception)
 
