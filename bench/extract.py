@@ -22,8 +22,9 @@ from bench.backbone import Backbone, Preprocessing, read_checkpoint
 from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
 from bench.export import ExportedModel, export_onnx
-from bench.features import SOURCE_IDS, refuse_trained_on
+from bench.features import ID_ONLY, SOURCE_OVERLAP
 from bench.images import load_image
+from bench.overlap import TRAINED_ON, find_overlap
 from bench.threads import count as thread_count
 from featurestore import FeatureStore, SetWriter, feature_key
 
@@ -192,10 +193,18 @@ def _source_stage_output(backbone: Backbone) -> Path | None:
     return output if output.is_file() else None
 
 
-def source_image_ids(backbone: Backbone) -> list[str]:
-    """The ids of the images the backbone's trained source stage learnt from (none recorded: none known)."""
+def source_overlap(backbone: Backbone, manifest: pd.DataFrame) -> dict:
+    """The attrs that record which of the manifest's images are pictures the backbone's source stage trained on
+    (none for a backbone without one). Recorded, not refused: the set may be an SVM's training side, which may be;
+    evaluation refuses them on the test side."""
     output = _source_stage_output(backbone)
-    return read_checkpoint(output).get("meta", {}).get(SOURCE_IDS, []) if output else []
+    meta = read_checkpoint(output).get("meta", {}) if output else {}
+    if ID_ONLY in meta and TRAINED_ON not in meta:
+        raise BenchError(f"{output} records the images its source stage trained on by id only: train {backbone.name}'s "
+                         "source stage again so that they are compared with the images scored by content")
+    if TRAINED_ON not in meta:
+        return {}
+    return {SOURCE_OVERLAP: find_overlap(pd.DataFrame(meta[TRAINED_ON]), manifest).to_records()}
 
 
 def prepare(
@@ -235,8 +244,7 @@ def prepare(
         if not weights.is_file():
             raise BenchError(f"no fine-tuned checkpoint {weights}: fine-tune {backbone_name} on {dataset_name} "
                              f"for protocol {protocol}, fold {fold} first (`bench train`)")
-    trained_on = source_image_ids(backbone)
-    refuse_trained_on(trained_on, manifest["image_id"], backbone_name, dataset_name)
+    guard = source_overlap(backbone, manifest)
     model = export_onnx(backbone, weights)
     key = views.key(feature_key(protocol, fold), views.check(tta))
     # a fine-tuned set carries its checkpoint's record of the fold it trained on: evaluation checks it
@@ -253,7 +261,7 @@ def prepare(
         "dataset_options": options or {},
         "bench_version": bench.__version__,
         **({"fold_record": record} if fold is not None else {}),
-        SOURCE_IDS: trained_on,
+        **guard,
     }
     writer = features.open_for_write(
         dataset_name, backbone_name, key, image_ids=manifest["image_id"].astype(str).to_numpy(),

@@ -1,8 +1,8 @@
 """The features an evaluation scores, read from the store: one backbone's set, or the fusion of several (`A+B`:
 each set L2-normalised, then concatenated), optionally power-normalised, TTA sets where asked.
 
-Refused here, before any SVM is fitted: fusing sets of other images, and scoring a backbone on images its source
-stage trained on (the ids it recorded, see `bench.jobs.source_stage_job`).
+Refused here, before any SVM is fitted: fusing sets of other images, and scoring a backbone on pictures its source
+stage trained on (found by content when the set was extracted, see `bench.overlap`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from sklearn.preprocessing import normalize
 
 from bench import tta as views
 from bench.errors import BenchError
+from bench.overlap import Overlap, refusal
 from featurestore import FeatureSet, FeatureStore
 
 FUSION = "+"
-SOURCE_IDS = "source_image_ids"  # provenance of a set whose backbone has a source stage: the ids it trained on
+SOURCE_OVERLAP = "source_overlap"  # a set whose backbone has a source stage: its images that stage trained on
+ID_ONLY = "source_image_ids"  # what sets extracted before the content guard recorded instead
 
 
 def members(backbone: str) -> list[str]:
@@ -61,20 +63,24 @@ def reader(store: Path, dataset: str, backbone: str, *, tta: str | None = None, 
         if key not in cache:
             sets = [store_.read(dataset, name, key) for name in names]
             for name, features in zip(names, sets):
-                refuse_trained_on(features.attrs.get(SOURCE_IDS, ()), evaluated, name, dataset)
+                refuse_trained_on(features.attrs, evaluated, name, dataset)
             cache[key] = fuse(sets, names, power)
         return cache[key]
 
     return read
 
 
-def refuse_trained_on(trained_on: Iterable[str], image_ids: Iterable[str], backbone: str, dataset: str) -> None:
-    """A clear error where the backbone's source stage trained on images of the evaluated dataset."""
-    overlap = set(map(str, image_ids)).intersection(trained_on)
-    if overlap:
-        raise BenchError(f"{backbone} was trained on {len(overlap)} image(s) of {dataset} in its source stage (e.g. "
-                         f"{', '.join(sorted(overlap)[:3])}): scoring it there would test it on its training "
-                         "images. Evaluate it on a dataset it never saw, or train its source stage on another one")
+def refuse_trained_on(attrs: dict, image_ids: set[str], backbone: str, dataset: str) -> None:
+    """A clear error where the backbone's source stage trained on pictures among the evaluated images."""
+    if ID_ONLY in attrs and SOURCE_OVERLAP not in attrs:
+        raise BenchError(f"the {dataset} features of {backbone} were extracted when bench compared its source stage's "
+                         "training images by id only: run `bench extract` for them again with --overwrite (and, if it "
+                         "says so, train the source stage again) so that pictures are compared by content")
+    found = Overlap.from_records(attrs.get(SOURCE_OVERLAP, []))
+    found = Overlap(found.matches[found.matches["test_id"].isin(image_ids)])
+    if len(found):
+        raise refusal(found, f"{backbone}'s source stage", dataset, "evaluate it on a dataset its source stage did "
+                      "not train on, or train the source stage on another one")
 
 
 def fuse(sets: list[FeatureSet], names: list[str], power: bool) -> FeatureSet:

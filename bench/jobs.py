@@ -16,7 +16,7 @@ from bench import paths, plugins
 from bench.backbone import Backbone, SourceStage
 from bench.dataset import fingerprint
 from bench.errors import BenchError
-from bench.features import SOURCE_IDS
+from bench.overlap import TRAINED_ON, content
 from bench.recipes import Recipe
 from bench.train import LabelledImages, TrainingJob
 from protocols.designs import DESIGNS, apply_design
@@ -35,10 +35,10 @@ def source_stage_job(backbone: Backbone, dataset: str, root: Path | None, recipe
     values = rows["source_label"] if own else rows["diagnosis"]
     classes, labels = np.unique(values.astype(str), return_inverse=True)
     start = plugins.get_backbone(stage.start)
-    # the ids it trains on go with the weights, so that no dataset holding them is ever scored with it
+    # what it trains on goes with the weights, by content, so that no copy of those pictures is ever scored with it
     meta = {"stage": f"{stage.task} on {stage.dataset} (from {stage.start})", "dataset": dataset,
             "dataset_fingerprint": fingerprint(manifest), "limit": limit,
-            SOURCE_IDS: rows["image_id"].astype(str).tolist()}
+            TRAINED_ON: content(rows).to_dict(orient="list")}
     return _job(backbone, start.create, _labelled(rows, labels, tuple(classes)),
                 recipe.starting_from(start.random_init), out=paths.weights_dir() / stage.output,
                 key=Path(stage.output).stem, seed=seed, meta=meta)

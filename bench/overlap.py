@@ -32,6 +32,8 @@ THRESHOLD = 14  # bits of the 128: copies measured at <= 11, other pictures at >
 HASH_INPUT = 64  # px: enough for a 32 px phash, and JPEG decodes at a fraction of its size
 CHUNK = 512  # test images compared at once: CHUNK x train x 16 bytes stays a few tens of MB
 CONTENT = ["image_id", "sha256", "perceptual"]  # a content record, what a trained model keeps of its images
+TRAINED_ON = "source_images"  # a source stage checkpoint's meta: the content record of the images it trained on
+DROP_FIX = "leave them out with --drop-overlap (the row counts them), or score on images that were not trained on"
 
 
 @dataclass(frozen=True)
@@ -83,13 +85,13 @@ def find_overlap(train: pd.DataFrame, test: pd.DataFrame, threshold: int = THRES
     return Overlap(matches[digest | (distance <= threshold)].reset_index(drop=True))
 
 
-def refusal(overlap: Overlap, train: str, test: str) -> BenchError:
-    """The one-line error for scoring on pictures of the training side, naming them and the fix."""
-    pairs = [f"{m.test_id} = {train}'s {m.train_id}" + ("" if m.how == "digest" else f" (resized or re-compressed, "
-                                                           f"{m.distance} bits)") for m in overlap.matches.itertuples()]
-    return BenchError(f"{len(overlap)} image(s) of {test} are pictures {train} trained on: {few(pairs, 3)}. Scoring "
-                      "them would test on training images: leave them out with --drop-overlap (the row counts them), "
-                      "or score on images that were not trained on")
+def refusal(overlap: Overlap, train: str, test: str, fix: str = DROP_FIX) -> BenchError:
+    """The one-line error for scoring on pictures of the training side, naming them (`=`: the same file, `~`: the
+    same picture resized or re-compressed) and the fix."""
+    pairs = [f"{m.test_id} = {m.train_id}" if m.how == "digest" else f"{m.test_id} ~ {m.train_id} ({m.distance} bits)"
+             for m in overlap.matches.itertuples()]
+    return BenchError(f"{len(overlap)} image(s) of {test} are pictures {train} trained on ({few(pairs, 3)}): scoring "
+                      f"them would test on training images; {fix}")
 
 
 def perceptual_hashes(paths: list[str], digests: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from bench.cli import app
 from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
 from bench.evaluate import Request, evaluate, prepare
-from bench.features import SOURCE_IDS, reader
+from bench.features import ID_ONLY, SOURCE_OVERLAP, reader
 from bench.results import read_table
 from featurestore import FeatureStore, StoreError
 from protocols.errors import ProtocolError
@@ -390,11 +390,23 @@ def test_a_backbone_is_refused_on_images_its_source_stage_trained_on(tmp_path):
     store = tmp_path / "store"
     write_set(store, "derm")
     m = manifest()
-    zarr.open_group(store, mode="r+")["synthetic/derm/frozen"].attrs[SOURCE_IDS] = ["other-1", m["image_id"].iloc[5]]
+    attrs = zarr.open_group(store, mode="r+")["synthetic/derm/frozen"].attrs
+    # what extraction found by content: one evaluated image is a resized copy of a source-stage training image
+    attrs[SOURCE_OVERLAP] = [{"test_id": m["image_id"].iloc[5], "train_id": "other-1", "how": "perceptual",
+                              "distance": 3}]
     out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "derm", *DATA, "--store", str(store),
               "--results", str(tmp_path / "r.csv"))
-    assert isinstance(out.exception, BenchError) and "trained on 1 image(s) of synthetic" in str(out.exception)
-    assert m["image_id"].iloc[5] in str(out.exception)
+    assert isinstance(out.exception, BenchError)
+    assert (f"1 image(s) of synthetic are pictures derm's source stage trained on ({m['image_id'].iloc[5]} ~ "
+            "other-1 (3 bits))") in str(out.exception)
+    attrs[SOURCE_OVERLAP] = []
+    attrs[ID_ONLY] = ["other-1"]
+    cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "derm", *DATA, "--store", str(store),
+        "--results", str(tmp_path / "r.csv"))  # no picture in common: scored
+    del attrs[SOURCE_OVERLAP]  # a set extracted when only ids were compared
+    out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "derm", *DATA, "--store", str(store),
+              "--results", str(tmp_path / "r.csv"))
+    assert isinstance(out.exception, BenchError) and "by id only" in str(out.exception)
 
 
 def read_features(store: Path, backbone: str, power: bool = False):

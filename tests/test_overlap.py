@@ -67,7 +67,8 @@ def test_the_refusal_is_one_line_naming_the_images_and_the_fix(tmp_path):
     found = overlap.find_overlap(train, copies(train, tmp_path / "copies"))
     error = overlap.refusal(found, "ham10000", "derm")
     assert isinstance(error, BenchError) and "\n" not in str(error)
-    assert str(error).startswith("8 image(s) of derm are pictures ham10000 trained on: renamed_0 = ham10000's img0_0")
+    assert str(error).startswith("8 image(s) of derm are pictures ham10000 trained on (renamed_0 = img0_0, copy_1 ~ "
+                                 "img0_1 (")
     assert "--drop-overlap" in str(error) and "... and 5 more" in str(error)
     records = json.loads(json.dumps(found.to_records()))  # as a feature set's attrs keep them
     assert overlap.Overlap.from_records(records).to_records() == found.to_records()
