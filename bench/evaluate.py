@@ -24,7 +24,7 @@ from bench.results import KEY
 from featurestore import FeatureSet, FeatureStore
 from protocols.designs import Design, apply_design, get_design
 from protocols.metrics import fold_metrics, positive_scores, predicted_class
-from protocols.splits import fold_record_problems, groups_of, make_folds, select_folds
+from protocols.splits import fold_record_problems, groups_of, lesion_note, make_folds, select_folds
 from protocols.stats import bootstrap_auc
 from protocols.svm import Fold, run_folds
 
@@ -104,8 +104,9 @@ def prepare(request: Request) -> Inputs:
     folds = select_folds(folds, request.folds, request.split)
     labels = labelled.set_index("image_id")["label"]
     lesions = pd.Series(groups_of(manifest).to_numpy(), index=manifest["image_id"])
+    notes = [str(w.message) for w in caught] + [lesion_note(manifest, request.dataset)]
     return Inputs(request, design, manifest, fingerprint(manifest), labels, lesions, folds,
-                  tuple(str(w.message) for w in caught))
+                  tuple(note for note in notes if note))
 
 
 def evaluate(request: Request) -> Evaluation:

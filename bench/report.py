@@ -19,6 +19,7 @@ from bench.results import read_table, select
 from bench.select import Selection, select as choose
 from protocols import stats
 from protocols.designs import DESIGNS
+from protocols.splits import lesion_note
 
 if TYPE_CHECKING:
     from bench.plan import StudyData
@@ -136,9 +137,11 @@ class Report:
             lines.append(f"- Backbone `{spec.name}`, defined by the study: {weights}{trained}.")
         for i, evaluation in enumerate(study.evaluations):
             folds = self.data.fold_keys[i]
+            note = lesion_note(self.data.manifests[evaluation.dataset], evaluation.dataset)
             lines.append(f"- Evaluated on `{evaluation.dataset}` with split `{evaluation.split}`, folds "
                          f"{', '.join(folds)}: class-balanced linear SVM on L2-normalised features, C chosen on each "
-                         "training fold by the mean AUC over 10 lesion-grouped validation folds.")
+                         "training fold by the mean AUC over 10 lesion-grouped validation folds."
+                         + (f" **Note:** {note}." if note else ""))
         if study.transfer:
             roles = ", ".join(f"{COLUMN_TITLES[c]} = `{b}`" for c, b in study.transfer.items())
             lines.append(f"- Transfer sources (Table 1 columns): {roles}.")

@@ -246,32 +246,32 @@ def _boot_mean_fold_auc(frames: list[pd.DataFrame], n_boot: int, seed: int) -> l
     images = frames[0].drop_duplicates("image_id")
     lesion = images["lesion_id"] if "lesion_id" in images else images["image_id"]
     lesions, members = np.unique(lesion.astype(str).to_numpy(), return_inverse=True)
-    row = pd.Series(members, index=images["image_id"].to_numpy())  # image -> its lesion's row in the counts
-    folds = [[(fold, row.loc[fold["image_id"]].to_numpy()) for _, fold in frame.groupby("fold")] for frame in frames]
+    column = pd.Series(members, index=images["image_id"].to_numpy())  # image -> its lesion's column in the counts
+    folds = [[(fold, column.loc[fold["image_id"]].to_numpy()) for _, fold in frame.groupby("fold")]
+             for frame in frames]
     boot = [[] for _ in frames]
     for counts in _lesion_counts(len(lesions), n_boot, seed):
         for result, parts in zip(boot, folds):
-            result.append(np.mean([_fold_auc(fold, counts[rows]) for fold, rows in parts], axis=0))
+            result.append(np.mean([_fold_auc(fold, counts[:, columns]) for fold, columns in parts], axis=0))
     return [np.concatenate(result) for result in boot]
 
 
 def _lesion_counts(n_lesions: int, n_boot: int, seed: int) -> Iterator[np.ndarray]:
-    """(n_lesions, draws) int32: how often each lesion is drawn (with replacement) in each replicate, a chunk of
+    """(draws, n_lesions) int32: how often each lesion is drawn (with replacement) in each replicate, a chunk of
     draws at a time. One bincount over uniform picks: numpy's multinomial sampler is about 6x slower here."""
     rng = np.random.default_rng(seed)
     for start in range(0, n_boot, DRAW_CHUNK):
         k = min(DRAW_CHUNK, n_boot - start)
         picks = rng.integers(0, n_lesions, size=(k, n_lesions)) + n_lesions * np.arange(k)[:, None]
-        counts = np.bincount(picks.ravel(), minlength=k * n_lesions).reshape(k, n_lesions)
-        yield np.ascontiguousarray(counts.T, dtype=np.int32)  # rows: cumulative sums run over images
+        yield np.bincount(picks.ravel(), minlength=k * n_lesions).reshape(k, n_lesions).astype(np.int32)
 
 
 def _fold_auc(fold: pd.DataFrame, weights: np.ndarray | None = None):
     """The fold's AUC (binary, or the mean one-vs-one AUC of the `score_*` columns, each pair ranked by its margin
-    difference, as `protocols.metrics.auc`); with integer `weights` (images, draws), one AUC per draw."""
+    difference, as `protocols.metrics.auc`); with integer `weights` (draws, images), one AUC per draw."""
     labels = fold["label"].to_numpy()
     columns = [c for c in fold.columns if c.startswith("score_")]
-    w = np.ones((len(fold), 1), np.int32) if weights is None else weights
+    w = np.ones((1, len(fold)), np.int32) if weights is None else weights
     if not columns:
         result = _weighted_auc(fold["score"].to_numpy(), labels == 1, w)
     else:
@@ -279,26 +279,26 @@ def _fold_auc(fold: pd.DataFrame, weights: np.ndarray | None = None):
         pairs = []
         for i, j in combinations(range(len(columns)), 2):
             both = (labels == i) | (labels == j)
-            pairs.append(_weighted_auc(scores[both, i] - scores[both, j], labels[both] == i, w[both]))
+            pairs.append(_weighted_auc(scores[both, i] - scores[both, j], labels[both] == i, w[:, both]))
         result = np.mean(pairs, axis=0)
     return float(result[0]) if weights is None else result
 
 
 def _weighted_auc(score: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """AUC of `score` for each column of integer `weights` (n, B): the weighted Mann-Whitney statistic, ties
+    """AUC of `score` for each row of integer `weights` (B, n): the weighted Mann-Whitney statistic, ties
     counted half. Each positive is credited with the weight of the negatives below it, read off a cumulative sum
     over the sorted negatives; integers keep the sums exact (sklearn's weighted roc_auc_score agrees, see the
     tests)."""
     negatives = np.flatnonzero(~truth)
     negatives = negatives[np.argsort(score[negatives], kind="stable")]
-    below = np.zeros((len(negatives) + 1, weights.shape[1]), np.int64)
-    np.cumsum(weights[negatives], axis=0, out=below[1:])
+    below = np.zeros((len(weights), len(negatives) + 1), np.int64)
+    np.cumsum(weights[:, negatives], axis=1, out=below[:, 1:])
     positives = np.flatnonzero(truth)
-    neg_score, pos_score, pos_weight = score[negatives], score[positives], weights[positives]
+    neg_score, pos_score, pos_weight = score[negatives], score[positives], weights[:, positives]
     strictly, tied = np.searchsorted(neg_score, pos_score, "left"), np.searchsorted(neg_score, pos_score, "right")
-    twice = (pos_weight * (below[strictly] + below[tied])).sum(axis=0)
+    twice = (pos_weight * (below[:, strictly] + below[:, tied])).sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return twice / (2 * pos_weight.sum(axis=0) * below[-1])
+        return twice / (2 * pos_weight.sum(axis=1) * below[:, -1])
 
 
 def _scorable(fold: pd.DataFrame) -> bool:

@@ -324,6 +324,17 @@ def test_reference_split_on_fold_files(tmp_path):
     assert read_table(tmp_path / "r.csv")["fold"].tolist() == ["ref1x1", "ref1x2"]
 
 
+def test_a_dataset_without_lesion_ids_says_its_images_are_not_grouped(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    write_set(store, "good")
+    adapter = type(plugins.get_dataset("synthetic"))
+    drawn = adapter.manifest
+    monkeypatch.setattr(adapter, "manifest", lambda self, *a, **k: drawn(self, *a, **k).drop(columns="lesion_id"))
+    out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "good", *DATA, "--store", str(store),
+              "--results", str(tmp_path / "r.csv"))
+    assert out.exit_code == 0, out.output
+    assert "synthetic records no lesion ids: every image counts as its own lesion" in " ".join(out.output.split())
+
 # --- fusion, power normalisation, TTA sets, source-stage leakage ----------------------------------------------
 
 def test_a_fused_set_is_the_concatenation_of_the_l2_normalised_sets(tmp_path):

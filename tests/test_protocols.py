@@ -435,8 +435,8 @@ def test_paired_comparison_uses_the_corrected_t_test_off_5x2_and_the_f_test_on_i
 def test_weighted_auc_agrees_with_scikit_learn():
     rng = np.random.default_rng(3)
     score, truth = np.round(rng.normal(size=300), 1), rng.random(300) < 0.3  # rounded: ties
-    weights = rng.integers(0, 4, size=(300, 5)).astype(np.int32)
-    expected = [roc_auc_score(truth, score, sample_weight=w) for w in weights.T]
+    weights = rng.integers(0, 4, size=(5, 300)).astype(np.int32)
+    expected = [roc_auc_score(truth, score, sample_weight=w) for w in weights]
     assert stats._weighted_auc(score, truth, weights) == pytest.approx(expected)
 
 
