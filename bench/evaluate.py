@@ -19,7 +19,7 @@ import bench
 from bench import paths, plugins
 from bench.dataset import fingerprint, image_digests, label_fingerprint
 from bench.errors import BenchError
-from bench.features import label as features_label, reader as features_reader
+from bench.features import DROPPED, label as features_label, reader as features_reader
 from bench.results import KEY
 from featurestore import FeatureSet, FeatureStore
 from protocols.designs import Design, apply_design, get_design
@@ -48,6 +48,7 @@ class Request:
     folds: tuple[str, ...] = ()  # only these folds of the split; empty: all of them
     tta: str | None = None  # score the sets extracted with this test-time augmentation (bench.tta)
     power: bool = False  # signed square root of every feature before the L2 normalisation
+    drop_overlap: bool = False  # leave out (and count) images that are pictures a source stage trained on
 
     @property
     def store_path(self) -> str:
@@ -68,6 +69,7 @@ class Request:
             args += ["--fold", fold]
         args += ["--tta", self.tta] if self.tta else []
         args += ["--power-norm"] * self.power
+        args += ["--drop-overlap"] * self.drop_overlap
         return shlex.join(args)
 
 
@@ -117,7 +119,8 @@ def run(inputs: Inputs) -> Evaluation:
     """The SVM protocol on every fold; features are read once (frozen) or per fold (fine-tuned)."""
     request = inputs.request
     read = features_reader(request.store_path, request.dataset, request.backbone, tta=request.tta,
-                           power=request.power, image_ids=inputs.manifest["image_id"])
+                           power=request.power, image_ids=inputs.manifest["image_id"],
+                           drop_overlap=request.drop_overlap)
     notes = list(inputs.notes)
     parts = []
     current = pd.Series(image_digests(inputs.manifest), index=inputs.manifest["image_id"].astype(str))
@@ -137,7 +140,8 @@ def run(inputs: Inputs) -> Evaluation:
         metrics = fold_metrics(test.label.to_numpy(), fit.scores, inputs.design.positive)
         results.append({"fold": fold, **metrics, "n_train": len(train), "n_test": len(test), "c": fit.c,
                         "validation_auc": fit.validation_auc[fit.c],  # what `bench select` chooses by
-                        "model_sha256": features.attrs.get("model_sha256", "")})
+                        "model_sha256": features.attrs.get("model_sha256", ""),
+                        **_dropped(request, inputs.folds[fold][1], inputs.labels, features)})
         predictions.append(_predictions(fold, test, fit.scores, inputs))
     return _tables(replace(inputs, notes=tuple(dict.fromkeys(notes))), pd.DataFrame(results),
                    pd.concat(predictions, ignore_index=True))
@@ -197,9 +201,22 @@ def _check_current(features: FeatureSet, key: str, current: pd.Series, inputs: I
                      "only, so they are scored with today's labels")
 
 
+def _dropped(request: Request, test_ids: np.ndarray, labels: pd.Series, features: FeatureSet) -> dict:
+    """With --drop-overlap, the row counts the test images left out as pictures a source stage trained on."""
+    if not request.drop_overlap:
+        return {}
+    tested = labels.reindex(test_ids).dropna().index
+    return {"n_overlap_dropped": int(tested.isin(features.attrs[DROPPED]).sum())}
+
+
 def _rows(ids: np.ndarray, labels: pd.Series, features: FeatureSet, notes: list[str]) -> pd.DataFrame:
     """The fold part's images the design keeps, with their label and row in the feature set."""
     kept = labels.reindex(ids).dropna().astype(int)
+    dropped = kept.index.isin(features.attrs.get(DROPPED, []))
+    if dropped.any():
+        notes.append("images that are pictures the backbone's source stage trained on are left out of every fold "
+                     "(--drop-overlap); each row counts its test images left out in `n_overlap_dropped`")
+    kept = kept[~dropped]
     position = pd.Index(features.image_ids).get_indexer(kept.index)
     skipped = set(features.attrs.get("skipped", []))
     missing = kept.index[position < 0]

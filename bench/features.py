@@ -22,6 +22,7 @@ from featurestore import FeatureSet, FeatureStore
 FUSION = "+"
 SOURCE_OVERLAP = "source_overlap"  # a set whose backbone has a source stage: its images that stage trained on
 ID_ONLY = "source_image_ids"  # what sets extracted before the content guard recorded instead
+DROPPED = "overlap_dropped"  # a set read with drop_overlap: the evaluated images left out as training pictures
 
 
 def members(backbone: str) -> list[str]:
@@ -52,9 +53,10 @@ def parse(spec: str) -> tuple[str, str | None, bool]:
 
 
 def reader(store: Path, dataset: str, backbone: str, *, tta: str | None = None, power: bool = False,
-           image_ids: Iterable[str] = ()) -> Callable[[str], FeatureSet]:
+           image_ids: Iterable[str] = (), drop_overlap: bool = False) -> Callable[[str], FeatureSet]:
     """key -> the feature set to score (each store set read once). `image_ids` are the dataset's: a set whose
-    backbone trained on any of them is refused."""
+    backbone's source stage trained on pictures among them is refused, or with `drop_overlap` those images are
+    named in its attrs[DROPPED] for evaluation to leave out."""
     names, store_, cache = members(backbone), FeatureStore(store), {}
     evaluated = set(map(str, image_ids))  # once, not per fold
 
@@ -62,25 +64,28 @@ def reader(store: Path, dataset: str, backbone: str, *, tta: str | None = None, 
         key = views.key(key, views.check(tta))
         if key not in cache:
             sets = [store_.read(dataset, name, key) for name in names]
-            for name, features in zip(names, sets):
-                refuse_trained_on(features.attrs, evaluated, name, dataset)
+            found = {name: trained_on(features.attrs, evaluated, name, dataset) for name, features in zip(names, sets)}
+            for name, overlap in found.items():
+                if len(overlap) and not drop_overlap:
+                    raise refusal(overlap, f"{name}'s source stage", dataset, "leave them out with --drop-overlap, "
+                                  "evaluate it on a dataset its source stage did not train on, or train the source "
+                                  "stage on another one")
             cache[key] = fuse(sets, names, power)
+            cache[key].attrs[DROPPED] = sorted({i for overlap in found.values() for i in overlap.test_ids})
         return cache[key]
 
     return read
 
 
-def refuse_trained_on(attrs: dict, image_ids: set[str], backbone: str, dataset: str) -> None:
-    """A clear error where the backbone's source stage trained on pictures among the evaluated images."""
+def trained_on(attrs: dict, image_ids: set[str], backbone: str, dataset: str) -> Overlap:
+    """The evaluated images that are pictures the backbone's source stage trained on, as its set's extraction
+    recorded them."""
     if ID_ONLY in attrs and SOURCE_OVERLAP not in attrs:
         raise BenchError(f"the {dataset} features of {backbone} were extracted when bench compared its source stage's "
                          "training images by id only: run `bench extract` for them again with --overwrite (and, if it "
                          "says so, train the source stage again) so that pictures are compared by content")
     found = Overlap.from_records(attrs.get(SOURCE_OVERLAP, []))
-    found = Overlap(found.matches[found.matches["test_id"].isin(image_ids)])
-    if len(found):
-        raise refusal(found, f"{backbone}'s source stage", dataset, "evaluate it on a dataset its source stage did "
-                      "not train on, or train the source stage on another one")
+    return Overlap(found.matches[found.matches["test_id"].isin(image_ids)].reset_index(drop=True))
 
 
 def fuse(sets: list[FeatureSet], names: list[str], power: bool) -> FeatureSet:

@@ -403,13 +403,20 @@ def test_a_backbone_is_refused_on_images_its_source_stage_trained_on(tmp_path):
     m = manifest()
     attrs = zarr.open_group(store, mode="r+")["synthetic/derm/frozen"].attrs
     # what extraction found by content: one evaluated image is a resized copy of a source-stage training image
-    attrs[SOURCE_OVERLAP] = [{"test_id": m["image_id"].iloc[5], "train_id": "other-1", "how": "perceptual",
-                              "distance": 3}]
+    copy = m.loc[m["diagnosis"] == "melanoma", "image_id"].iloc[0]
+    attrs[SOURCE_OVERLAP] = [{"test_id": copy, "train_id": "other-1", "how": "perceptual", "distance": 3}]
     out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "derm", *DATA, "--store", str(store),
               "--results", str(tmp_path / "r.csv"))
     assert isinstance(out.exception, BenchError)
-    assert (f"1 image(s) of synthetic are pictures derm's source stage trained on ({m['image_id'].iloc[5]} ~ "
-            "other-1 (3 bits))") in str(out.exception)
+    assert (f"1 image(s) of synthetic are pictures derm's source stage trained on ({copy} ~ other-1 (3 bits))"
+            in str(out.exception)) and "--drop-overlap" in str(out.exception)
+    # left out and counted instead: tested once in each of the five repetitions
+    out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "derm", *DATA, "--store", str(store),
+              "--results", str(tmp_path / "dropped.csv"), "--predictions", str(tmp_path / "p.csv"), "--drop-overlap")
+    assert out.exit_code == 0, out.output
+    rows = read_table(tmp_path / "dropped.csv")
+    assert rows["n_overlap_dropped"].sum() == 5 and rows["command"].str.endswith("--drop-overlap").all()
+    assert copy not in set(read_table(tmp_path / "p.csv")["image_id"])
     attrs[SOURCE_OVERLAP] = []
     attrs[ID_ONLY] = ["other-1"]
     cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "derm", *DATA, "--store", str(store),

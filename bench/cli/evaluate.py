@@ -35,6 +35,9 @@ TTA = Annotated[Optional[str], typer.Option("--tta", help="Score the sets extrac
 PowerNorm = Annotated[bool, typer.Option("--power-norm", help="Signed square root of every feature before L2 "
                                                               "normalisation (recorded in the results).")]
 Finetuned = Annotated[bool, typer.Option("--finetuned", help="Use each fold's fine-tuned set ft-<protocol>-<fold>.")]
+DropOverlap = Annotated[bool, typer.Option("--drop-overlap", help="Leave out (and count in each row) the images "
+                                                                  "that are pictures a source stage trained on, "
+                                                                  "instead of refusing to score them.")]
 Split = Annotated[str, typer.Option(help="How folds are made: 5x2, official or reference.")]
 ReferenceDir = Annotated[Optional[Path], typer.Option(help="The paper's fold files (a folder or one .yml file).")]
 KeepDuplicates = Annotated[bool, typer.Option("--keep-duplicate-folds",
@@ -65,6 +68,7 @@ def evaluate(
     as_json: JsonOption = False,
     tta: TTA = None,
     power_norm: PowerNorm = False,
+    drop_overlap: DropOverlap = False,
 ) -> None:
     """Score a feature set with the paper's linear-SVM protocol on every fold; write results (and predictions)."""
     from bench.evaluate import Request, evaluate as run_evaluation
@@ -73,7 +77,8 @@ def evaluate(
 
     check_writable(results, predictions)  # before the work: an unwritable file must not cost the scores
     request = Request(dataset, backbone, protocol, split, finetuned, seed, root, store, reference_dir,
-                      keep_duplicate_folds, tuple(parse_pairs(option).items()), tuple(fold), tta, power_norm)
+                      keep_duplicate_folds, tuple(parse_pairs(option).items()), tuple(fold), tta, power_norm,
+                      drop_overlap)
     _check_backbone(request)
     done = run_evaluation(request)
     for note in done.inputs.notes:
