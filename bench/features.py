@@ -21,7 +21,7 @@ from featurestore import FeatureSet, FeatureStore
 
 FUSION = "+"
 SOURCE_OVERLAP = "source_overlap"  # a set whose backbone has a source stage: its images that stage trained on
-ID_ONLY = "source_image_ids"  # what sets extracted before the content guard recorded instead
+ID_ONLY = "source_image_ids"  # what checkpoints and sets recorded before the content guard: ids only
 DROPPED = "overlap_dropped"  # a set read with drop_overlap: the evaluated images left out as training pictures
 
 
