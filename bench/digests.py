@@ -33,8 +33,9 @@ def file_digests(files: list[str | os.PathLike]) -> np.ndarray:
     files = [os.path.abspath(path) for path in files]
     stats = [_stat(path) for path in files]
     try:
-        with closing(_open()) as db:
-            cached = dict(_cached(db, files))
+        with closing(open_cache()) as db:
+            cached = {path: (stat, sha) for path, stat, sha in lookup(db, "SELECT path, stat, sha256 FROM digests "
+                                                                           "WHERE path IN ({})", files)}
             todo = [i for i, (path, stat) in enumerate(zip(files, stats)) if cached.get(path, ("",))[0] != stat]
             fresh = _hash([files[i] for i in todo])
             with db:
@@ -72,7 +73,8 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _open() -> sqlite3.Connection:
+def open_cache() -> sqlite3.Connection:
+    """The cache file under `$BENCH_HOME`: digests by path, and what others key by digest (`bench.overlap`)."""
     folder = paths.home()
     folder.mkdir(parents=True, exist_ok=True)
     db = sqlite3.connect(folder / "image-digests.sqlite", timeout=60)
@@ -80,9 +82,9 @@ def _open() -> sqlite3.Connection:
     return db
 
 
-def _cached(db: sqlite3.Connection, files: list[str]):
-    """(path, (stat, sha256)) for the files the cache knows, a few hundred per query."""
-    for start in range(0, len(files), 500):
-        part = files[start:start + 500]
-        rows = db.execute(f"SELECT path, stat, sha256 FROM digests WHERE path IN ({','.join('?' * len(part))})", part)
-        yield from ((path, (stat, sha)) for path, stat, sha in rows)
+def lookup(db: sqlite3.Connection, query: str, keys: list[str]):
+    """The rows of `query` (ending `IN ({})`) for the keys the cache knows, a few hundred keys per query (SQLite
+    caps the parameters of one statement)."""
+    for start in range(0, len(keys), 500):
+        part = keys[start:start + 500]
+        yield from db.execute(query.format(",".join("?" * len(part))), part)

@@ -19,14 +19,15 @@ from bench import paths
 from bench.context import Context
 from bench.dataset import fingerprint, image_digests, label_fingerprint
 from bench.errors import BenchError
-from bench.features import reader as features_reader
+from bench.features import DROPPED, reader as features_reader
+from bench.overlap import find_overlap, refusal
 from bench.results import KEY
 from bench.work import EXTERNAL, DatasetRef, Evaluate
 from featurestore import FeatureSet, FeatureStore, feature_key
 from protocols.designs import Design, apply_design, get_design
 from protocols.errors import ProtocolError
 from protocols.metrics import fold_metrics, positive_scores, predicted_class
-from protocols.splits import fold_record_problems, groups_of, make_folds, select_folds
+from protocols.splits import fold_record_problems, groups_of, lesion_note, make_folds, select_folds
 from protocols.stats import bootstrap_auc
 from protocols.svm import Fold, run_folds
 
@@ -56,6 +57,7 @@ class Training:
     manifest: pd.DataFrame
     fingerprint: str
     prefix: str
+    overlap: tuple[str, ...] = ()  # scored images that are pictures of this dataset (left out: --drop-overlap)
 
     def ids(self, ids: pd.Series | np.ndarray) -> np.ndarray:
         return (self.prefix + pd.Series(ids, dtype=str)).to_numpy()
@@ -78,8 +80,9 @@ def prepare(unit: Evaluate, ctx: Context) -> Inputs:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         folds = _folds(unit, manifest)
+    notes = [str(w.message) for w in caught] + [lesion_note(manifest, unit.dataset.adapter)]
     inputs = Inputs(unit, ctx, design, manifest, fingerprint(manifest), labels, lesions, folds,
-                    tuple(str(w.message) for w in caught))
+                    tuple(note for note in notes if note))
     return _with_training(inputs) if unit.train_dataset else inputs
 
 
@@ -115,7 +118,10 @@ def _with_training(inputs: Inputs) -> Inputs:
         raise BenchError("an external evaluation scores frozen features: a model fine-tuned on the training "
                          "dataset cannot yet be extracted on another one; drop --finetuned")
     train = unit.train_dataset.manifest(inputs.ctx)
-    training = Training(train, fingerprint(train), f"{unit.train_dataset.adapter}:")
+    overlap = find_overlap(train, inputs.manifest)
+    if len(overlap) and not unit.drop_overlap:
+        raise refusal(overlap, unit.train_dataset.adapter, unit.dataset.adapter)
+    training = Training(train, fingerprint(train), f"{unit.train_dataset.adapter}:", tuple(overlap.test_ids))
     train_labels = _labels(train, unit.protocol, unit.train_dataset.adapter)
     for side, labels in ((unit.train_dataset.adapter, train_labels), (unit.dataset.adapter, inputs.labels)):
         lacking = [c for i, c in enumerate(inputs.design.classes) if not (labels == i).any()]
@@ -137,7 +143,7 @@ def evaluate(unit: Evaluate, ctx: Context) -> Evaluation:
 def run(inputs: Inputs) -> Evaluation:
     """The SVM protocol on every fold; features are read once (frozen) or per fold (fine-tuned)."""
     unit = inputs.unit
-    read = _reader(inputs, unit.dataset, inputs.manifest)
+    read = _reader(inputs, unit.dataset, inputs.manifest["image_id"])
     notes = list(inputs.notes)
     parts = []
     learnt_too = _training_features(inputs, notes) if inputs.training else None
@@ -159,22 +165,25 @@ def run(inputs: Inputs) -> Evaluation:
         metrics = fold_metrics(test.label.to_numpy(), fit.scores, inputs.design.positive)
         results.append({"fold": fold, **metrics, "n_train": len(train), "n_test": len(test), "c": fit.c,
                         "validation_auc": fit.validation_auc[fit.c],  # what `bench select` chooses by
-                        "model_sha256": features.attrs.get("model_sha256", "")})
+                        "model_sha256": features.attrs.get("model_sha256", ""),
+                        **_dropped(unit, inputs.folds[fold][1], inputs.labels, features)})
         predictions.append(_predictions(fold, test, fit.scores, inputs))
     return _tables(replace(inputs, notes=tuple(dict.fromkeys(notes))), pd.DataFrame(results),
                    pd.concat(predictions, ignore_index=True))
 
 
-def _reader(inputs: Inputs, dataset: DatasetRef, manifest: pd.DataFrame) -> Callable[[str | None], FeatureSet]:
+def _reader(inputs: Inputs, dataset: DatasetRef, scored: pd.Series | tuple = ()) -> Callable[[str | None], FeatureSet]:
+    """`scored`: the images scored from these sets, which the backbone's source stage must not have trained on."""
     unit = inputs.unit
     return features_reader(inputs.ctx.store, dataset.adapter, unit.backbone, unit.protocol, tta=unit.tta,
-                           power=unit.power, image_ids=manifest["image_id"])
+                           power=unit.power, image_ids=scored, drop_overlap=unit.drop_overlap)
 
 
 def _training_features(inputs: Inputs, notes: list[str]) -> FeatureSet:
-    """The training dataset's frozen set, checked like the scored one's."""
+    """The training dataset's frozen set, checked like the scored one's (none of it is scored: a source stage may
+    have trained on it)."""
     train, training = inputs.unit.train_dataset, inputs.training
-    features = _reader(inputs, train, training.manifest)(None)
+    features = _reader(inputs, train)(None)
     _check_current(features, train, training.manifest, _digests(training.manifest), None, inputs, notes)
     return features
 
@@ -193,7 +202,8 @@ def _joined(training: FeatureSet, scored: FeatureSet, inputs: Inputs) -> Feature
                       features=np.vstack([training.features, scored.features]),
                       digests=np.concatenate([training.digests, scored.digests]),
                       attrs={**scored.attrs, "skipped": [*inputs.training.ids(training.attrs.get("skipped", [])),
-                                                         *scored.attrs.get("skipped", [])]})
+                                                         *scored.attrs.get("skipped", [])],
+                             DROPPED: sorted({*scored.attrs.get(DROPPED, []), *inputs.training.overlap})})
 
 
 def _tables(inputs: Inputs, results: pd.DataFrame, predictions: pd.DataFrame) -> Evaluation:
@@ -259,9 +269,22 @@ def _check_current(features: FeatureSet, dataset: DatasetRef, manifest: pd.DataF
                      "only, so they are scored with today's labels")
 
 
+def _dropped(unit: Evaluate, test_ids: np.ndarray, labels: pd.Series, features: FeatureSet) -> dict:
+    """With --drop-overlap, the row counts the test images left out as pictures a model or SVM trained on."""
+    if not unit.drop_overlap:
+        return {}
+    tested = labels.reindex(test_ids).dropna().index
+    return {"n_overlap_dropped": int(tested.isin(features.attrs[DROPPED]).sum())}
+
+
 def _rows(ids: np.ndarray, labels: pd.Series, features: FeatureSet, notes: list[str]) -> pd.DataFrame:
     """The fold part's images the design keeps, with their label and row in the feature set."""
     kept = labels.reindex(ids).dropna().astype(int)
+    dropped = kept.index.isin(features.attrs.get(DROPPED, []))
+    if dropped.any():
+        notes.append("images that are pictures the backbone's source stage trained on are left out of every fold "
+                     "(--drop-overlap); each row counts its test images left out in `n_overlap_dropped`")
+    kept = kept[~dropped]
     position = pd.Index(features.image_ids).get_indexer(kept.index)
     skipped = set(features.attrs.get("skipped", []))
     missing = kept.index[position < 0]

@@ -23,8 +23,9 @@ from bench.context import Context
 from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
 from bench.export import ExportedModel, export_onnx
-from bench.features import SOURCE_IDS, refuse_trained_on
+from bench.features import ID_ONLY, SOURCE_OVERLAP
 from bench.images import load_image
+from bench.overlap import TRAINED_ON, find_overlap
 from bench.threads import count as thread_count
 from bench.work import Extract
 from featurestore import FeatureStore, SetWriter
@@ -194,10 +195,18 @@ def chunk_rows(dim: int, batch_size: int) -> int:
     return max(batch_size, rows // batch_size * batch_size)
 
 
-def source_image_ids(backbone: Backbone, ctx: Context) -> list[str]:
-    """The ids of the images the backbone's trained source stage learnt from (none recorded: none known)."""
+def source_overlap(backbone: Backbone, manifest: pd.DataFrame, ctx: Context) -> dict:
+    """The attrs that record which of the manifest's images are pictures the backbone's source stage trained on
+    (none for a backbone without one). Recorded, not refused: the set may be an SVM's training side, which may be;
+    evaluation refuses them on the test side."""
     output = ctx.source_weights(backbone)
-    return read_checkpoint(output).get("meta", {}).get(SOURCE_IDS, []) if output else []
+    meta = read_checkpoint(output).get("meta", {}) if output else {}
+    if ID_ONLY in meta and TRAINED_ON not in meta:
+        raise BenchError(f"{output} records the images its source stage trained on by id only: train {backbone.name}'s "
+                         "source stage again so that they are compared with the images scored by content")
+    if TRAINED_ON not in meta:
+        return {}
+    return {SOURCE_OVERLAP: find_overlap(pd.DataFrame(meta[TRAINED_ON]), manifest).to_records()}
 
 
 def prepare(unit: Extract, ctx: Context) -> Extraction:
@@ -225,8 +234,7 @@ def prepare(unit: Extract, ctx: Context) -> Extraction:
         if not weights.is_file():
             raise BenchError(f"no fine-tuned checkpoint {weights}: fine-tune {unit.backbone} on {dataset.adapter} "
                              f"for protocol {unit.protocol}, fold {unit.fold} first (`bench train`)")
-    trained_on = source_image_ids(backbone, ctx)
-    refuse_trained_on(trained_on, manifest["image_id"], unit.backbone, dataset.adapter)
+    guard = source_overlap(backbone, manifest, ctx)
     model = export_onnx(backbone, weights, home=ctx.home)
     key = unit.set_key
     # a fine-tuned set carries its checkpoint's record of the fold it trained on: evaluation checks it
@@ -243,7 +251,7 @@ def prepare(unit: Extract, ctx: Context) -> Extraction:
         "dataset_options": dataset.options,
         "bench_version": bench.__version__,
         **({"fold_record": record} if unit.fold is not None else {}),
-        SOURCE_IDS: trained_on,
+        **guard,
     }
     writer = features.open_for_write(
         dataset.adapter, unit.backbone, key, image_ids=manifest["image_id"].astype(str).to_numpy(),

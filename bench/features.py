@@ -1,8 +1,8 @@
 """The features an evaluation scores, read from the store: one backbone's set, or the fusion of several (`A+B`:
 each set L2-normalised, then concatenated), optionally power-normalised, TTA sets where asked.
 
-Refused here, before any SVM is fitted: fusing sets of other images, and scoring a backbone on images its source
-stage trained on (the ids it recorded, see `bench.jobs.source_stage_job`).
+Refused here, before any SVM is fitted: fusing sets of other images, and scoring a backbone on pictures its source
+stage trained on (found by content when the set was extracted, see `bench.overlap`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ from sklearn.preprocessing import normalize
 
 from bench import tta as views
 from bench.errors import BenchError
+from bench.overlap import Overlap, refusal
 from featurestore import FeatureSet, FeatureStore, feature_key
 
 FUSION = "+"
-SOURCE_IDS = "source_image_ids"  # provenance of a set whose backbone has a source stage: the ids it trained on
+SOURCE_OVERLAP = "source_overlap"  # a set whose backbone has a source stage: its images that stage trained on
+ID_ONLY = "source_image_ids"  # what checkpoints and sets recorded before the content guard: ids only
+DROPPED = "overlap_dropped"  # a set read with drop_overlap: the evaluated images left out as training pictures
 
 
 def members(backbone: str) -> list[str]:
@@ -50,10 +53,12 @@ def parse(spec: str) -> tuple[str, str | None, bool]:
 
 
 def reader(store: Path | str, dataset: str, backbone: str, protocol: str | None = None, *, tta: str | None = None,
-           power: bool = False, image_ids: Iterable[str] = ()) -> Callable[[str | None], FeatureSet]:
+           power: bool = False, image_ids: Iterable[str] = (), drop_overlap: bool = False
+           ) -> Callable[[str | None], FeatureSet]:
     """fold -> the feature set to score: the frozen set for None, else the set fine-tuned on that fold for
-    `protocol` (each store set read once). `image_ids` are the dataset's: a set whose backbone trained on any of
-    them is refused."""
+    `protocol` (each store set read once). `image_ids` are the scored images: a set whose backbone's source stage
+    trained on pictures among them is refused, or with `drop_overlap` those images are named in its attrs[DROPPED]
+    for evaluation to leave out."""
     names, store_, cache = members(backbone), FeatureStore(store), {}
     evaluated = set(map(str, image_ids))  # once, not per fold
     views.check(tta)
@@ -62,21 +67,28 @@ def reader(store: Path | str, dataset: str, backbone: str, protocol: str | None 
         key = feature_key(protocol, fold, tta)
         if key not in cache:
             sets = [store_.read(dataset, name, key) for name in names]
-            for name, features in zip(names, sets):
-                refuse_trained_on(features.attrs.get(SOURCE_IDS, ()), evaluated, name, dataset)
+            found = {name: trained_on(features.attrs, evaluated, name, dataset) for name, features in zip(names, sets)}
+            for name, overlap in found.items():
+                if len(overlap) and not drop_overlap:
+                    raise refusal(overlap, f"{name}'s source stage", dataset, "leave them out with --drop-overlap, "
+                                  "evaluate it on a dataset its source stage did not train on, or train the source "
+                                  "stage on another one")
             cache[key] = fuse(sets, names, power)
+            cache[key].attrs[DROPPED] = sorted({i for overlap in found.values() for i in overlap.test_ids})
         return cache[key]
 
     return read
 
 
-def refuse_trained_on(trained_on: Iterable[str], image_ids: Iterable[str], backbone: str, dataset: str) -> None:
-    """A clear error where the backbone's source stage trained on images of the evaluated dataset."""
-    overlap = set(map(str, image_ids)).intersection(trained_on)
-    if overlap:
-        raise BenchError(f"{backbone} was trained on {len(overlap)} image(s) of {dataset} in its source stage (e.g. "
-                         f"{', '.join(sorted(overlap)[:3])}): scoring it there would test it on its training "
-                         "images. Evaluate it on a dataset it never saw, or train its source stage on another one")
+def trained_on(attrs: dict, image_ids: set[str], backbone: str, dataset: str) -> Overlap:
+    """The evaluated images that are pictures the backbone's source stage trained on, as its set's extraction
+    recorded them."""
+    if ID_ONLY in attrs and SOURCE_OVERLAP not in attrs:
+        raise BenchError(f"the {dataset} features of {backbone} were extracted when bench compared its source stage's "
+                         "training images by id only: run `bench extract` for them again with --overwrite (and, if it "
+                         "says so, train the source stage again) so that pictures are compared by content")
+    found = Overlap.from_records(attrs.get(SOURCE_OVERLAP, []))
+    return Overlap(found.matches[found.matches["test_id"].isin(image_ids)].reset_index(drop=True))
 
 
 def fuse(sets: list[FeatureSet], names: list[str], power: bool) -> FeatureSet:

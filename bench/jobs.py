@@ -18,7 +18,7 @@ from bench.backbone import Backbone
 from bench.context import Context
 from bench.dataset import fingerprint
 from bench.errors import BenchError
-from bench.features import SOURCE_IDS
+from bench.overlap import TRAINED_ON, content
 from bench.recipes import Recipe
 from bench.train import LabelledImages, TrainingJob, fit
 from bench.work import FineTune, TrainSource
@@ -56,10 +56,10 @@ def source_stage_job(unit: TrainSource, ctx: Context) -> TrainingJob:
     values = rows["source_label"] if own else rows["diagnosis"]
     classes, labels = np.unique(values.astype(str), return_inverse=True)
     start = ctx.registry.backbone(unit.start)
-    # the ids it trains on go with the weights, so that no dataset holding them is ever scored with it
+    # what it trains on goes with the weights, by content, so that no copy of those pictures is ever scored with it
     meta = {"stage": f"{backbone.source_stages[0].task} on {unit.dataset.adapter} (from {unit.start})",
             "dataset": unit.dataset.adapter, "dataset_fingerprint": fingerprint(manifest), "limit": limit,
-            SOURCE_IDS: rows["image_id"].astype(str).tolist()}
+            TRAINED_ON: content(rows).to_dict(orient="list")}
     out = unit.output(ctx)
     return _job(ctx, backbone, functools.partial(start.create, ctx.source_weights(start)),
                 _labelled(rows, labels, tuple(classes)), unit.recipe.starting_from(start.random_init), out=out,

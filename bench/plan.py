@@ -108,7 +108,7 @@ def plan(study: Study, fold_keys: dict[int, list[str]], ctx: Context) -> list[Wo
                                             **common))
     for work in evaluations:
         add(work)
-    add(Report(study.name, deps=tuple(e.key for e in evaluations)))
+    add(Report(study.name, study.bootstrap_draws, deps=tuple(e.key for e in evaluations)))
     return list(units.values())
 
 

@@ -19,6 +19,7 @@ from bench.results import matching, read_tables
 from bench.select import Selection, select as choose
 from protocols import stats
 from protocols.designs import DESIGNS
+from protocols.splits import lesion_note
 
 if TYPE_CHECKING:
     from bench.plan import StudyData
@@ -60,12 +61,15 @@ CLAIMS = [
 LEVELS = ("low", "medium", "high")
 CHOSEN = "chosen per fold"  # the levers table's row of `bench.select`
 ALPHA = 0.05  # family-wise, over every claim a report tests (Holm)
-CLAIM_HEADER = "| design | claim | A | B | AUC A − B (95% CI) | p | Holm p | 5x2cv F p | verdict |"
+CLAIM_HEADER = "| design | claim | A | B | AUC A − B (95% CI) | bootstrap p | F / t p | Holm p | verdict |"
 CLAIM_RULE = "|---|---|---|---|---|---|---|---|---|"
-CLAIM_NOTE = ("AUC A − B: mean fold AUC difference with its 95% interval from a paired bootstrap over test lesions; "
-              "p: that bootstrap's two-sided p-value; Holm p: adjusted over every test in this report; 5x2cv F p: "
-              "Alpaydin's paired F-test where all ten 5x2 folds ran. Verdict: A beats B (or B beats A) when the Holm p "
-              "is below 0.05; otherwise the difference may be chance, as the paper itself warns for some of its own.")
+TESTS_NOTE = ("bootstrap p: two-sided, from a paired bootstrap over test lesions ({draws} draws; \"< 2/B\" where none "
+              "crossed zero), which holds each fold's trained SVM fixed; F / t p: a test that also counts the variance "
+              "of training, Alpaydin's 5x2cv F-test (F) on a 5x2 split, Nadeau and Bengio's corrected resampled t-test "
+              "(t) on other folds, none on a single fold. Holm p: Holm's adjustment of the larger of the two, over {family}.")
+CLAIM_NOTE = ("AUC A − B: mean fold AUC difference with its 95% interval from the bootstrap. " + TESTS_NOTE +
+              " Verdict: A beats B (or B beats A) when the Holm p is below 0.05; otherwise the difference may be "
+              "chance, as the paper itself warns for some of its own; a single fold gives no verdict.")
 
 
 def write(study: Study, ws: Workspace, data: StudyData) -> str:
@@ -133,9 +137,11 @@ class Report:
             lines.append(f"- Backbone `{spec.name}`, defined by the study: {weights}{trained}.")
         for i, evaluation in enumerate(study.evaluations):
             folds = self.data.fold_keys[i]
+            note = lesion_note(self.data.manifests[evaluation.dataset], evaluation.dataset)
             lines.append(f"- Evaluated on `{evaluation.dataset}` with split `{evaluation.split}`, folds "
                          f"{', '.join(folds)}: class-balanced linear SVM on L2-normalised features, C chosen on each "
-                         "training fold by the mean AUC over 10 lesion-grouped validation folds.")
+                         "training fold by the mean AUC over 10 lesion-grouped validation folds."
+                         + (f" **Note:** {note}." if note else ""))
         if study.transfer:
             roles = ", ".join(f"{COLUMN_TITLES[c]} = `{b}`" for c, b in study.transfer.items())
             lines.append(f"- Transfer sources (Table 1 columns): {roles}.")
@@ -175,7 +181,8 @@ class Report:
         if not rows:
             return []
         return ["### The paper's claims, tested (paired, on the same folds and test images)", "",
-                CLAIM_HEADER, CLAIM_RULE, *rows, "", CLAIM_NOTE, ""]
+                CLAIM_HEADER, CLAIM_RULE, *rows, "",
+                CLAIM_NOTE.format(draws=self.study.bootstrap_draws, family="every test in this report"), ""]
 
     def _claims(self, i: int, dataset: str) -> list[tuple[tuple, str]]:
         transfer = self.study.transfer
@@ -189,7 +196,7 @@ class Report:
                 for other in others for protocol in self._table3_protocols(dataset)]
 
     @cached_property
-    def tests(self) -> dict[tuple, tuple[stats.Comparison, float]]:
+    def tests(self) -> dict[tuple, tuple[stats.Comparison, stats.PValue]]:
         """Every paired test this report makes, with its Holm-adjusted p-value: the family is the whole report, so
         the chance of any false "beats" verdict in it stays below ALPHA."""
         keys = []
@@ -200,8 +207,8 @@ class Report:
         for dataset, protocol, a, b in dict.fromkeys(keys):
             pa, pb = self._predictions(dataset, protocol, *a), self._predictions(dataset, protocol, *b)
             if pa is not None and pb is not None:
-                done[dataset, protocol, a, b] = stats.paired_comparison(pa, pb, seed=self.study.seed)
-        adjusted = stats.holm([c.p_value for c in done.values()])
+                done[dataset, protocol, a, b] = self._compare(pa, pb)
+        adjusted = stats.holm([c.verdict_p for c in done.values()])
         return {key: (c, p) for (key, c), p in zip(done.items(), adjusted)}
 
     def _claim_row(self, dataset: str, protocol: str, a: tuple[str, bool], b: tuple[str, bool], claim: str) -> str:
@@ -209,13 +216,14 @@ class Report:
             return ""
         result, adjusted = self.tests[dataset, protocol, a, b]
         d = result.difference
-        verdict = "no clear difference"
-        if adjusted < ALPHA:
+        verdict = "no clear difference" if result.test else "one fold: no verdict"
+        if adjusted.value < ALPHA:
             verdict = "**A beats B**" if d.estimate > 0 else "**B beats A**"
-        f_test = "–" if np.isnan(result.f_p_value) else f"{result.f_p_value:.3f}"
-        return (f"| {protocol} | {claim} | {_name(*a)} | {_name(*b)} | {100 * d.estimate:+.1f} "
-                f"({100 * d.low:+.1f} to {100 * d.high:+.1f}) | {_p(result.p_value)} | {_p(adjusted)} | {f_test} "
+        return (f"| {protocol} | {claim} | {_name(*a)} | {_name(*b)} | {_difference(d)} | {_tests(result, adjusted)} "
                 f"| {verdict} |")
+
+    def _compare(self, a: pd.DataFrame, b: pd.DataFrame) -> stats.Comparison:
+        return stats.paired_comparison(a, b, n_boot=self.study.bootstrap_draws, seed=self.study.seed)
 
     def _predictions(self, dataset: str, protocol: str, backbone: str, finetuned: bool) -> pd.DataFrame | None:
         rows = matching(self.predictions, dataset=dataset, protocol=protocol, backbone=backbone, finetuned=finetuned)
@@ -229,8 +237,8 @@ class Report:
         if baseline is None:
             return []
         lines = [f"## Levers · {dataset}: each configuration against frozen `{baseline}`", "",
-                 "| design | features | AUC % (mean ± sd over folds) | 95% CI | Δ AUC vs baseline (95% CI) | p | "
-                 "p, Holm |", "|---|---|---|---|---|---|---|"]
+                 "| design | features | AUC % (mean ± sd over folds) | 95% CI | Δ AUC vs baseline (95% CI) | "
+                 "bootstrap p | F / t p | Holm p |", "|---|---|---|---|---|---|---|---|"]
         for protocol in evaluation.protocols:
             base = self._predictions(dataset, protocol, baseline, False)
             rows = [(f, self.row(dataset, protocol, f, False)) for f in evaluation.frozen]
@@ -240,19 +248,18 @@ class Report:
             if chosen is not None:  # the honest "best configuration": picked inside each fold
                 rows.append((CHOSEN, summarise(chosen.results).iloc[0]))
                 scores[CHOSEN] = chosen.predictions
-            tests = {f: stats.paired_comparison(scores[f], base, seed=self.study.seed)
-                     for f, _ in rows if f != baseline and base is not None}
-            adjusted = dict(zip(tests, stats.holm([t.p_value for t in tests.values()])))
+            tests = {f: self._compare(scores[f], base) for f, _ in rows if f != baseline and base is not None}
+            adjusted = dict(zip(tests, stats.holm([t.verdict_p for t in tests.values()])))
             for features, r in rows:
                 test = tests.get(features)
-                d = test.difference if test else None
-                versus = (f"{100 * d.estimate:+.1f} ({100 * d.low:+.1f} to {100 * d.high:+.1f}) | "
-                          f"{_p(test.p_value)} | {_p(adjusted[features])}") if test else "baseline | | "
+                versus = f"{_difference(test.difference)} | {_tests(test, adjusted[features])}" if test else \
+                    "baseline | | | "
                 name = _picks(chosen) if features == CHOSEN else f"`{features}`"
                 lines.append(f"| {protocol} | {name} | {stats.format_mean_sd(r['auc'], r['auc_sd'])} | "
                              f"{100 * r['auc_ci_low']:.1f}–{100 * r['auc_ci_high']:.1f} | {versus} |")
-        return lines + ["", "Paired bootstrap over test lesions on the same folds; Holm's adjustment over the "
-                        "configurations compared with the baseline in one design. The best row by test AUC is "
+        return lines + ["", "Paired tests on the same folds and test images. " + TESTS_NOTE.format(
+                            draws=self.study.bootstrap_draws, family="the configurations compared with the baseline "
+                            "in one design") + " The best row by test AUC is "
                         "an optimistic estimate (the maximum of noisy figures, chosen on the images it is reported "
                         "on); the last row is not: in each fold it takes the configuration with the highest "
                         "validation AUC on that fold's training part (`bench select`) and scores its test part.",
@@ -367,9 +374,14 @@ def _picks(chosen: Selection) -> str:
     return "chosen per fold by validation AUC: " + ", ".join(f"`{name}` ×{n}" for name, n in counts.items())
 
 
-def _p(value: float) -> str:
-    """A bootstrap p-value is resolved only to 1 / the number of draws."""
-    return f"< {1 / stats.N_BOOT:.4f}" if value == 0 else f"{value:.3f}"
+def _difference(d: stats.Interval) -> str:
+    return f"{100 * d.estimate:+.1f} ({100 * d.low:+.1f} to {100 * d.high:+.1f})"
+
+
+def _tests(result: stats.Comparison, adjusted: stats.PValue) -> str:
+    """The cells `bootstrap p | F / t p | Holm p`."""
+    training = f"{stats.PValue(result.test_p_value)} ({result.test[-1]})" if result.test else "–"
+    return f"{result.bootstrap_p} | {training} | {adjusted}"
 
 
 def _name(backbone: str, finetuned: bool) -> str:

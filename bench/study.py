@@ -6,6 +6,7 @@ A study file (see `bench/studies/*.toml`, listed by `bench studies`):
     description = "..."
     recipe = "cpu"                  # training recipe of every training stage (`bench recipes`)
     seed = 0                        # seeds the splits and every training run
+    bootstrap_draws = 10000         # optional: lesion-bootstrap draws behind each paired test in the report
     overrides = { image_size = 96 } # optional: recipe fields changed for this study
     architectures = ["vgg-m", "vgg16"]   # optional: Table 3, backbones compared with ImageNet + fine-tuning
 
@@ -63,10 +64,11 @@ from bench.features import members, parse
 from bench.paths import check_name
 from bench.recipes import Recipe, get_recipe
 from bench.work import EXTERNAL, DatasetRef
+from protocols.stats import TEST_DRAWS
 
 TRANSFER_COLUMNS = ("none", "retino", "imagenet", "double")
 TOP_KEYS = {"description", "recipe", "seed", "overrides", "architectures", "datasets", "sources", "backbones",
-            "transfer", "evaluate", "baseline"}
+            "transfer", "evaluate", "baseline", "bootstrap_draws"}
 DATASET_KEYS = {"adapter", "root", "options", "limit"}
 BACKBONE_KEYS = {"like", "weights", "source"}
 EVALUATE_KEYS = {"dataset", "split", "folds", "protocols", "frozen", "finetuned", "reference", "train"}
@@ -111,6 +113,7 @@ class Study:
     architectures: tuple[str, ...]
     evaluations: tuple[EvaluationSpec, ...]
     baseline: str | None = None  # the frozen evaluation every other one is tested against (a "levers" report)
+    bootstrap_draws: int = TEST_DRAWS  # behind each paired test of the report: "< 2/B" must be able to pass Holm
 
     @property
     def synthetic(self) -> bool:
@@ -224,6 +227,7 @@ class _Reader:
             seed=self.integer(raw, "seed", 0), datasets=datasets, sources=sources, backbones=backbones,
             transfer=dict(transfer),
             architectures=architectures, evaluations=evaluations, baseline=baseline,
+            bootstrap_draws=self.draws(raw),
         )
 
     # --- sections
@@ -388,6 +392,13 @@ class _Reader:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.fail(f"{where}.{key}" if where else key, "must be a list of names")
         return value
+
+    def draws(self, raw: dict) -> int:
+        draws = self.integer(raw, "bootstrap_draws", TEST_DRAWS)
+        if draws < 100:
+            raise self.fail("bootstrap_draws", f"{draws} draws cannot show a p-value below {2 / max(draws, 1):.2g}; "
+                            f"use at least 100 (default {TEST_DRAWS})")
+        return draws
 
     def integer(self, raw: dict, key: str, default: int) -> int:
         value = raw.get(key, default)

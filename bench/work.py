@@ -18,6 +18,7 @@ from bench import paths
 from bench.errors import BenchError
 from bench.recipes import Recipe
 from featurestore.keys import feature_key
+from protocols.stats import TEST_DRAWS
 from protocols.svm import SOLVER
 
 if TYPE_CHECKING:
@@ -239,6 +240,7 @@ class Report(Work):
 
     kind: ClassVar[str] = "report"
     study: str
+    bootstrap_draws: int = field(default=TEST_DRAWS, metadata=LATER)
 
     @property
     def key(self) -> str:

@@ -74,6 +74,14 @@ def groups_of(manifest: pd.DataFrame) -> pd.Series:
     return manifest["lesion_id"].fillna(manifest["image_id"]).astype(str)
 
 
+def lesion_note(manifest: pd.DataFrame, dataset: str) -> str | None:
+    """What to say wherever lesion grouping is claimed, for a dataset that records no lesion ids (DermaMNIST)."""
+    if "lesion_id" in manifest and manifest["lesion_id"].notna().any():
+        return None
+    return (f"{dataset} records no lesion ids: every image counts as its own lesion, so the folds, the choice of C "
+            "and the bootstrap cannot keep the images of one lesion together (they may straddle train and test)")
+
+
 def five_by_two(manifest: pd.DataFrame, seed: int = 0) -> Folds:
     ids = manifest["image_id"].to_numpy()
     diagnosis = manifest["diagnosis"].to_numpy()

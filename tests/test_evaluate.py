@@ -17,7 +17,7 @@ from bench.errors import BenchError
 from bench.context import Context
 from bench.evaluate import evaluate, prepare
 from bench.work import DatasetRef, Evaluate
-from bench.features import SOURCE_IDS, reader
+from bench.features import ID_ONLY, SOURCE_OVERLAP, reader
 from bench.results import read_table
 from featurestore import FeatureStore, StoreError
 from protocols.errors import ProtocolError
@@ -236,6 +236,14 @@ def test_compare_from_predictions_and_recomputed(tmp_path):
     assert stored.exit_code == 0, stored.output
     assert "AUC(good) - AUC(noise) = +" in stored.output and "10 folds" in stored.output
     assert stored.output == recomputed.output
+    # both tests, the F-test counting training variance, and the bootstrap p no finer than its draws
+    assert "p < 0.0002 (paired bootstrap over test lesions, 10000 draws" in stored.output
+    assert "5x2cv paired F-test" in stored.output and "verdict p = " in stored.output
+    coarse = cli("compare", "good", "noise", "--protocol", "mela-vs-ben", *DATA[:2], "--predictions",
+                 str(predictions), "--draws", "1000", "--json")
+    summary = json.loads(coarse.output)
+    assert (summary["bootstrap_p"], summary["bootstrap_p_is_bound"], summary["test"]) == (0.002, True, "5x2cv F")
+    assert summary["verdict_p"] == max(0.002, summary["test_p_value"])
     absent = cli("compare", "good", "other", "--protocol", "mela-vs-ben", *DATA[:2], "--predictions", str(predictions))
     assert isinstance(absent.exception, BenchError) and "no predictions for other" in str(absent.exception)
 
@@ -320,6 +328,17 @@ def test_reference_split_on_fold_files(tmp_path):
     assert read_table(tmp_path / "r.csv")["fold"].tolist() == ["ref1x1", "ref1x2"]
 
 
+def test_a_dataset_without_lesion_ids_says_its_images_are_not_grouped(tmp_path, monkeypatch):
+    store = tmp_path / "store"
+    write_set(store, "good")
+    adapter = type(plugins.get_dataset("synthetic"))
+    drawn = adapter.manifest
+    monkeypatch.setattr(adapter, "manifest", lambda self, *a, **k: drawn(self, *a, **k).drop(columns="lesion_id"))
+    out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "good", *DATA, "--store", str(store),
+              "--results", str(tmp_path / "r.csv"))
+    assert out.exit_code == 0, out.output
+    assert "synthetic records no lesion ids: every image counts as its own lesion" in " ".join(out.output.split())
+
 # --- fusion, power normalisation, TTA sets, source-stage leakage ----------------------------------------------
 
 def test_a_fused_set_is_the_concatenation_of_the_l2_normalised_sets(tmp_path):
@@ -386,11 +405,30 @@ def test_a_backbone_is_refused_on_images_its_source_stage_trained_on(tmp_path):
     store = tmp_path / "store"
     write_set(store, "derm")
     m = manifest()
-    zarr.open_group(store, mode="r+")["synthetic/derm/frozen"].attrs[SOURCE_IDS] = ["other-1", m["image_id"].iloc[5]]
+    attrs = zarr.open_group(store, mode="r+")["synthetic/derm/frozen"].attrs
+    # what extraction found by content: one evaluated image is a resized copy of a source-stage training image
+    copy = m.loc[m["diagnosis"] == "melanoma", "image_id"].iloc[0]
+    attrs[SOURCE_OVERLAP] = [{"test_id": copy, "train_id": "other-1", "how": "perceptual", "distance": 3}]
     out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "derm", *DATA, "--store", str(store),
               "--results", str(tmp_path / "r.csv"))
-    assert isinstance(out.exception, BenchError) and "trained on 1 image(s) of synthetic" in str(out.exception)
-    assert m["image_id"].iloc[5] in str(out.exception)
+    assert isinstance(out.exception, BenchError)
+    assert (f"1 image(s) of synthetic are pictures derm's source stage trained on ({copy} ~ other-1 (3 bits))"
+            in str(out.exception)) and "--drop-overlap" in str(out.exception)
+    # left out and counted instead: tested once in each of the five repetitions
+    out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "derm", *DATA, "--store", str(store),
+              "--results", str(tmp_path / "dropped.csv"), "--predictions", str(tmp_path / "p.csv"), "--drop-overlap")
+    assert out.exit_code == 0, out.output
+    rows = read_table(tmp_path / "dropped.csv")
+    assert rows["n_overlap_dropped"].sum() == 5 and rows["command"].str.endswith("--drop-overlap").all()
+    assert copy not in set(read_table(tmp_path / "p.csv")["image_id"])
+    attrs[SOURCE_OVERLAP] = []
+    attrs[ID_ONLY] = ["other-1"]
+    cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "derm", *DATA, "--store", str(store),
+        "--results", str(tmp_path / "r.csv"))  # no picture in common: scored
+    del attrs[SOURCE_OVERLAP]  # a set extracted when only ids were compared
+    out = cli("evaluate", "--protocol", "mela-vs-ben", "--backbone", "derm", *DATA, "--store", str(store),
+              "--results", str(tmp_path / "r.csv"))
+    assert isinstance(out.exception, BenchError) and "by id only" in str(out.exception)
 
 
 def read_features(store: Path, backbone: str, power: bool = False):

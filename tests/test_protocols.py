@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 from scipy.special import softmax
-from scipy.stats import f as scipy_f
+from scipy.stats import f as scipy_f, t as scipy_t, ttest_1samp
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import normalize
 from sklearn.svm import LinearSVC
@@ -350,10 +350,31 @@ def test_lesion_bootstrap_is_wider_than_an_image_bootstrap_when_lesions_repeat()
     assert (by_lesion.high - by_lesion.low) > 1.4 * (by_image.high - by_image.low)  # about sqrt(3) wider
 
 
+def holm_values(p_values: list[float]) -> list[float]:
+    return [p.value for p in stats.holm([stats.PValue(p) for p in p_values])]
+
+
 def test_holm_adjusts_known_p_values():
-    assert stats.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
-    assert stats.holm([0.2, 0.6]) == pytest.approx([0.4, 0.6])
-    assert stats.holm([0.9, 0.5]) == pytest.approx([1.0, 1.0])
+    assert holm_values([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm_values([0.2, 0.6]) == pytest.approx([0.4, 0.6])
+    assert holm_values([0.9, 0.5]) == pytest.approx([1.0, 1.0])
+    assert holm_values([0.01, float("nan"), 0.04]) == pytest.approx([0.02, float("nan"), 0.04], nan_ok=True)
+
+
+def test_holm_keeps_a_bootstrap_bound_a_bound():
+    bound, exact = stats.PValue(0.002, bound=True), stats.PValue(0.03)
+    assert [str(p) for p in stats.holm([exact, bound, stats.PValue(0.001)])] == ["0.030", "< 0.004", "0.003"]
+    # the exact 0.002 sets the adjusted value of both: max(0.002, "< 0.002") is 0.002
+    assert [str(p) for p in stats.holm([stats.PValue(0.001), bound])] == ["0.002", "0.002"]
+    assert str(stats.holm([stats.PValue(0.3, bound=True)] * 4)[0]) == "1.000"
+
+
+def test_p_values_print_no_finer_than_their_draws():
+    none_crossed = stats.Comparison(stats.Interval(0.1, 0.05, 0.15), p_value=0.0, folds=10, n_boot=1000)
+    assert str(none_crossed.bootstrap_p) == "< 0.002"
+    assert str(stats.Comparison(none_crossed.difference, 0.0, 10, n_boot=10_000).bootstrap_p) == "< 0.0002"
+    assert str(stats.Comparison(none_crossed.difference, 0.004, 10, n_boot=1000).bootstrap_p) == "0.004"
+    assert [stats.format_p(stats.PValue(v)) for v in (0.0412, 3.2e-5, float("nan"))] == ["0.041", "3.2e-05", "–"]
 
 
 def test_five_by_two_f_test_as_alpaydin_defines_it():
@@ -365,6 +386,58 @@ def test_five_by_two_f_test_as_alpaydin_defines_it():
     statistic, p = stats.f_test_5x2(d)
     assert statistic == pytest.approx(expected) and p == pytest.approx(scipy_f.sf(expected, 10, 5))
     assert np.isnan(stats.f_test_5x2({k: v for k, v in d.items() if k != "r4f1"})[0])
+    assert stats.f_test_5x2(dict.fromkeys(d, 0.0)) == (0.0, 1.0)  # identical configurations
+
+
+def test_corrected_resampled_t_test_by_hand():
+    d, ratio = [0.02, 0.01, 0.03, 0.0], 0.25
+    mean, var = 0.015, (2 * 0.005**2 + 2 * 0.015**2) / 3
+    expected = mean / np.sqrt((1 / 4 + ratio) * var)  # Nadeau and Bengio: 1/J + n_test/n_train
+    statistic, p = stats.corrected_t_test(d, ratio)
+    assert statistic == pytest.approx(expected) and p == pytest.approx(2 * scipy_t.sf(expected, 3))
+    plain = ttest_1samp(d, 0.0)  # without the correction it is the one-sample t-test
+    assert stats.corrected_t_test(d, 0.0) == pytest.approx((plain.statistic, plain.pvalue))
+    assert stats.corrected_t_test([0.0] * 4, ratio) == (0.0, 1.0)
+    assert np.isnan(stats.corrected_t_test([0.02], ratio)[1])
+
+
+def partition_predictions(signal: float, folds: int, seed: int, n: int = 400, repeats: int = 1) -> pd.DataFrame:
+    """`repeats` random partitions of n images into `folds` test parts, as k-fold cross-validation makes them."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % 4 == 0).astype(int)
+    scores = signal * labels + rng.normal(size=n)
+    parts = []
+    for r in range(repeats):
+        for f, test in enumerate(np.array_split(np.random.default_rng(r).permutation(n), folds)):
+            noisy = scores[test] + 0.3 * rng.normal(size=len(test))  # each fold's own training run
+            parts.append(pd.DataFrame({"fold": f"r{r}f{f}", "image_id": [f"i{i}" for i in test],
+                                       "label": labels[test], "score": noisy}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_paired_comparison_uses_the_corrected_t_test_off_5x2_and_the_f_test_on_it():
+    strong, weak = partition_predictions(2.0, 5, seed=0), partition_predictions(0.2, 5, seed=1)
+    same = stats.paired_comparison(strong, strong, n_boot=200)
+    assert same.test == "corrected t" and same.test_p_value == 1 and same.verdict_p.value == 1
+    better = stats.paired_comparison(strong, weak, n_boot=200)
+    per_fold = [roc_auc_score(a["label"], a["score"]) - roc_auc_score(b["label"], b["score"])
+                for (_, a), (_, b) in zip(strong.groupby("fold"), weak.groupby("fold"))]
+    assert (better.test, better.folds) == ("corrected t", 5)
+    assert (better.statistic, better.test_p_value) == pytest.approx(stats.corrected_t_test(per_fold, 80 / 320))
+    assert better.test_p_value < 0.01 and better.verdict_p.value == max(better.test_p_value, 2 / 200)
+    five_by_two = stats.paired_comparison(partition_predictions(2.0, 2, 0, repeats=5),
+                                          partition_predictions(0.2, 2, 1, repeats=5), n_boot=200)
+    assert five_by_two.test == "5x2cv F" and five_by_two.verdict_p.value < 0.05
+    one_fold = stats.paired_comparison(strong.query("fold == 'r0f0'"), weak.query("fold == 'r0f0'"), n_boot=200)
+    assert one_fold.test == "" and np.isnan(one_fold.verdict_p.value)  # one fold cannot show training variance
+
+
+def test_weighted_auc_agrees_with_scikit_learn():
+    rng = np.random.default_rng(3)
+    score, truth = np.round(rng.normal(size=300), 1), rng.random(300) < 0.3  # rounded: ties
+    weights = rng.integers(0, 4, size=(5, 300)).astype(np.int32)
+    expected = [roc_auc_score(truth, score, sample_weight=w) for w in weights]
+    assert stats._weighted_auc(score, truth, weights) == pytest.approx(expected)
 
 
 def test_bootstrap_of_three_class_predictions_uses_the_ovo_auc():

@@ -392,12 +392,14 @@ def test_the_report_has_tables_2_3_4_and_the_referral_table(killed_then_finished
     header, *rows = table(report, "## Referral · synthetic")
     assert len(header) == 1 + len(stats.REFERRAL_FRACTIONS) + len(stats.REFERRAL_TARGETS) and len(rows) == 1
     assert rows[0][0] == "mela-vs-ben" and all(re.fullmatch(r"\d+", c) for c in rows[0][1:])
-    # the paper's claims: raw and Holm-adjusted p side by side, the verdict on the adjusted one
+    # the paper's claims: both tests and the Holm-adjusted larger p side by side, the verdict on the adjusted one
     header, *rows = table(report, "### The paper's claims, tested")
-    assert header[5:] == ["p", "Holm p", "5x2cv F p", "verdict"] and rows
+    assert header[5:] == ["bootstrap p", "F / t p", "Holm p", "verdict"] and rows
     for row in rows:
-        adjusted = 0.0 if row[6].startswith("<") else float(row[6])  # "< 0.0010": below the bootstrap's resolution
-        assert (adjusted < 0.05) == ("beats" in row[8])
+        bootstrap, training, holm = row[5:8]
+        assert re.fullmatch(r"(< )?[\d.e-]+", bootstrap) and not bootstrap.startswith("< 0.001")  # 2/B at most
+        assert (holm != "–" and float(holm.removeprefix("< ")) < 0.05) == ("beats" in row[8])
+        assert (training == "–") == (row[8] == "one fold: no verdict")
 
 
 @pytest.mark.slow
@@ -433,6 +435,7 @@ description = "levers against a baseline, tiny"
 recipe = "demo"
 seed = 0
 baseline = "efficientnet-lite0@32"
+bootstrap_draws = 500
 
 [datasets.skin]
 adapter = "synthetic"
@@ -484,6 +487,9 @@ def test_the_levers_report_tests_each_configuration_against_the_baseline(tmp_pat
         "`efficientnet-lite0@32+efficientnet-lite0@48 [tta dihedral, power]`"]
     assert "baseline" in rows[0] and all(re.search(r"\| [+-]\d+\.\d \([+-]\d+\.\d to [+-]\d+\.\d\) \|", r)
                                          for r in rows[1:])
+    # two folds of a 5x2 split: the corrected t-test beside the bootstrap, whose resolution is 2/500
+    assert all(re.search(r"\| (< 0\.004|[\d.e-]+) \| [\d.e-]+ \(t\) \| (< )?[\d.e-]+ \|$", r) for r in rows[1:])
+    assert "(500 draws;" in report
     results = pd.read_csv(out / "results.csv")
     assert results.groupby("backbone")["tta"].first().to_dict()["efficientnet-lite0@32 [tta dihedral]"] == "dihedral"
     # the honest best: per fold the configuration of highest validation AUC (first listed on a tie), scored on test

@@ -17,11 +17,12 @@ from bench.cli import app
 from bench.context import Context, Registry
 from bench.errors import BenchError
 from bench.export import export_onnx
-from bench.features import SOURCE_IDS
 from bench.extract import prepare
+from bench.features import SOURCE_OVERLAP, reader
 from bench.hookspecs import hookimpl
 from bench.jobs import finetune_job, source_stage_job
 from bench.recipes import get_recipe, recipes
+from bench.overlap import TRAINED_ON, Overlap
 from bench import train
 from bench.work import DatasetRef, Extract, FineTune, TrainSource
 from featurestore import FeatureStore
@@ -299,13 +300,19 @@ def test_source_stage_becomes_the_backbones_initial_weights(tmp_path):
 def test_a_backbone_whose_source_is_a_dataset_is_refused_on_it(tmp_path):
     job = _source_job(TINY_SOURCE, RECIPE.with_overrides(epochs=1), limit=40)
     train.fit(job)
-    trained_on = read_checkpoint(job.out)["meta"][SOURCE_IDS]
-    assert trained_on == job.data.image_ids.tolist() and len(trained_on) == 40
-    with pytest.raises(BenchError, match="tiny-source was trained on 40 image"):  # any overlap: not only all of D
-        _extraction("tiny-source", "synthetic", tmp_path / "store")
-    _extraction("tiny-source", "synthetic-fundus", tmp_path / "store").fill()
-    stored = FeatureStore(tmp_path / "store").read("synthetic-fundus", "tiny-source", "frozen")
-    assert stored.attrs[SOURCE_IDS] == trained_on  # the record travels with the features, for evaluation to check
+    trained_on = read_checkpoint(job.out)["meta"][TRAINED_ON]  # by content: ids, digests, perceptual hashes
+    assert trained_on["image_id"] == job.data.image_ids.tolist() and len(trained_on["sha256"]) == 40
+    store = tmp_path / "store"
+    # extraction records the pictures in common (any: not only all of D); evaluation refuses them on the test side
+    job = _extraction("tiny-source", "synthetic", store)
+    job.fill()
+    found = Overlap.from_records(FeatureStore(store).read("synthetic", "tiny-source", "frozen").attrs[SOURCE_OVERLAP])
+    assert set(trained_on["image_id"]) <= set(found.test_ids)
+    with pytest.raises(BenchError, match=r"image\(s\) of synthetic are pictures tiny-source's source stage trained on"):
+        reader(store, "synthetic", "tiny-source", image_ids=job.manifest["image_id"])(None)
+    _extraction("tiny-source", "synthetic-fundus", store).fill()
+    stored = FeatureStore(store).read("synthetic-fundus", "tiny-source", "frozen")
+    assert stored.attrs[SOURCE_OVERLAP] == []  # compared by content, and no fundus picture is a skin picture
 
 
 def test_missing_starting_weights_fail_before_any_image_is_read(monkeypatch):

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from bench.context import Context
     from bench.evaluate import Evaluation
     from bench.work import Evaluate
+    from protocols.stats import Comparison
 
 Protocol = Annotated[DesignName, typer.Option(help="Label design.")]
 Dataset = Annotated[str, typer.Option(help="Dataset adapter (see `bench datasets`).")]
@@ -44,8 +45,8 @@ TrainDataset = Annotated[Optional[str], typer.Option(
 TrainRoot = Annotated[Optional[Path], typer.Option(help="Folder holding --train-dataset's files.")]
 TrainOptions = Annotated[list[str], typer.Option("--train-option", help="--train-dataset adapter option key=value.")]
 DropOverlap = Annotated[bool, typer.Option(
-    "--drop-overlap", help="Leave out (and count) scored images that are the same picture as a training image, "
-                           "instead of refusing.")]
+    "--drop-overlap", help="Leave out (and count in each row) scored images that are pictures a source stage or "
+                           "the training dataset holds, instead of refusing to score them.")]
 ReferenceDir = Annotated[Optional[Path], typer.Option(help="The paper's fold files (a folder or one .yml file).")]
 KeepDuplicates = Annotated[bool, typer.Option("--keep-duplicate-folds",
                                               help="Reference split: also run the repeated partitions.")]
@@ -185,7 +186,7 @@ def compare(
     protocol: Protocol,
     dataset: Dataset,
     finetuned: Finetuned = False,
-    split: Split = "5x2",
+    split: EvaluateSplit = None,
     reference_dir: ReferenceDir = None,
     seed: Seed = 0,
     store: StoreOption = None,
@@ -193,37 +194,49 @@ def compare(
     option: DatasetOptions = [],  # noqa: B006 (typer reads it)
     predictions: Annotated[Optional[Path], typer.Option(
         help="Read both backbones' test scores from this file instead of recomputing them.")] = None,
+    draws: Annotated[Optional[int], typer.Option(
+        min=100, help="Bootstrap draws (default 10000): with B draws the smallest p it can show is 2/B.")] = None,
     as_json: JsonOption = False,
+    train_dataset: TrainDataset = None,
+    train_root: TrainRoot = None,
+    train_option: TrainOptions = [],  # noqa: B006 (typer reads it)
 ) -> None:
     """Paired tests of two backbones' mean AUC on the same folds and test images: a cluster bootstrap over test
-    lesions, and the 5x2cv paired F-test where both have all ten 5x2 folds."""
+    lesions, and a test that counts training variance too (the 5x2cv F-test on a 5x2 split, the corrected resampled
+    t-test on other folds); the verdict takes the larger p."""
     from bench.context import Context
     from bench.evaluate import evaluate as run_evaluation
-    from bench.work import DatasetRef, Evaluate
+    from bench.work import EXTERNAL, DatasetRef, Evaluate
     from protocols import stats
 
+    training = DatasetRef.of(train_dataset, train_root, parse_pairs(train_option, "--train-option")) \
+        if train_dataset else None
+    split = split or (EXTERNAL if training else "5x2")
+
     def scores(backbone: str) -> pd.DataFrame:
-        if predictions is not None:
-            return _stored_predictions(predictions, dataset, protocol, backbone, finetuned, split)
         unit = Evaluate(backbone, DatasetRef.of(dataset, root, parse_pairs(option)), protocol, split,
-                        finetuned=finetuned, seed=seed, reference=reference_dir)
+                        finetuned=finetuned, seed=seed, reference=reference_dir, train_dataset=training)
+        if predictions is not None:
+            return _stored_predictions(predictions, unit.target, protocol, backbone, finetuned, split)
         return run_evaluation(unit, Context.for_user(store)).predictions
 
-    result = stats.paired_comparison(scores(a), scores(b), seed=seed)
-    d = result.difference
+    draws = draws or stats.TEST_DRAWS
+    result = stats.paired_comparison(scores(a), scores(b), n_boot=draws, seed=seed)
+    d, boot, verdict = result.difference, result.bootstrap_p, result.verdict_p
     if as_json:
         print_json({"dataset": dataset, "protocol": protocol, "split": split, "finetuned": finetuned, "a": a, "b": b,
-                    "auc_difference": d.estimate, "ci_low": d.low, "ci_high": d.high, "p_value": result.p_value,
-                    "folds": result.folds, "f_statistic_5x2cv": _finite(result.f_statistic),
-                    "f_p_value_5x2cv": _finite(result.f_p_value)})
+                    "auc_difference": d.estimate, "ci_low": d.low, "ci_high": d.high, "folds": result.folds,
+                    "draws": draws, "bootstrap_p": boot.value, "bootstrap_p_is_bound": boot.bound,
+                    "test": result.test or None, "statistic": _finite(result.statistic),
+                    "test_p_value": _finite(result.test_p_value), "verdict_p": _finite(verdict.value)})
         return
     console.print(f"{dataset} · {protocol} · split {split}{' · fine-tuned' if finetuned else ''}: "
                   f"AUC({escape(a)}) - AUC({escape(b)}) = {100 * d.estimate:+.1f} points, 95% CI {100 * d.low:+.1f} to "
-                  f"{100 * d.high:+.1f}, two-sided p = {result.p_value:.3g} (paired bootstrap over test lesions, "
-                  f"{result.folds} folds)")
-    if not math.isnan(result.f_statistic):
-        console.print(f"5x2cv paired F-test (Alpaydin 1999): F = {result.f_statistic:.2f}, "
-                      f"p = {result.f_p_value:.3g} (F(10, 5))")
+                  f"{100 * d.high:+.1f}, two-sided p {'' if boot.bound else '= '}{boot} (paired bootstrap over test "
+                  f"lesions, {draws} draws, {result.folds} folds)", highlight=False)
+    console.print(_training_test(result), highlight=False)
+    if result.test:
+        console.print(f"verdict p = {verdict} (the larger of the two)", highlight=False)
 
 
 @app.command("select")
@@ -263,6 +276,19 @@ def select_command(
                       f"{100 * r['auc_ci_high'].iloc[0]:.1f} (bootstrap over test lesions)", highlight=False)
     upsert((results, r, KEY), (predictions, chosen.predictions, PREDICTION_KEY))
     err_console.print(f"{len(r)} fold rows -> {results}, predictions -> {predictions}", highlight=False)
+
+
+def _training_test(result: Comparison) -> str:
+    from protocols.stats import PValue
+
+    p = PValue(result.test_p_value)
+    if result.test == "5x2cv F":
+        return (f"5x2cv paired F-test (Alpaydin 1999), counting training variance: F = {result.statistic:.2f}, "
+                f"p = {p} (F(10, 5))")
+    if result.test:
+        return (f"corrected resampled t-test (Nadeau and Bengio 2003), counting training variance: t = "
+                f"{result.statistic:.2f}, p = {p} (t({result.folds - 1}))")
+    return "one fold: training variance is not measured, so no test counts it and no verdict is drawn"
 
 
 def _finite(value: float) -> float | None:
