@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -14,9 +15,14 @@ from bench.cli.app import app
 from bench.cli.options import (AddressOption, DatasetOptions, ExecutorOption, RootOption, StoreOption, TTAOption,
                                parse_pairs, store_url)
 from bench.cli.output import console
+from bench.errors import BenchError
 
-if TYPE_CHECKING:
-    from bench.extract import Extraction  # torch and onnxruntime load only when a command needs them
+if TYPE_CHECKING:  # torch and onnxruntime load only when a command needs them
+    from torch import nn
+
+    from bench.backbone import Backbone
+    from bench.extract import Extraction
+    from bench.recipes import Recipe
 
 
 @app.command()
@@ -35,6 +41,10 @@ def extract(
     executor: ExecutorOption = "local",
     address: AddressOption = None,
     tta: TTAOption = None,
+    trunk: Annotated[Optional[str], typer.Option(
+        help="Store instead the trunk activations recipe TRUNK's top trains from (its cut point, image size and "
+             "pool of `views` views per image): what `bench train --recipe TRUNK` reads.")] = None,
+    seed: Annotated[int, typer.Option(help="With --trunk: seeds the view pool (as `bench train --seed`).")] = 0,
 ) -> None:
     """Run a backbone (frozen, or fine-tuned with --protocol/--fold) over a dataset into the feature store.
 
@@ -47,12 +57,36 @@ def extract(
 
         connect(address)
     store = store_url(store)
+    if trunk is not None:
+        if protocol or fold or tta or limit or skip_bad:
+            raise BenchError("--trunk stores a backbone's trunk activations of the whole dataset: drop --protocol, "
+                             "--fold, --tta, --limit and --skip-bad")
+        from bench import plugins
+        from bench.recipes import get_recipe
+
+        b = plugins.get_backbone(backbone)
+        trunk_pass(b, b.create(), get_recipe(trunk).starting_from(b.random_init), dataset, root, seed=seed,
+                   store=store, options=parse_pairs(option), batch_size=batch_size, overwrite=overwrite,
+                   executor=executor)
+        return
     job = prepare(backbone, dataset, root, store=store, protocol=protocol, fold=fold, batch_size=batch_size,
                   limit=limit, skip_bad=skip_bad, overwrite=overwrite, options=parse_pairs(option), tta=tta)
     try:
         _run(job, store, executor)
     finally:
         job.writer.release()  # the set's write lease: the next writer need not wait for this process to end
+
+
+def trunk_pass(backbone: Backbone, net: nn.Module, recipe: Recipe, dataset: str, root: Path | None, *, seed: int,
+               store: str, options: dict[str, str], executor: str = "local", **kwargs) -> None:
+    """Fill (or finish) the trunk set `recipe`'s fine-tunes of `net` read (bench.trunk), saying how it goes."""
+    from bench.trunk import prepare
+
+    job = prepare(backbone, net, recipe, dataset, root, seed=seed, store=store, options=options, **kwargs)
+    try:
+        _run(job, store, executor)
+    finally:
+        job.writer.release()
 
 
 def _run(job: Extraction, store: str, executor: str) -> None:
