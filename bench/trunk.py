@@ -60,6 +60,7 @@ def split(backbone: Backbone, net: nn.Module, train_last: int) -> Split:
     if start == 0:
         raise BenchError(f"train_last = {train_last} trains {backbone.name} from its first cut point on: there is no "
                          "frozen trunk to cache; use a recipe without `views`")
+    # the trunk only ever runs as at inference: its BatchNorm keeps its statistics
     return Split(names[start], nn.Sequential(*modules[:start]).eval(), nn.Sequential(*modules[start:]))
 
 
