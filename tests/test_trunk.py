@@ -16,7 +16,7 @@ from bench.backbone import read_checkpoint
 from bench.cli import app
 from bench.errors import BenchError
 from bench.export import export_onnx
-from bench.extract import Extraction, create_session
+from bench.extract import Extraction
 from bench.hookspecs import hookimpl
 from bench.images import load_image
 from bench.jobs import finetune_job
@@ -152,12 +152,19 @@ def test_bench_train_with_a_view_pool_saves_the_whole_network_whose_onnx_is_the_
     assert cut.cut == "1" and changed  # demo trains the last 4 layers: the trunk is the first conv, as it was
     assert not any(k.startswith("0.") for k in changed)
 
-    view0 = torch.from_numpy(stored.features[:20].reshape(20, 3, -1)[:, 0].astype(np.float32))
-    with torch.no_grad():
-        tops = cut.top.eval()(view0.reshape(20, *trunk.activation_shape(cut.trunk, 32))).numpy()
-    exported = export_onnx(TINY_CUT, weights=out)
-    images = np.stack([load_image(p, 32) for p in
-                       plugins.get_dataset("synthetic").manifest(None, **SYNTHETIC)["path"][:20]])
-    session = create_session(exported.path)
-    onnx = session.run(None, {"images": exported.preprocessing.normalise(images)})[0]
-    np.testing.assert_allclose(tops, onnx, atol=1e-4 * max(1.0, np.abs(onnx).max()))
+    extract = ["extract", "--backbone", "tiny-cut", "--dataset", "synthetic", "--protocol", "mela-vs-ben", "--fold",
+               "r0f0", *OPTIONS]
+    result = CliRunner().invoke(app, [*extract, "--store", store, "--from-trunk"])
+    assert result.exit_code == 0, result.output
+    cached = FeatureStore(store).read("synthetic", "tiny-cut", "ft-mela-vs-ben-r0f0")
+    assert cached.attrs["computed_from"] == f"trunk set {key}: the top on view 0"
+    with torch.no_grad():  # the top on view 0, as the set holds it
+        view0 = stored.features[:, : stored.features.shape[1] // 3].astype(np.float32)
+        tops = cut.top.eval()(torch.from_numpy(view0).reshape(-1, *trunk.activation_shape(cut.trunk, 32))).numpy()
+    np.testing.assert_allclose(cached.features, tops, rtol=1e-6, atol=1e-7)
+
+    result = CliRunner().invoke(app, [*extract, "--store", str(tmp_path / "onnx-store")])
+    assert result.exit_code == 0, result.output
+    onnx = FeatureStore(tmp_path / "onnx-store").read("synthetic", "tiny-cut", "ft-mela-vs-ben-r0f0")
+    assert onnx.attrs["model_sha256"] == cached.attrs["model_sha256"] == export_onnx(TINY_CUT, weights=out).sha256
+    np.testing.assert_allclose(cached.features, onnx.features, atol=1e-4 * max(1.0, np.abs(onnx.features).max()))

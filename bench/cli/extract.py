@@ -45,6 +45,9 @@ def extract(
         help="Store instead the trunk activations recipe TRUNK's top trains from (its cut point, image size and "
              "pool of `views` views per image): what `bench train --recipe TRUNK` reads.")] = None,
     seed: Annotated[int, typer.Option(help="With --trunk: seeds the view pool (as `bench train --seed`).")] = 0,
+    from_trunk: Annotated[bool, typer.Option(
+        help="With --protocol/--fold, of a fine-tune trained from cached trunk activations: its top on their view "
+             "0, no image read.")] = False,
 ) -> None:
     """Run a backbone (frozen, or fine-tuned with --protocol/--fold) over a dataset into the feature store.
 
@@ -69,9 +72,20 @@ def extract(
                    store=store, options=parse_pairs(option), batch_size=batch_size, overwrite=overwrite,
                    executor=executor)
         return
+    if from_trunk and (fold is None or tta or executor != "local"):
+        raise BenchError("--from-trunk writes a fine-tuned set here: give --protocol and --fold, without --tta or "
+                         "--executor ray")
     job = prepare(backbone, dataset, root, store=store, protocol=protocol, fold=fold, batch_size=batch_size,
                   limit=limit, skip_bad=skip_bad, overwrite=overwrite, options=parse_pairs(option), tta=tta)
     try:
+        if from_trunk:
+            from bench.paths import finetuned_checkpoint
+            from bench.top import features_from_trunk
+
+            features_from_trunk(job, finetuned_checkpoint(dataset, backbone, protocol, fold), store)
+            console.print(f"wrote {job.todo_images} images to {dataset}/{backbone}/{job.key} in {store} from the "
+                          "cached trunk activations", highlight=False)
+            return
         _run(job, store, executor)
     finally:
         job.writer.release()  # the set's write lease: the next writer need not wait for this process to end
