@@ -71,7 +71,8 @@ def _find_or_export(backbone: Backbone, weights: Path | None, preprocessing: Pre
     return export_module(net, backbone, preprocessing, source)
 
 
-def export_module(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, source: str | dict) -> ExportedModel:
+def export_module(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing,
+                  source: str | dict) -> ExportedModel:
     """`net` as ONNX, cached by (backbone, sha256 of its state dict, preprocessing): a backbone's network, or a part
     of one standing as its own backbone (a trunk, bench.trunk). `source` says where its weights came from."""
     identity = [backbone.name, state_dict_sha256(net), preprocessing.to_dict(), OPSET]

@@ -76,5 +76,6 @@ def features_from_trunk(job: Extraction, weights: Path, store: str) -> None:
     top = cut.top.eval()
     for chunk in job.todo:
         rows = job.writer.chunk_rows_of(chunk)
+        view0 = torch.from_numpy(pools[rows.start:rows.stop, 0].astype(np.float32))
         with torch.no_grad():
-            job.writer.write_chunk(chunk, top(torch.from_numpy(pools[rows.start:rows.stop, 0].astype(np.float32))).numpy())
+            job.writer.write_chunk(chunk, top(view0).numpy())

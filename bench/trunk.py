@@ -115,7 +115,7 @@ def prepare(backbone: Backbone, net: nn.Module, recipe: Recipe, dataset: str, ro
     key, weights = trunk_key(cut, preprocessing, recipe.views, seed)
     manifest = plugins.get_dataset(dataset).manifest(root, **(options or {}))
     shape = activation_shape(cut.trunk, preprocessing.size)
-    model = _export(backbone, cut, preprocessing, shape)
+    model = export_trunk(backbone, cut, preprocessing, shape)
     attrs = {"model_sha256": weights, "preprocessing": preprocessing.to_dict(), "dataset": dataset,
              "backbone": backbone.name, "key": key, "cut": cut.cut, "train_last": recipe.train_last,
              "activation_shape": list(shape), "views": recipe.views, "view_seed": seed, "onnx_sha256": model.sha256,
@@ -129,7 +129,7 @@ def prepare(backbone: Backbone, net: nn.Module, recipe: Recipe, dataset: str, ro
                       pool_rows=ViewPool.drawn(len(manifest), recipe.views, seed).rows)
 
 
-def _export(backbone: Backbone, cut: Split, preprocessing: Preprocessing, shape: tuple[int, ...]) -> ExportedModel:
+def export_trunk(backbone: Backbone, cut: Split, preprocessing: Preprocessing, shape: tuple[int, ...]) -> ExportedModel:
     """The trunk as ONNX (flattened activations), as if it were a backbone of its own."""
     dim = int(np.prod(shape))
     as_backbone = dataclasses.replace(backbone, name=f"{backbone.name}.trunk-{cut.cut}", feature_dim=dim)

@@ -168,3 +168,20 @@ def test_bench_train_with_a_view_pool_saves_the_whole_network_whose_onnx_is_the_
     onnx = FeatureStore(tmp_path / "onnx-store").read("synthetic", "tiny-cut", "ft-mela-vs-ben-r0f0")
     assert onnx.attrs["model_sha256"] == cached.attrs["model_sha256"] == export_onnx(TINY_CUT, weights=out).sha256
     np.testing.assert_allclose(cached.features, onnx.features, atol=1e-4 * max(1.0, np.abs(onnx.features).max()))
+
+
+def test_a_view_pool_goes_with_a_top_and_leaves_earlier_fingerprints_alone():
+    assert "views" not in RECIPE.to_dict() and TOP.to_dict()["views"] == 3
+    with pytest.raises(BenchError, match="--views needs a recipe that trains only the top"):
+        dataclasses.replace(RECIPE, train_last=None).with_overrides(views=4)
+    with pytest.raises(BenchError, match="--views must be a whole number, 2 or more"):
+        TOP.with_overrides(views=1)
+    assert TOP.starting_from(random_init=True).views is None  # from scratch: the whole network, no cache
+
+
+def test_perf_train_times_the_top_from_the_cache_and_the_trunk_pass():
+    from bench import perf_train
+
+    recipe = TOP.with_overrides(batch_size=4)
+    figures = perf_train.measure(TINY_CUT.build(), 12, TINY_CUT.preprocessing, recipe, steps=4, backbone=TINY_CUT)
+    assert figures["top_loop_ips"] > 0 and figures["trunk_pass_ips"] > 0 and figures["views"] == 3
