@@ -82,6 +82,7 @@ class SetWriter:
         self.lease = held
         self.creation_id = group.attrs.get("creation_id")
         self.features = group["features"]
+        self.dtype = self.features.dtype
         self.chunk_rows = self.features.chunks[0]
         self.n_chunks = group["done"].shape[0]
         self.changed = 0  # rows whose image content changed since the set was last written
@@ -103,7 +104,7 @@ class SetWriter:
         `skipped` flags rows whose image could not be read; their features are stored as NaN whatever is passed.
         """
         rows = self.chunk_rows_of(chunk)
-        features = np.array(features, dtype=self.features.dtype)  # a copy: skipped rows are overwritten below
+        features = np.array(features, dtype=self.dtype)  # a copy: skipped rows are overwritten below
         if features.shape != (len(rows), self.features.shape[1]):
             raise ValueError(f"chunk {chunk} takes features of shape {(len(rows), self.features.shape[1])}, got {features.shape}")
         window = slice(rows.start, rows.stop)
