@@ -72,6 +72,16 @@ def _find_or_export(backbone: Backbone, weights: Path | None, preprocessing: Pre
         trained_at = weights and not backbone.size_fixed
         preprocessing = checkpoint_preprocessing(weights, backbone.preprocessing) if trained_at else backbone.preprocessing
     net = backbone.create(weights)
+    source = {"weights": str(weights), "sha256": file_digest(weights)} if weights else "initial weights"
+    return export_module(net, backbone, preprocessing, source, cache)
+
+
+def export_module(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, source: str | dict,
+                  cache: Path | None = None) -> ExportedModel:
+    """`net` as ONNX, cached by (backbone, sha256 of its state dict, preprocessing) in `cache` (default: the user's
+    ONNX cache): a backbone's network, or a part of one standing as its own backbone (a trunk, bench.trunk).
+    `source` says where its weights came from."""
+    cache = cache or paths.onnx_dir(paths.home())
     identity = [backbone.name, state_dict_sha256(net), preprocessing.to_dict(), OPSET]
     key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()
     path = cache / f"{backbone.name}-{key[:16]}.onnx"
@@ -80,7 +90,7 @@ def _find_or_export(backbone: Backbone, weights: Path | None, preprocessing: Pre
     if meta is not None:
         return _exported(path, meta, backbone, preprocessing, cached=True)
     meta = export_network(net, backbone, preprocessing, path)
-    meta["source"] = {"weights": str(weights), "sha256": file_digest(weights)} if weights else "initial weights"
+    meta["source"] = source
     atomic.write_text(sidecar, json.dumps(meta, indent=2))  # written last: the entry counts only once it exists
     return _exported(path, meta, backbone, preprocessing, cached=False)
 

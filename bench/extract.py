@@ -69,6 +69,8 @@ class Extraction:
     skipped: list[str] = field(default_factory=list)  # paths of the unreadable images this run left out
     threads: int = 0  # onnxruntime's intra-op threads; 0: `bench.threads.count()` (a Ray task: the CPUs it was given)
     tta: str | None = None  # test-time augmentation (bench.tta): each image's feature is the mean over its views
+    # a trunk's pass (bench.trunk.ViewPool.rows): (session, batch, manifest positions) -> each image's store row
+    pool_rows: Callable[..., np.ndarray] | None = None
 
     @property
     def todo_images(self) -> int:
@@ -91,7 +93,8 @@ class Extraction:
         for batch in prefetch(self._batches(paths_), self._load):
             if batch.chunk != chunk:
                 chunk = batch.chunk
-                buffer = np.zeros((len(self.writer.chunk_rows_of(chunk)), self.model.feature_dim), np.float32)
+                rows = self.writer.chunk_rows_of(chunk)
+                buffer = np.zeros((len(rows), self.writer.features.shape[1]), np.float32)
                 readable = np.ones(len(buffer), bool)
             if batch.errors and not self.skip_bad:
                 kept = self.writer.n_chunks - len(self.writer.missing_chunks())
@@ -99,7 +102,9 @@ class Extraction:
             self.skipped += batch.files[~batch.readable].tolist()
             readable[batch.rows] = batch.readable
             if len(batch.images):
-                buffer[batch.rows[batch.readable]] = features_of(session, batch, self.tta)
+                kept = batch.rows[batch.readable]
+                buffer[kept] = (self.pool_rows(session, batch, rows.start + kept) if self.pool_rows
+                                else features_of(session, batch, self.tta))
             if batch.rows[-1] == len(buffer) - 1:
                 self.writer.write_chunk(chunk, buffer, skipped=~readable)
             advance(len(batch.rows))

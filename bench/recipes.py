@@ -11,7 +11,7 @@ from bench.errors import BenchError
 
 RECIPES_FILE = Path(__file__).with_name("recipes.toml")
 AUGMENT = ("minority", "all")
-ADDED_LATER = {"augment": "minority"}  # field -> its default
+ADDED_LATER = {"augment": "minority", "views": None}  # field -> its default
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,10 @@ class Recipe:
     # which images are augmented: "minority", the paper's (only the copies that balance the classes), or "all" (every
     # image shown, so that the augmentation itself cannot tell the classes apart)
     augment: str = "minority"
+    # a pool of this many views per image (view 0 as it is, the others augmented, drawn once): the top (`train_last`)
+    # trains from the frozen trunk's activations of the pool, computed once into the store (bench.top); None: the
+    # whole network runs every step, augmentations drawn afresh
+    views: int | None = None
 
     def with_overrides(self, **overrides: int | float | str | None) -> Recipe:
         """A copy with the given fields changed; `None` values leave a field as it is."""
@@ -40,12 +44,17 @@ class Recipe:
         bad = [f"--{k.replace('_', '-')} must be {why}" for k, v in changed.items() if (why := invalid(k, v))]
         if bad:
             raise BenchError("; ".join(bad))
-        return replace(self, **changed)
+        chosen = replace(self, **changed)
+        if chosen.views and chosen.train_last is None:
+            raise BenchError(f"--views needs a recipe that trains only the top (train_last); {self.name} trains "
+                             "the whole network")
+        return chosen
 
     def starting_from(self, random_init: bool) -> Recipe:
         """The recipe for a run from random (True) or pretrained weights: freezing random layers would not be
-        training from scratch, so a random start trains every layer whatever `train_last` says."""
-        return replace(self, train_last=None) if random_init else self
+        training from scratch, so a random start trains every layer whatever `train_last` says (and without a
+        trunk to cache, no view pool)."""
+        return replace(self, train_last=None, views=None) if random_init else self
 
     def to_dict(self) -> dict:
         """The fields, as fingerprints see them: a field added after the first release is left out at its default,
@@ -61,6 +70,8 @@ def invalid(field: str, value: object) -> str | None:
         return "a number"
     if field == "head_epochs":
         return None if value >= 0 else "zero or more"
+    if field == "views":  # view 0 is the image as it is: augmented images need at least one view more
+        return None if isinstance(value, int) and value >= 2 else "a whole number, 2 or more"
     return None if value > 0 else "positive"
 
 
@@ -74,6 +85,8 @@ def recipes() -> dict[str, Recipe]:
         if unknown:
             raise BenchError(f"{RECIPES_FILE}: recipe {name!r} has unknown field(s) {sorted(unknown)}")
         bad = [f"{k} must be {why}" for k, v in values.items() if k != "description" and (why := invalid(k, v))]
+        if "views" in values and "train_last" not in values:
+            bad.append("views needs train_last (only a top trains from cached trunk activations)")
         if bad:
             raise BenchError(f"{RECIPES_FILE}: recipe {name!r}: {'; '.join(bad)}")
     return {name: Recipe(name=name, **values) for name, values in table.items()}

@@ -9,6 +9,8 @@ It builds the architecture (its own initialisation: no weights are loaded or dow
 - the forward pass maps (N, 3, S, S) to finite features (N, feature_dim) at any batch size;
 - the parameterised layers are registered in the order the forward pass runs them, so that a recipe's
   `train_last = k` trains exactly the last k of them (bench.train.freeze), and gradients reach those only;
+- where it declares cut points (`Backbone.chain`), the trunk and top cut for every `train_last` compute the
+  network's features (`top(trunk(x)) == net(x)`), the top holding the layers that train and the trunk none;
 - with `onnx=True`, the ONNX export gives torch's features (what `bench extract` runs).
 A broken promise raises AssertionError saying which, and what to fix.
 """
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from bench.backbone import Backbone
+from bench.train import freeze, parameterised
 
 
 def check_backbone(backbone: Backbone, *, size: int | None = None, onnx: bool = True) -> None:
@@ -35,6 +38,8 @@ def check_backbone(backbone: Backbone, *, size: int | None = None, onnx: bool = 
     _check_forward(backbone, net, x)
     _check_layer_order(backbone, net, x)
     _check_train_last(backbone, net, x)
+    if backbone.chain is not None:
+        _check_split(backbone, net, x)
     if onnx:
         _check_onnx(backbone, net, size)
 
@@ -67,13 +72,9 @@ def _check_forward(backbone: Backbone, net: nn.Module, x: np.ndarray) -> None:
             assert torch.isfinite(features).all(), f"{backbone.name}: forward gives non-finite features"
 
 
-def _parameterised(net: nn.Module) -> list[nn.Module]:
-    return [m for m in net.modules() if next(m.parameters(recurse=False), None) is not None]
-
-
 def _check_layer_order(backbone: Backbone, net: nn.Module, x: np.ndarray) -> None:
     """`train_last` counts layers in registration order; that is only the forward's last layers if they agree."""
-    layers = _parameterised(net)
+    layers = parameterised(net)
     ran: list[nn.Module] = []  # in the order of their first call (a layer may run twice)
 
     def record(module: nn.Module, inputs: object, output: object) -> None:
@@ -95,9 +96,7 @@ def _check_layer_order(backbone: Backbone, net: nn.Module, x: np.ndarray) -> Non
 
 def _check_train_last(backbone: Backbone, net: nn.Module, x: np.ndarray) -> None:
     """`train_last = 1` trains the last parameterised layer only: gradients reach it and no frozen one."""
-    from bench.train import freeze
-
-    layers = _parameterised(net)
+    layers = parameterised(net)
     frozen = freeze(net, 1)
     try:
         assert frozen == layers[:-1], f"{backbone.name}: train_last = 1 froze {len(frozen)} of {len(layers)} layers"
@@ -115,6 +114,33 @@ def _check_train_last(backbone: Backbone, net: nn.Module, x: np.ndarray) -> None
         for p in net.parameters():
             p.requires_grad_(True)
             p.grad = None
+
+
+def _check_split(backbone: Backbone, net: nn.Module, x: np.ndarray) -> None:
+    """Every distinct cut (one per train_last that leaves a trunk) computes the network's features."""
+    from bench.errors import BenchError
+    from bench.trunk import split
+
+    layers, seen = parameterised(net), set()
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x))
+        for k in range(1, len(layers)):
+            try:
+                cut = split(backbone, net, k)
+            except BenchError:  # k reaches the first cut point: nothing left to cache, and no larger k would
+                break
+            trainable = set(layers[-k:])
+            top = {m for module in cut.top for m in module.modules()}
+            assert trainable <= top and not any(m in trainable for t in cut.trunk for m in t.modules()), \
+                f"{backbone.name}: the cut at {cut.cut} for train_last = {k} leaves a trained layer in the trunk: " \
+                "fix Backbone.chain (its modules in forward order)"
+            if cut.cut in seen:
+                continue
+            seen.add(cut.cut)
+            got = cut.top(cut.trunk(torch.from_numpy(x)))
+            assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max())), \
+                f"{backbone.name}: top(trunk(x)) != net(x) at the cut {cut.cut}: Backbone.chain must list the " \
+                "modules whose composition is the forward pass"
 
 
 def _check_onnx(backbone: Backbone, net: nn.Module, size: int) -> None:

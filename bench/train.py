@@ -66,6 +66,7 @@ class TrainingJob:
     run_dir: Path  # per-epoch resumable state; removed once `out` is written
     seed: int = 0
     meta: dict = field(default_factory=dict)
+    store: str | None = None  # the feature store of the trunk activations a recipe with `views` trains from
 
 
 @dataclass
@@ -78,16 +79,20 @@ class RunState:
     history: list[dict] = field(default_factory=list)
 
 
-def fit(job: TrainingJob, device: torch.device | None = None) -> RunState:
-    """Train, keep the epoch with the lowest validation loss, save it to `job.out`; resumes from `job.run_dir`."""
+Setup = Callable[[TrainingJob, torch.device, torch.Generator], tuple["Trainer", torch.Tensor]]
+
+
+def fit(job: TrainingJob, device: torch.device | None = None, setup: Setup | None = None) -> RunState:
+    """Train, keep the epoch with the lowest validation loss, save it to `job.out`; resumes from `job.run_dir`.
+    `setup` makes the trainer and the training data (default: the whole network on decoded images)."""
+    if job.recipe.views and setup is None:
+        raise BenchError(f"recipe {job.recipe.name} trains the top from cached trunk activations: run it with "
+                         "bench.top.fit")
     device = device or default_device()
     torch.manual_seed(job.seed)
     generator = torch.Generator().manual_seed(job.seed)  # sampling and augmentation draws, on the CPU for every device
     train_idx, val_idx = validation_split(job.data, job.seed)
-    # the network before the images: missing starting weights fail before the long decoding
-    trainer = Trainer(nn.Sequential(job.start(), nn.Linear(job.feature_dim, len(job.data.classes))).to(device),
-                      job.recipe, job.preprocessing, generator)
-    images = decode(job.data.paths, job.preprocessing.size, device)
+    trainer, images = (setup or whole_network)(job, device, generator)
     labels = torch.tensor(job.data.labels, device=device)
     job.run_dir.mkdir(parents=True, exist_ok=True)
     state = resume(job.run_dir, trainer.model, trainer.optimizer, generator)
@@ -100,13 +105,21 @@ def fit(job: TrainingJob, device: torch.device | None = None) -> RunState:
             loss, rate = trainer.epoch(images, labels, train_idx[order], augmented,
                                        lambda status: shown.advance(1, status),
                                        head_only=epoch < job.recipe.head_epochs)
-            val_loss = validation_loss(trainer.model, images[val_idx], labels[val_idx], job.preprocessing,
+            val_loss = validation_loss(trainer.model, trainer.inputs, images[val_idx], labels[val_idx],
                                        job.recipe.batch_size, trainer.amp)
             _end_epoch(job, state, trainer, loss, val_loss, rate)
             shown.update(status=f"loss {loss:.4f}  val {val_loss:.4f} (best {state.best_val_loss:.4f} "
                                          f"@ {state.best_epoch})  {rate:.1f} img/s")
-    _save_best(job, trainer.model[0], state)
+    _save_best(job, trainer.net, state)
     return state
+
+
+def whole_network(job: TrainingJob, device: torch.device, generator: torch.Generator) -> tuple[Trainer, torch.Tensor]:
+    """The trainer of the feature net with a new head, and the decoded training images."""
+    # the network before the images: missing starting weights fail before the long decoding
+    trainer = Trainer(nn.Sequential(job.start(), nn.Linear(job.feature_dim, len(job.data.classes))).to(device),
+                      job.recipe, job.preprocessing, generator)
+    return trainer, decode(job.data.paths, job.preprocessing.size, device)
 
 
 class Trainer:
@@ -115,6 +128,7 @@ class Trainer:
     def __init__(self, model: nn.Sequential, recipe: Recipe, preprocessing: Preprocessing,
                  generator: torch.Generator) -> None:
         self.model, self.recipe, self.preprocessing, self.generator = model, recipe, preprocessing, generator
+        self.net = model[0]  # the feature net whose best epoch is saved
         self.frozen = freeze(model[0], recipe.train_last)
         self.body = [p for p in model[0].parameters() if p.requires_grad]
         self.optimizer = make_optimizer(model, recipe)
@@ -148,8 +162,16 @@ class Trainer:
         if augment_mask.any():
             mask = augment_mask.to(x.device)
             x[mask] = augment(x[mask], self.generator)
+        return self.update(to_input(x, self.preprocessing), labels)
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """Stored images (uint8) as the model's input, as they are."""
+        return to_input(images.float(), self.preprocessing)
+
+    def update(self, x: torch.Tensor, labels: torch.Tensor) -> float:
+        """One SGD step on the model's input `x`; returns the batch's loss."""
         with self.amp():
-            loss = F.cross_entropy(self.model(to_input(x, self.preprocessing)).float(), labels)
+            loss = F.cross_entropy(self.model(x).float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -163,7 +185,7 @@ def _end_epoch(job: TrainingJob, state: RunState, trainer: Trainer, loss: float,
     state.history.append({"epoch": state.epoch, "loss": loss, "val_loss": val_loss, "images_per_s": rate})
     if val_loss < state.best_val_loss:
         state.best_epoch, state.best_val_loss = state.epoch, val_loss
-        save_checkpoint(job.run_dir / "best.pt", trainer.model[0], job.backbone, job.preprocessing)
+        save_checkpoint(job.run_dir / "best.pt", trainer.net, job.backbone, job.preprocessing)
     _save_state(job.run_dir / "last.pt", state, trainer.model, trainer.optimizer, trainer.generator)
 
 
@@ -222,12 +244,17 @@ def _decode(paths: list[str], size: int) -> np.ndarray:
     return np.stack(images)
 
 
+def parameterised(net: nn.Module) -> list[nn.Module]:
+    """The modules holding parameters of their own, in registration order: what `train_last` counts."""
+    return [m for m in net.modules() if next(m.parameters(recurse=False), None) is not None]
+
+
 def freeze(net: nn.Module, train_last: int | None) -> list[nn.Module]:
     """Freeze all but the last `train_last` parameterised layers (in registration order, which follows the forward
     pass in our backbones) and return the frozen ones; `None` trains everything."""
     if train_last is None:
         return []
-    layers = [m for m in net.modules() if next(m.parameters(recurse=False), None) is not None]
+    layers = parameterised(net)
     frozen = layers[: max(len(layers) - train_last, 0)]
     for layer in frozen:
         for p in layer.parameters(recurse=False):
@@ -282,8 +309,13 @@ def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     filled by reflection: black corners would appear only on (minority-class) augmented images and give the class
     away. A flip plus any rotation also covers vertical flips.
     """
+    # drawn on the CPU, so every device sees the same augmentations
+    return transform(images, torch.rand(len(images), 3, generator=generator))
+
+
+def transform(images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """`augment` with its draws given: (N, 3) uniform in [0, 1) for the angle, the scale and the flip."""
     n = len(images)
-    draws = torch.rand(n, 3, generator=generator)  # drawn on the CPU, so every device sees the same augmentations
     angle = draws[:, 0] * 2 * math.pi
     scale = SCALE_RANGE[0] * (SCALE_RANGE[1] / SCALE_RANGE[0]) ** draws[:, 1]
     flip = torch.where(draws[:, 2] < 0.5, -1.0, 1.0)
@@ -304,14 +336,15 @@ def to_input(images: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor
 
 
 @torch.no_grad()
-def validation_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, preprocessing: Preprocessing,
-                    batch_size: int, amp: Callable) -> float:
-    """Mean cross-entropy over the validation images, as they are (no augmentation, no rebalancing)."""
+def validation_loss(model: nn.Module, inputs: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                    labels: torch.Tensor, batch_size: int, amp: Callable) -> float:
+    """Mean cross-entropy over the validation images, as they are (no augmentation, no rebalancing); `inputs`
+    turns a batch of them into the model's input."""
     model.eval()
     total = 0.0
     for start in range(0, len(images), batch_size):
         with amp():
-            logits = model(to_input(images[start:start + batch_size].float(), preprocessing))
+            logits = model(inputs(images[start:start + batch_size]))
         total += F.cross_entropy(logits.float(), labels[start:start + batch_size], reduction="sum").item()
     return total / len(images)
 

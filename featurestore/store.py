@@ -1,7 +1,8 @@
 """A zarr v3 store of feature sets at `/{dataset}/{backbone}/{key}/`, written a whole chunk at a time.
 
 Each set holds
-- `features`  float32 (n, d), chunked along n only; rows never computed or skipped read as NaN, never zero;
+- `features`  float32 (n, d) (float16 for trunk activations, bench.trunk), chunked along n only; rows never
+  computed or skipped read as NaN, never zero;
 - `image_ids` str (n,), fixed when the set is created;
 - `skipped`   bool (n,), rows whose image could not be read (left out of `FeatureStore.read`);
 - `image_sha256` str (n,), the content hash of each image the rows are computed from: a writer reopening the set
@@ -89,6 +90,7 @@ class SetWriter:
         self.lease = held
         self.creation_id = group.attrs.get("creation_id")
         self.features = group["features"]
+        self.dtype = self.features.dtype
         self.chunk_rows = self.features.chunks[0]
         self.n_chunks = group["done"].shape[0]
         self.changed = 0  # rows whose image content changed since the set was last written
@@ -111,7 +113,7 @@ class SetWriter:
         `skipped` flags rows whose image could not be read; their features are stored as NaN whatever is passed.
         """
         rows = self.chunk_rows_of(chunk)
-        features = np.array(features, dtype=np.float32)  # a copy: skipped rows are overwritten below
+        features = np.array(features, dtype=self.dtype)  # a copy: skipped rows are overwritten below
         if features.shape != (len(rows), self.features.shape[1]):
             raise ValueError(f"chunk {chunk} takes features of shape {(len(rows), self.features.shape[1])}, got {features.shape}")
         window = slice(rows.start, rows.stop)
@@ -238,6 +240,7 @@ class FeatureStore:
         chunk_rows: int,
         attrs: dict,
         overwrite: bool = False,
+        dtype: str = "float32",
     ) -> SetWriter:
         """The writer of a new set, or of the existing one when it was made by the same model for the same images.
 
@@ -245,6 +248,7 @@ class FeatureStore:
         other provenance raises StoreError (never silently reused) unless `overwrite`; one with no finished chunk
         is replaced silently, as nothing in it can be lost. `image_digests` (one content hash per image) decide
         which finished chunks must be recomputed because their images changed. `attrs` must hold IDENTITY's keys.
+        `dtype` is a new set's storage type.
         """
         missing = [k for k in IDENTITY if k not in attrs]
         if missing:
@@ -264,7 +268,8 @@ class FeatureStore:
         try:
             writer = self._reopen(path, image_ids, attrs, overwrite, held)
             if writer is None:
-                group = _create(self._open("a").require_group(path), image_ids, image_digests, dim, chunk_rows, attrs)
+                group = _create(self._open("a").require_group(path), image_ids, image_digests, dim, chunk_rows, attrs,
+                                dtype)
                 writer = SetWriter(group, self._where(path), held)
             writer._refresh(image_digests)
             writer._repair()
@@ -377,9 +382,9 @@ def _package_hint(url: str) -> str:
 
 
 def _create(group: zarr.Group, image_ids: np.ndarray, image_digests: np.ndarray, dim: int, chunk_rows: int,
-            attrs: dict) -> zarr.Group:
+            attrs: dict, dtype: str) -> zarr.Group:
     n = len(image_ids)
-    group.create_array("features", shape=(n, dim), chunks=(chunk_rows, dim), dtype="float32", fill_value=np.nan,
+    group.create_array("features", shape=(n, dim), chunks=(chunk_rows, dim), dtype=dtype, fill_value=np.nan,
                        compressors=CHECKSUMMED)
     group.create_array("skipped", shape=(n,), chunks=(chunk_rows,), dtype=bool, fill_value=False,
                        compressors=CHECKSUMMED)

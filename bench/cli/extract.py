@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -13,9 +14,14 @@ from bench.cli.options import (AddressOption, DatasetOptions, DesignName, Execut
                                TTAOption, parse_pairs)
 from bench.cli.output import console
 from bench.progress import progress
+from bench.errors import BenchError
 
-if TYPE_CHECKING:
-    from bench.extract import Extraction  # torch and onnxruntime load only when a command needs them
+if TYPE_CHECKING:  # torch and onnxruntime load only when a command needs them
+    from torch import nn
+
+    from bench.backbone import Backbone
+    from bench.extract import Extraction
+    from bench.recipes import Recipe
 
 
 @app.command()
@@ -35,6 +41,13 @@ def extract(
     executor: ExecutorOption = "local",
     address: AddressOption = None,
     tta: TTAOption = None,
+    trunk: Annotated[Optional[str], typer.Option(
+        help="Store instead the trunk activations recipe TRUNK's top trains from (its cut point, image size and "
+             "pool of `views` views per image): what `bench train --recipe TRUNK` reads.")] = None,
+    seed: Annotated[int, typer.Option(help="With --trunk: seeds the view pool (as `bench train --seed`).")] = 0,
+    from_trunk: Annotated[bool, typer.Option(
+        help="With --protocol/--fold, of a fine-tune trained from cached trunk activations: its top on their view "
+             "0, no image read.")] = False,
 ) -> None:
     """Run a backbone (frozen, or fine-tuned with --protocol/--fold) over a dataset into the feature store.
 
@@ -49,13 +62,47 @@ def extract(
 
         connect(address)
     ctx = Context.for_user(store)
+    if trunk is not None:
+        if protocol or fold or tta or limit or skip_bad:
+            raise BenchError("--trunk stores a backbone's trunk activations of the whole dataset: drop --protocol, "
+                             "--fold, --tta, --limit and --skip-bad")
+        from bench.recipes import get_recipe
+
+        b = ctx.registry.backbone(backbone)
+        trunk_pass(b, b.create(ctx.source_weights(b)), get_recipe(trunk).starting_from(b.random_init), dataset,
+                   root, seed=seed, store=ctx.store, options=parse_pairs(option), batch_size=batch_size,
+                   overwrite=overwrite, executor=executor)
+        return
+    if from_trunk and (fold is None or tta or executor != "local"):
+        raise BenchError("--from-trunk writes a fine-tuned set here: give --protocol and --fold, without --tta or "
+                         "--executor ray")
     unit = Extract(backbone, DatasetRef.of(dataset, root, parse_pairs(option), limit), protocol, fold, tta=tta,
                    batch_size=batch_size, skip_bad=skip_bad, overwrite=overwrite)
     job = prepare(unit, ctx)
     try:
+        if from_trunk:
+            from bench.paths import finetuned_checkpoint
+            from bench.top import features_from_trunk
+
+            features_from_trunk(job, finetuned_checkpoint(ctx.home, dataset, backbone, protocol, fold), ctx.store)
+            console.print(f"wrote {job.todo_images} images to {dataset}/{backbone}/{job.key} in {ctx.store} from the "
+                          "cached trunk activations", highlight=False)
+            return
         _run(job, ctx.store, executor)
     finally:
         job.writer.release()  # the set's write lease: the next writer need not wait for this process to end
+
+
+def trunk_pass(backbone: Backbone, net: nn.Module, recipe: Recipe, dataset: str, root: Path | None, *, seed: int,
+               store: str, options: dict[str, str], executor: str = "local", **kwargs) -> None:
+    """Fill (or finish) the trunk set `recipe`'s fine-tunes of `net` read (bench.trunk), saying how it goes."""
+    from bench.trunk import prepare
+
+    job = prepare(backbone, net, recipe, dataset, root, seed=seed, store=store, options=options, **kwargs)
+    try:
+        _run(job, store, executor)
+    finally:
+        job.writer.release()
 
 
 def _run(job: Extraction, store: str, executor: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -20,6 +20,9 @@ def perf_train(
     recipe: RecipeOption = "cpu",
     image_size: ImageSize = None,
     batch_size: BatchSize = None,
+    views: Annotated[Optional[int], typer.Option(
+        help="Override the recipe's view pool: also time the top's loop on cached trunk activations and the trunk "
+             "pass.")] = None,
     steps: Annotated[int, typer.Option(help="Timed batches per figure (after two warm-up batches).")] = 10,
     repeat: Annotated[int, typer.Option(help="Rounds; each figure is its best round (robust to others' load).")] = 1,
     as_json: JsonOption = False,
@@ -28,10 +31,10 @@ def perf_train(
     the network's forward and forward+backward passes on batches already in memory."""
     from bench.perf_train import measure
 
-    chosen = get_recipe(recipe).with_overrides(image_size=image_size, batch_size=batch_size)
+    chosen = get_recipe(recipe).with_overrides(image_size=image_size, batch_size=batch_size, views=views)
     b = plugins.get_backbone(backbone)
     figures = measure(b.build(), b.feature_dim, b.preprocessing.with_size(chosen.image_size), chosen, steps=steps,
-                      repeat=repeat)
+                      repeat=repeat, backbone=b)
     if as_json:
         print_json(figures)
         return
@@ -45,6 +48,13 @@ def perf_train(
             ("forward + backward", "forward_backward_ips", None,
              "ceiling of a training epoch: a training step on normalised batches"),
             ("training epoch", "loop_ips", "forward_backward_ips", f"the loop, {augmented} augmented")]
+    if chosen.views:
+        speedup = figures["top_loop_ips"] / figures["loop_ips"]
+        rows += [("top from the cache", "top_loop_ips", None, f"the training epoch on cached trunk activations "
+                                                              f"({chosen.views} views): {speedup:.1f}x the loop's"),
+                 ("trunk pass (once)", "trunk_pass_ips", None,
+                  f"{chosen.views} views of each image, augmented, through the trunk in onnxruntime: "
+                  f"{10_000 / figures['trunk_pass_ips'] / 60:.1f} min per 10,000 images, decoding aside")]
     for label, key, ceiling, what in rows:
         share = f"{figures[key] / figures[ceiling]:.0%}" if ceiling else ""
         shown.add_row(label, f"{figures[key]:.1f}", share, what)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from bench.cli.app import app
-from bench.cli.options import DatasetOptions, DesignName, JsonOption, RootOption, SplitName, parse_pairs
+from bench.cli.options import DatasetOptions, DesignName, JsonOption, RootOption, SplitName, StoreOption, parse_pairs
 from bench.cli.output import console, print_json, table
 from bench.errors import BenchError
 from bench.recipes import Recipe, get_recipe, recipes as all_recipes
@@ -35,6 +35,7 @@ def recipes(as_json: JsonOption = False) -> None:
 
 def _trains(recipe: Recipe) -> str:
     layers = "whole network" if recipe.train_last is None else f"last {recipe.train_last} layers"
+    layers += f" from a pool of {recipe.views} cached views" if recipe.views else ""
     return layers + (f" after {recipe.head_epochs} head-only epoch(s)" if recipe.head_epochs else "")
 
 
@@ -52,23 +53,28 @@ def train(
     image_size: ImageSize = None,
     batch_size: BatchSize = None,
     lr: Annotated[Optional[float], typer.Option(help="Override the recipe's learning rate.")] = None,
+    views: Annotated[Optional[int], typer.Option(
+        help="Override the recipe's view pool: a top-only recipe then trains from cached trunk activations.")] = None,
+    store: StoreOption = None,
     limit: Annotated[Optional[int], typer.Option(help="Train on the first N training rows only.")] = None,
     seed: Annotated[int, typer.Option(help="Seeds the folds, the validation split and training.")] = 0,
     option: DatasetOptions = [],  # noqa: B006 (typer reads it)
 ) -> None:
     """Train a backbone's source stage (without --fold), or fine-tune it on one target fold's training part.
 
-    A rerun of an interrupted command resumes from its last finished epoch.
+    A rerun of an interrupted command resumes from its last finished epoch. A recipe with a view pool (`views`)
+    first stores the trunk's activations in --store, once for every fine-tune from the same trunk.
     """
     from bench.context import Context
     from bench.jobs import finetune_job, source_stage_job
-    from bench.train import fit
+    from bench.top import fit
     from bench.work import DatasetRef, FineTune, TrainSource
 
     if (protocol is None) != (fold is None):
         raise BenchError("fine-tuning needs both --protocol P and --fold K (a source stage takes neither)")
-    chosen = get_recipe(recipe).with_overrides(epochs=epochs, image_size=image_size, batch_size=batch_size, lr=lr)
-    ctx, options = Context.for_user(), parse_pairs(option)
+    chosen = get_recipe(recipe).with_overrides(epochs=epochs, image_size=image_size, batch_size=batch_size, lr=lr,
+                                               views=views)
+    ctx, options = Context.for_user(store), parse_pairs(option)
     if fold is None:
         job = source_stage_job(TrainSource.of(ctx, backbone, DatasetRef.of(dataset, root, options, limit), chosen,
                                               seed), ctx)
@@ -79,6 +85,12 @@ def train(
                   f"{', '.join(job.data.classes)}; recipe {chosen.name} ({chosen.epochs} epochs at "
                   f"{chosen.image_size} px, {_trains(job.recipe)})")
     started = time.perf_counter()
+    if job.recipe.views:
+        from bench.cli.extract import trunk_pass
+
+        job = dataclasses.replace(job, store=ctx.store)
+        trunk_pass(ctx.registry.backbone(backbone), job.start(), job.recipe, dataset, root, seed=seed,
+                   store=job.store, options=options)
     state = fit(job)
     console.print(f"best epoch {state.best_epoch}/{state.epoch} (validation loss {state.best_val_loss:.4f}), "
                   f"{time.perf_counter() - started:.0f} s -> {job.out}")

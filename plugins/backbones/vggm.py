@@ -29,6 +29,12 @@ def build() -> nn.Module:
     return VGGM()
 
 
+def chain(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    from plugins.backbones.vggm_net import chain
+
+    return chain(net)
+
+
 def orthogonal_init(net: nn.Module) -> None:
     from plugins.backbones.vggm_net import orthogonal_init
 
@@ -41,7 +47,7 @@ def imagenet_path() -> Path:
 
 def backbones() -> list[Backbone]:
     common = {"architecture": ARCHITECTURE, "preprocessing": PREPROCESSING, "feature_layer": "fc7 (ReLU)",
-              "feature_dim": FEATURE_DIM, "build": build}
+              "feature_dim": FEATURE_DIM, "build": build, "chain": chain}
     retino_stage = SourceStage("kaggle-dr", "5 retinopathy grades", start="scratch", output="retino.pt")
     double_stage = SourceStage("kaggle-dr", "5 retinopathy grades", start="vgg-m", output="double.pt")
     return [

@@ -42,6 +42,12 @@ class VGGM(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
+def chain(net: VGGM) -> list[tuple[str, nn.Module]]:
+    """MatConvNet's layers in forward order, pool5's activations flattened before fc6."""
+    return [*net.features.named_children(), ("pool", net.pool), ("flatten", nn.Flatten()),
+            *net.fc.named_children()]
+
+
 def orthogonal_init(net: nn.Module) -> None:
     """The paper's initialisation without transfer: orthogonal weights, biases 0.05 (seed torch beforehand)."""
     for module in net.modules():

@@ -1,0 +1,153 @@
+"""A backbone cut into a frozen trunk and a trainable top, and the trunk's activations of a pool of augmented views
+in the feature store, so that a recipe training only the top (`views`, bench.top) runs the trunk once per view.
+
+The cut for `train_last = K` is the latest of the backbone's cut points (`Backbone.chain`) that leaves the last K
+parameterised layers in the top, moved back over modules without weights (activations, dropout, pooling): those
+then run in the top, in training mode, as they do when the whole network trains with the same layers frozen.
+
+A trunk set sits beside the feature sets, at `/{dataset}/{backbone}/trunk-{cut}-{size}px-{V}v-s{seed}-{digest}`:
+one row per image holding its V views' activations (V x C x H x W, flattened), float16 to halve a pool's bytes.
+The digest is of the trunk's weights and the preprocessing: a set is never reused for another trunk or pool.
+View 0 is the image as it is; view v > 0 is the training augmentation (bench.train.transform) with draws
+`torch.rand(n, V - 1, 3)[image, v - 1]` of a generator seeded with `seed`, drawn ahead for the whole manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import bench
+from bench import plugins
+from bench.backbone import Backbone, Preprocessing
+from bench.dataset import image_digests
+from bench.errors import BenchError
+from bench.export import ExportedModel, export_module, state_dict_sha256
+from bench.extract import BATCH_SIZE, Batch, Extraction, chunk_rows, run_model
+from bench.recipes import Recipe
+from bench.train import parameterised, transform
+from featurestore import FeatureStore, StoreError
+
+STORAGE = "float16"
+
+
+@dataclass(frozen=True)
+class Split:
+    """A network as `top(trunk(x))`; both hold the network's own modules, so training the top trains the net."""
+
+    cut: str  # the name of the top's first module
+    trunk: nn.Sequential
+    top: nn.Sequential
+
+
+def split(backbone: Backbone, net: nn.Module, train_last: int) -> Split:
+    """`net` cut where its frozen part ends for `train_last` (see the module's doc)."""
+    if backbone.chain is None:
+        raise BenchError(f"{backbone.name} declares no cut points (Backbone.chain), so its top cannot train from "
+                         "cached trunk activations: use a recipe without `views`")
+    names, modules = zip(*backbone.chain(net))
+    trainable = set(parameterised(net)[-train_last:])
+    start = next(i for i, m in enumerate(modules) if trainable & set(m.modules()))
+    while start > 0 and not parameterised(modules[start - 1]):
+        start -= 1
+    if start == 0:
+        raise BenchError(f"train_last = {train_last} trains {backbone.name} from its first cut point on: there is no "
+                         "frozen trunk to cache; use a recipe without `views`")
+    # the trunk only ever runs as at inference: its BatchNorm keeps its statistics
+    return Split(names[start], nn.Sequential(*modules[:start]).eval(), nn.Sequential(*modules[start:]))
+
+
+@dataclass(frozen=True)
+class ViewPool:
+    """The views of every image of a manifest, drawn ahead: view 0 as it is, views 1.. augmented."""
+
+    views: int
+    seed: int
+    draws: np.ndarray  # float32 (n, views - 1, 3), bench.train.transform's draws
+
+    @classmethod
+    def drawn(cls, n: int, views: int, seed: int) -> ViewPool:
+        generator = torch.Generator().manual_seed(seed)
+        return cls(views, seed, torch.rand(n, views - 1, 3, generator=generator).numpy())
+
+    def view_batches(self, images: np.ndarray, positions: np.ndarray) -> list[np.ndarray]:
+        """The views of normalised images (m, 3, S, S) at manifest `positions`, one batch per view. Augmenting after
+        normalising is augmenting before: resampling is linear with weights summing to one, normalising affine."""
+        x, draws = torch.from_numpy(images), torch.from_numpy(self.draws[positions])
+        return [images, *(transform(x, draws[:, v]).numpy() for v in range(self.views - 1))]
+
+    def rows(self, session, batch: Batch, positions: np.ndarray) -> np.ndarray:
+        """The batch's store rows: each image's trunk activations of every view, flattened."""
+        views = [run_model(session, dataclasses.replace(batch, images=view))
+                 for view in self.view_batches(batch.images, positions)]
+        return np.stack(views, axis=1).reshape(len(batch.images), -1)
+
+
+def trunk_key(cut: Split, preprocessing: Preprocessing, views: int, seed: int) -> tuple[str, str]:
+    """The trunk set's key, and the sha256 of the trunk's weights (its identity in the store)."""
+    weights = state_dict_sha256(cut.trunk)
+    digest = hashlib.sha256(json.dumps([weights, preprocessing.to_dict()]).encode()).hexdigest()[:12]
+    return f"trunk-{cut.cut}-{preprocessing.size}px-{views}v-s{seed}-{digest}", weights
+
+
+def activation_shape(trunk: nn.Module, size: int) -> tuple[int, ...]:
+    with torch.no_grad():
+        return tuple(trunk(torch.zeros(1, 3, size, size)).shape[1:])
+
+
+def prepare(backbone: Backbone, net: nn.Module, recipe: Recipe, dataset: str, root: Path | None, *, seed: int,
+            store: str, options: dict[str, str] | None = None, batch_size: int = BATCH_SIZE,
+            overwrite: bool = False) -> Extraction:
+    """The trunk pass of `net` (the start of `recipe`'s fine-tunes of `backbone`) over `dataset`: every image's
+    pool of `recipe.views` views; nothing is computed yet. Resumable and leased as any feature set."""
+    if not recipe.views or recipe.train_last is None:
+        raise BenchError(f"recipe {recipe.name} trains {backbone.name} without a view pool (`views`, and "
+                         "`train_last`): it has no trunk activations to store")
+    preprocessing = backbone.preprocessing.with_size(recipe.image_size)
+    cut = split(backbone, net, recipe.train_last)
+    key, weights = trunk_key(cut, preprocessing, recipe.views, seed)
+    manifest = plugins.get_dataset(dataset).manifest(root, **(options or {}))
+    shape = activation_shape(cut.trunk, preprocessing.size)
+    model = export_trunk(backbone, cut, preprocessing, shape)
+    attrs = {"model_sha256": weights, "preprocessing": preprocessing.to_dict(), "dataset": dataset,
+             "backbone": backbone.name, "key": key, "cut": cut.cut, "train_last": recipe.train_last,
+             "activation_shape": list(shape), "views": recipe.views, "view_seed": seed, "onnx_sha256": model.sha256,
+             "dataset_options": options or {}, "bench_version": bench.__version__}
+    dim = recipe.views * int(np.prod(shape))
+    writer = FeatureStore(store).open_for_write(
+        dataset, backbone.name, key, image_ids=manifest["image_id"].astype(str).to_numpy(),
+        image_digests=image_digests(manifest), dim=dim, attrs=attrs, overwrite=overwrite, dtype=STORAGE,
+        chunk_rows=chunk_rows(dim * np.dtype(STORAGE).itemsize // 4, batch_size))  # (it counts float32s)
+    return Extraction(dataset, backbone.name, key, manifest, model, writer, batch_size, todo=writer.missing_chunks(),
+                      pool_rows=ViewPool.drawn(len(manifest), recipe.views, seed).rows)
+
+
+def export_trunk(backbone: Backbone, cut: Split, preprocessing: Preprocessing, shape: tuple[int, ...]) -> ExportedModel:
+    """The trunk as ONNX (flattened activations), as if it were a backbone of its own."""
+    dim = int(np.prod(shape))
+    as_backbone = dataclasses.replace(backbone, name=f"{backbone.name}.trunk-{cut.cut}", feature_dim=dim)
+    return export_module(nn.Sequential(cut.trunk, nn.Flatten()).eval(), as_backbone, preprocessing,
+                         f"{backbone.name}'s layers before {cut.cut}")
+
+
+def read_pool(store: str, dataset: str, backbone: str, key: str, image_ids: np.ndarray) -> np.ndarray:
+    """The stored pools of `image_ids`, float16 (n, V, C, H, W)."""
+    try:
+        stored = FeatureStore(store).read(dataset, backbone, key)
+    except StoreError as exc:
+        raise BenchError(f"no complete trunk set {dataset}/{backbone}/{key} in {store}: make it with `bench extract "
+                         f"--trunk RECIPE --seed SEED` for this backbone, dataset and store") from exc
+    rows = {image_id: i for i, image_id in enumerate(stored.image_ids)}
+    missing = [i for i in image_ids if i not in rows]
+    if missing:
+        raise BenchError(f"trunk set {dataset}/{backbone}/{key} in {store} lacks {len(missing)} training image(s) "
+                         f"(e.g. {missing[0]}, unreadable when it was made): replace them and make it again")
+    shape = (stored.attrs["views"], *stored.attrs["activation_shape"])
+    return stored.features[[rows[i] for i in image_ids]].reshape(len(image_ids), *shape)
