@@ -403,7 +403,7 @@ def _read_chunks(group: zarr.Group) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """The set's features and skipped flags, read one finished chunk at a time (a failing read then names its
     chunk, and leaves no sibling reads pending), and the finished chunks that cannot be read back."""
     array = group["features"]
-    features, skipped = np.full(array.shape, np.nan, np.float32), np.zeros(array.shape[0], bool)
+    features, skipped = np.full(array.shape, np.nan, array.dtype), np.zeros(array.shape[0], bool)
     rows, damaged = array.chunks[0], []
     for chunk in np.flatnonzero(group["done"][:]).tolist():
         window = slice(chunk * rows, (chunk + 1) * rows)

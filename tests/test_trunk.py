@@ -18,7 +18,9 @@ from bench.export import export_onnx
 from bench.extract import Extraction
 from bench.hookspecs import hookimpl
 from bench.images import load_image
+from bench.context import Context
 from bench.jobs import finetune_job
+from bench.work import DatasetRef, FineTune
 from bench.paths import finetuned_checkpoint
 from bench.testing import check_backbone
 from bench.top import top_trainer
@@ -101,8 +103,8 @@ def test_one_step_from_the_cache_is_one_step_of_the_loop_on_the_same_views(tiny_
     store = str(tmp_path / "store")
     recipe = TOP.with_overrides(views=2)  # view 0 as it is, view 1 augmented: an augmented image gets view 1
     manifest = _pass(store, recipe).manifest
-    job = dataclasses.replace(finetune_job(TINY_CUT, "synthetic", None, recipe, protocol="mela-vs-ben", fold="r0f0",
-                                           options=SYNTHETIC), store=store)
+    unit = FineTune(TINY_CUT.name, DatasetRef.of("synthetic", options=SYNTHETIC), "mela-vs-ben", "5x2", "r0f0", recipe)
+    job = dataclasses.replace(finetune_job(unit, Context.for_user(store)), store=store)
     batch, labels, every = np.arange(8), torch.tensor(job.data.labels[:8]), torch.ones(8, dtype=torch.bool)
     # the loop draws its augmentation afresh: here it draws the pool's view 1 of the same images
     rows = manifest.reset_index().set_index("image_id").loc[job.data.image_ids[batch], "index"].to_numpy()
