@@ -83,7 +83,7 @@ def reader(store: Path | str, dataset: str, backbone: str, protocol: str | None 
 def trained_on(attrs: dict, image_ids: set[str], backbone: str, dataset: str) -> Overlap:
     """The evaluated images that are pictures the backbone's source stage trained on, as its set's extraction
     recorded them."""
-    if ID_ONLY in attrs and SOURCE_OVERLAP not in attrs:
+    if attrs.get(ID_ONLY) and SOURCE_OVERLAP not in attrs:  # an empty list: the backbone has no source stage
         raise BenchError(f"the {dataset} features of {backbone} were extracted when bench compared its source stage's "
                          "training images by id only: run `bench extract` for them again with --overwrite (and, if it "
                          "says so, train the source stage again) so that pictures are compared by content")
