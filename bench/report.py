@@ -146,7 +146,8 @@ class Report:
             roles = ", ".join(f"{COLUMN_TITLES[c]} = `{b}`" for c, b in study.transfer.items())
             lines.append(f"- Transfer sources (Table 1 columns): {roles}.")
         return lines + ["", "AUC in %, mean over folds, with its 95% bootstrap interval (test lesions resampled); "
-                        "the paper's figure in brackets.", ""]
+                        "in brackets the paper's figure, which is another dataset and network (VGG-M on the "
+                        "Interactive Atlas of Dermoscopy): a reference point, not a like-for-like comparison.", ""]
 
     def row(self, dataset: str, protocol: str, backbone: str | None, finetuned: bool) -> pd.Series | None:
         if backbone is None:
