@@ -19,7 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import tiny_extraction as tiny
-from bench import plugins
+from bench import paths, plugins
 from bench.cli import app, main
 from bench.dataset import DatasetAdapter, attach_paths
 from bench.export import export_onnx
@@ -102,7 +102,8 @@ def fails_after(capsys, *args) -> tuple[str, str]:
     out, err = capsys.readouterr()
     assert exit_.value.code == 2, out + err
     assert "Traceback" not in out + err
-    lines = [line for line in err.strip().splitlines() if not PROGRESS.match(line)]  # a log says how far it got
+    # a log says how far it got, and notes say what the user should know about the data
+    lines = [line for line in err.strip().splitlines() if not PROGRESS.match(line) and not line.startswith("note: ")]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     return lines[0], out
 
@@ -461,18 +462,22 @@ def test_a_replaced_results_file_keeps_its_mode(data, store, tmp_path):
     assert sorted(pd.read_csv(tmp_path / "results.csv")["fold"]) == ["r0f0", "r0f1"]
 
 
-def test_training_sees_images_replaced_at_the_same_size_with_their_mtime_set_back(data):
+def test_training_sees_images_replaced_at_the_same_size_with_their_mtime_set_back(data, tmp_path):
     import torch
 
     from bench import train
     from bench.backbone import read_checkpoint
+    from bench.context import Context, Registry
     from bench.jobs import finetune_job
     from bench.recipes import get_recipe
+    from bench.work import DatasetRef, FineTune
 
     for image in data.glob("*.png"):
         uncompressed(image)
     recipe = get_recipe("demo").with_overrides(image_size=32, batch_size=8, epochs=1)
-    job = finetune_job(tiny.backbone(), DATASET, data, recipe, protocol="mela-vs-ben", fold="r0f0")
+    backbone = tiny.backbone()
+    ctx = Context(paths.home(), str(tmp_path / "store"), Registry({backbone.name: backbone}))
+    job = finetune_job(FineTune(backbone.name, DatasetRef.of(DATASET, data), "mela-vs-ben", "5x2", "r0f0", recipe), ctx)
     train.fit(job)
     before = read_checkpoint(job.out)["state_dict"]
     for path in map(Path, job.data.paths):
