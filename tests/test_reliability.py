@@ -590,9 +590,9 @@ def test_a_store_made_before_checksums_still_reads_and_its_truncated_chunks_are_
         data, store, tmp_path, capsys, monkeypatch):
     from featurestore import store as featurestore
 
-    monkeypatch.setattr(featurestore, "CHECKSUMMED", "auto")  # zarr's default codecs, as stores were made before
-    extract(data, store)
-    monkeypatch.undo()
+    with monkeypatch.context() as patched:  # not monkeypatch.undo(): that would undo the test's BENCH_HOME too
+        patched.setattr(featurestore, "CHECKSUMMED", "auto")  # zarr's default codecs, as stores were made before
+        extract(data, store)
     assert "crc32c" not in (store / DATASET / tiny.NAME / "frozen" / "features" / "zarr.json").read_text()
     bench(*evaluate(data, store, tmp_path))
     chunk = _chunk_file(store, 0)
