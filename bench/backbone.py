@@ -142,7 +142,7 @@ class Backbone:
     source_stages: tuple[SourceStage, ...] = ()
     random_init: bool = False  # the initial weights are untrained, so training from them trains every layer
     # the net as named modules in forward order whose composition is its forward (timm's stem, blocks, head...): its
-    # cut points, where a frozen trunk ends and its output can be cached (bench.trunk); None: not cut, ever
+    # cut points, where a frozen trunk ends and its output can be cached (bench.train.trunk); None: not cut, ever
     chain: Callable[[nn.Module], list[tuple[str, nn.Module]]] | None = None
     size_fixed: bool = False  # the input size was asked for (`name@SIZE`): it beats the size a checkpoint was trained at
     plugin: str = field(default="", compare=False)  # filled in by the plugin manager

@@ -8,7 +8,7 @@ from PIL import Image, UnidentifiedImageError
 from bench.errors import BenchError
 
 CHECK_SIZE = 64  # `check_image` decodes every byte of the file but needs no more pixels than this
-# part of the key of the decoded images `bench.train` keeps: change it with anything that changes the pixels below
+# part of the key of the decoded images `bench.train.loop` keeps: change it with anything that changes the pixels below
 IMAGES_VERSION = 2
 ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 

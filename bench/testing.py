@@ -8,7 +8,7 @@ It builds the architecture (its own initialisation: no weights are loaded or dow
 - the preprocessing turns uint8 images into finite float32 input of the declared size, not a constant;
 - the forward pass maps (N, 3, S, S) to finite features (N, feature_dim) at any batch size;
 - the parameterised layers are registered in the order the forward pass runs them, so that a recipe's
-  `train_last = k` trains exactly the last k of them (bench.train.freeze), and gradients reach those only;
+  `train_last = k` trains exactly the last k of them (bench.train.loop.freeze), and gradients reach those only;
 - where it declares cut points (`Backbone.chain`), the trunk and top cut for every `train_last` compute the
   network's features (`top(trunk(x)) == net(x)`), the top holding the layers that train and the trunk none;
 - with `onnx=True`, the ONNX export gives torch's features (what `bench extract` runs).
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from bench.backbone import Backbone
-from bench.train import freeze, parameterised
+from bench.train.loop import freeze, parameterised
 
 
 def check_backbone(backbone: Backbone, *, size: int | None = None, onnx: bool = True) -> None:
@@ -45,7 +45,7 @@ def check_backbone(backbone: Backbone, *, size: int | None = None, onnx: bool = 
 
 
 def _images(n: int, size: int) -> np.ndarray:
-    from bench.export import sample_images
+    from bench.extract.export import sample_images
 
     return sample_images(n, size)
 
@@ -119,7 +119,7 @@ def _check_train_last(backbone: Backbone, net: nn.Module, x: np.ndarray) -> None
 def _check_split(backbone: Backbone, net: nn.Module, x: np.ndarray) -> None:
     """Every distinct cut (one per train_last that leaves a trunk) computes the network's features."""
     from bench.errors import BenchError
-    from bench.trunk import split
+    from bench.train.trunk import split
 
     layers, seen = parameterised(net), set()
     with torch.no_grad():
@@ -144,9 +144,9 @@ def _check_split(backbone: Backbone, net: nn.Module, x: np.ndarray) -> None:
 
 
 def _check_onnx(backbone: Backbone, net: nn.Module, size: int) -> None:
-    """Export and compare with torch, as `bench extract` does (bench.export checks the parity)."""
+    """Export and compare with torch, as `bench extract` does (bench.extract.export checks the parity)."""
     from bench.errors import BenchError
-    from bench.export import export_network
+    from bench.extract.export import export_network
 
     with tempfile.TemporaryDirectory() as folder:
         try:

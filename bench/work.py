@@ -1,8 +1,8 @@
 """Units of work: one frozen dataclass per kind (train a source stage, fine-tune, extract, evaluate, report).
 
-The CLI builds one from its options; a study plans many (`bench.plan`). Either hands it, with a `Context`, to the
-one function of its kind: `bench.jobs.train_source` / `finetune`, `bench.extract.prepare`,
-`bench.evaluate.evaluate`. A unit's fields are everything its output depends on, and a few settings marked `HOW` that
+The CLI builds one from its options; a study plans many (`bench.study.plan`). Either hands it, with a `Context`, to the
+one function of its kind: `bench.train.jobs.train_source` / `finetune`, `bench.extract.pipeline.prepare`,
+`bench.evaluate.score.evaluate`. A unit's fields are everything its output depends on, and a few settings marked `HOW` that
 change only how it runs (a root folder, a batch size). `params`, what the study runner fingerprints, is computed
 here and nowhere else: it leaves out the `HOW` fields, and the `LATER` fields (added after studies were published)
 while they keep their default, so a published study's ledger stays valid.
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from bench import paths
 from bench.errors import BenchError
-from bench.recipes import Recipe
+from bench.train.recipes import Recipe
 from featurestore.keys import feature_key
 from protocols.stats import TEST_DRAWS
 from protocols.svm import SOLVER
@@ -151,7 +151,7 @@ class Extract(Work):
     dataset: DatasetRef
     protocol: str | None = None
     fold: str | None = None
-    tta: str | None = field(default=None, metadata=LATER)  # test-time augmentation (bench.tta)
+    tta: str | None = field(default=None, metadata=LATER)  # test-time augmentation (bench.extract.tta)
     batch_size: int = field(default=32, metadata=HOW)
     skip_bad: bool = field(default=False, metadata=HOW)  # leave unreadable images out instead of failing
     overwrite: bool = field(default=False, metadata=HOW)  # replace a set made by another model or images
@@ -197,7 +197,7 @@ class Evaluate(Work):
     @property
     def features(self) -> str:
         """What its results rows call the features: the backbone(s), then what was done to them."""
-        from bench.features import display_name
+        from bench.evaluate.features import display_name
 
         return display_name(self.backbone, self.tta, self.power)
 

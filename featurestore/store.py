@@ -1,7 +1,7 @@
 """A zarr v3 store of feature sets at `/{dataset}/{backbone}/{key}/`, written a whole chunk at a time.
 
 Each set holds
-- `features`  float32 (n, d) (float16 for trunk activations, bench.trunk), chunked along n only; rows never
+- `features`  float32 (n, d) (float16 for trunk activations, bench.train.trunk), chunked along n only; rows never
   computed or skipped read as NaN, never zero;
 - `image_ids` str (n,), fixed when the set is created;
 - `skipped`   bool (n,), rows whose image could not be read (left out of `FeatureStore.read`);

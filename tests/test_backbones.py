@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from bench import paths, plugins
 from bench.backbone import Backbone, Preprocessing, checkpoint_preprocessing, save_checkpoint
-from bench.export import export_onnx
+from bench.extract.export import export_onnx
 from bench.cli import app
 from bench.errors import BenchError
 from bench.testing import check_backbone

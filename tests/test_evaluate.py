@@ -15,10 +15,10 @@ from bench.cli import app
 from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
 from bench.context import Context
-from bench.evaluate import evaluate, prepare
+from bench.evaluate.score import evaluate, prepare
 from bench.work import DatasetRef, Evaluate
-from bench.features import ID_ONLY, SOURCE_OVERLAP, reader
-from bench.results import read_table
+from bench.evaluate.features import ID_ONLY, SOURCE_OVERLAP, reader
+from bench.evaluate.results import read_table
 from featurestore import FeatureStore, StoreError
 from protocols.errors import ProtocolError
 from protocols.splits import fold_record, make_folds

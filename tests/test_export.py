@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 import tiny_extraction as tiny
-from bench import export
+from bench.extract import export
 from bench.backbone import Preprocessing, save_checkpoint
 from bench.errors import BenchError
 from bench.digests import file_sha256
-from bench.export import export_onnx, sample_images
+from bench.extract.export import export_onnx, sample_images
 
 
 def torch_features(net: nn.Module, images: np.ndarray) -> np.ndarray:

@@ -17,12 +17,13 @@ import zarr
 from typer.testing import CliRunner
 
 import tiny_extraction as tiny
-from bench import extract, paths
+from bench import paths
+from bench.extract import pipeline as extract
 from bench.backbone import Preprocessing, save_checkpoint
 from bench.cli import app
 from bench.dataset import label_fingerprint
 from bench.errors import BenchError
-from bench.export import export_onnx
+from bench.extract.export import export_onnx
 from bench.images import load_image
 from featurestore import FeatureStore, StoreError
 

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from bench.cli import app
 from bench.errors import BenchError
-from bench.leaderboard import render
+from bench.evaluate.leaderboard import render
 
 runner = CliRunner()
 

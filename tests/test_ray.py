@@ -17,10 +17,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 import tiny_extraction as tiny
-from bench import extract
-from bench.reproduce import reproduce
-from bench.runner import ran_stages
-from bench.study import load_study
+from bench.extract import pipeline as extract
+from bench.study.reproduce import reproduce
+from bench.study.runner import ran_stages
+from bench.study.schema import load_study
 from bench.cli import app
 from bench.errors import BenchError
 

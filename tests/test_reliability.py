@@ -22,7 +22,7 @@ import tiny_extraction as tiny
 from bench import paths, plugins
 from bench.cli import app, main
 from bench.dataset import DatasetAdapter, attach_paths
-from bench.export import export_onnx
+from bench.extract.export import export_onnx
 from bench.hookspecs import hookimpl
 from featurestore import FeatureStore
 
@@ -140,7 +140,7 @@ sys.path.insert(0, sys.argv[1])
 import tiny_extraction as tiny
 tiny.register()
 from bench.context import Context
-from bench.extract import prepare
+from bench.extract.pipeline import prepare
 from bench.work import DatasetRef, Extract
 job = prepare(Extract(tiny.NAME, DatasetRef.of(tiny.DATASET, Path(sys.argv[2]))), Context.for_user(sys.argv[3]))  # takes the lease
 Path(sys.argv[4]).write_text("holding")
@@ -227,7 +227,7 @@ def test_skipped_images_are_recomputed_once_fixed(data, store, capsys):
 # --- errors, not tracebacks ----------------------------------------------------------------------------------
 
 def test_a_full_disk_during_extract_is_one_line_and_the_rerun_resumes(data, store, capsys, monkeypatch):
-    from bench import extract as extraction
+    from bench.extract import pipeline as extraction
     from featurestore import store as featurestore
 
     monkeypatch.setattr(extraction, "CHUNK_BYTES", 8 * 4 * tiny.FEATURE_DIM)  # 5 chunks of 8 images
@@ -396,7 +396,7 @@ def test_datasets_show_decodes_every_image(data, capsys):
 WRITER = """
 import sys
 import pandas as pd
-from bench.results import KEY, PREDICTION_KEY, upsert
+from bench.evaluate.results import KEY, PREDICTION_KEY, upsert
 results, predictions, writer, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 for i in range(rounds):
     fold = pd.DataFrame({"dataset": "d", "protocol": "mela-vs-ben", "backbone": "b", "finetuned": False,
@@ -465,11 +465,11 @@ def test_a_replaced_results_file_keeps_its_mode(data, store, tmp_path):
 def test_training_sees_images_replaced_at_the_same_size_with_their_mtime_set_back(data, tmp_path):
     import torch
 
-    from bench import train
+    from bench.train import loop
     from bench.backbone import read_checkpoint
     from bench.context import Context, Registry
-    from bench.jobs import finetune_job
-    from bench.recipes import get_recipe
+    from bench.train.jobs import finetune_job
+    from bench.train.recipes import get_recipe
     from bench.work import DatasetRef, FineTune
 
     for image in data.glob("*.png"):
@@ -478,13 +478,13 @@ def test_training_sees_images_replaced_at_the_same_size_with_their_mtime_set_bac
     backbone = tiny.backbone()
     ctx = Context(paths.home(), str(tmp_path / "store"), Registry({backbone.name: backbone}))
     job = finetune_job(FineTune(backbone.name, DatasetRef.of(DATASET, data), "mela-vs-ben", "5x2", "r0f0", recipe), ctx)
-    train.fit(job)
+    loop.fit(job)
     before = read_checkpoint(job.out)["state_dict"]
     for path in map(Path, job.data.paths):
         stat = path.stat()
         rewrite_same_size(path)
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    train.fit(job)
+    loop.fit(job)
     after = read_checkpoint(job.out)["state_dict"]
     assert any(not torch.equal(before[k], after[k]) for k in before)  # trained on the new pixels, not the cache
 
@@ -555,7 +555,7 @@ def _chunk_file(store: Path, chunk: int) -> Path:
 @pytest.mark.parametrize("damage", ["truncate", "flip", "remove"])
 def test_a_damaged_chunk_is_named_by_evaluate_and_exactly_it_is_recomputed_by_extract(
         damage, data, store, tmp_path, capsys, monkeypatch):
-    from bench import extract as extraction
+    from bench.extract import pipeline as extraction
 
     monkeypatch.setattr(extraction, "CHUNK_BYTES", 8 * 4 * tiny.FEATURE_DIM)  # 5 chunks of 8 images
     extract(data, store, "--batch-size", 4)

@@ -21,12 +21,12 @@ from rich.console import Console
 
 from bench.context import Context
 from bench.errors import BenchError
-from bench.executors import InProcess
-from bench.plan import StudyData, plan
-from bench.reproduce import reproduce
-from bench.runner import Action, Ledger, execute, fingerprint, ran_stages
-from bench.study import load_study
-from bench.workspace import Workspace
+from bench.study.executors import InProcess
+from bench.study.plan import StudyData, plan
+from bench.study.reproduce import reproduce
+from bench.study.runner import Action, Ledger, execute, fingerprint, ran_stages
+from bench.study.schema import load_study
+from bench.study.workspace import Workspace
 
 # --- the runner, with fake stage functions -------------------------------------------------------------------
 
@@ -242,7 +242,7 @@ def test_the_demo_plans_every_column_of_table_1_in_dependency_order():
 
 
 def test_every_built_in_study_reads_or_says_which_root_to_fill_in(tmp_path):
-    from bench.study import builtin_studies
+    from bench.study.schema import builtin_studies
 
     for name in builtin_studies():
         try:
@@ -405,9 +405,9 @@ def test_the_report_has_tables_2_3_4_and_the_referral_table(killed_then_finished
 @pytest.mark.slow
 def test_an_unchanged_study_finishes_at_once(killed_then_finished, monkeypatch):
     path, out, _ = killed_then_finished
-    from bench import train
+    from bench.train import loop
 
-    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(loop, "fit", lambda *a, **k: pytest.fail("trained again"))
     counts = reproduce(load_study(path), out, quiet_console())
     assert counts["ran"] == 0 and counts["skipped"] == 12
 

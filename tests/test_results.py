@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bench.errors import BenchError
-from bench.results import KEY, PREDICTION_KEY, check_writable, matching, read_table, upsert
+from bench.evaluate.results import KEY, PREDICTION_KEY, check_writable, matching, read_table, upsert
 
 
 def fold_rows(backbone: str, aucs: list[float], finetuned: bool = False) -> pd.DataFrame:
@@ -104,7 +104,7 @@ def test_select_refuses_a_column_that_is_no_part_of_the_identity():
 
 
 def test_reading_a_missing_table_creates_no_folder_or_lock(tmp_path):
-    from bench.results import read_tables
+    from bench.evaluate.results import read_tables
 
     with pytest.raises(BenchError, match="not found"):
         read_tables(tmp_path / "typo" / "results.csv")

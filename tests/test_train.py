@@ -16,14 +16,14 @@ from bench.backbone import Backbone, Preprocessing, SourceStage, read_checkpoint
 from bench.cli import app
 from bench.context import Context, Registry
 from bench.errors import BenchError
-from bench.export import export_onnx
-from bench.extract import prepare
-from bench.features import SOURCE_OVERLAP, reader
+from bench.extract.export import export_onnx
+from bench.extract.pipeline import prepare
+from bench.evaluate.features import SOURCE_OVERLAP, reader
 from bench.hookspecs import hookimpl
-from bench.jobs import finetune_job, source_stage_job
-from bench.recipes import get_recipe, recipes
+from bench.train.jobs import finetune_job, source_stage_job
+from bench.train.recipes import get_recipe, recipes
 from bench.overlap import TRAINED_ON, Overlap
-from bench import train
+from bench.train import loop
 from bench.work import DatasetRef, Extract, FineTune, TrainSource
 from featurestore import FeatureStore
 from protocols.errors import ProtocolError
@@ -79,7 +79,7 @@ def _ctx(store: Path | None = None) -> Context:
     return Context(paths.home(), str(store or "bench-store"), Registry(TINIES))
 
 
-def _finetune_job(backbone: Backbone, recipe=RECIPE, seed: int = 0) -> train.TrainingJob:
+def _finetune_job(backbone: Backbone, recipe=RECIPE, seed: int = 0) -> loop.TrainingJob:
     unit = FineTune(backbone.name, DatasetRef.of("synthetic", options=SYNTHETIC), "mela-vs-ben", "5x2", "r0f0",
                     recipe, seed)
     return finetune_job(unit, _ctx())
@@ -103,7 +103,7 @@ def tiny_plugin():
     pm.unregister(name="test-train-tiny")
 
 
-def _job(seed: int = 0, recipe=RECIPE, **changes) -> train.TrainingJob:
+def _job(seed: int = 0, recipe=RECIPE, **changes) -> loop.TrainingJob:
     return dataclasses.replace(_finetune_job(TINY, recipe, seed), **changes)
 
 
@@ -117,10 +117,10 @@ def _same(a: dict, b: dict) -> bool:
 
 def test_fine_tune_reads_only_the_training_part_of_its_fold(monkeypatch):
     read: list[str] = []
-    real_load = train.load_image
-    monkeypatch.setattr(train, "load_image", lambda path, size: read.append(Path(path).stem) or real_load(path, size))
+    real_load = loop.load_image
+    monkeypatch.setattr(loop, "load_image", lambda path, size: read.append(Path(path).stem) or real_load(path, size))
     job = _job()
-    train.fit(job)
+    loop.fit(job)
 
     manifest = plugins.get_dataset("synthetic").manifest(None, **SYNTHETIC)
     train_ids, test_ids = make_folds(manifest, "5x2")["r0f0"]
@@ -136,15 +136,15 @@ def test_fine_tune_reads_only_the_training_part_of_its_fold(monkeypatch):
 
 def test_augment_all_flags_every_image_and_keeps_the_balance():
     labels = np.array([0] * 30 + [1] * 10)
-    minority = train.balanced_epoch(labels, torch.Generator().manual_seed(0))
-    every = train.balanced_epoch(labels, torch.Generator().manual_seed(0), augment_all=True)
+    minority = loop.balanced_epoch(labels, torch.Generator().manual_seed(0))
+    every = loop.balanced_epoch(labels, torch.Generator().manual_seed(0), augment_all=True)
     np.testing.assert_array_equal(every[0], minority[0])  # the same images in the same order
     assert every[1].all() and not minority[1].all()
 
 
 def test_balanced_epoch_augments_only_minority_copies():
     labels = np.array([0] * 30 + [1] * 10 + [2] * 4)
-    order, augmented = train.balanced_epoch(labels, torch.Generator().manual_seed(0))
+    order, augmented = loop.balanced_epoch(labels, torch.Generator().manual_seed(0))
     assert np.bincount(labels[order]).tolist() == [30, 30, 30]
     assert not augmented[labels[order] == 0].any()  # the majority is shown as it is
     originals = order[~augmented]
@@ -154,11 +154,11 @@ def test_balanced_epoch_augments_only_minority_copies():
 
 def test_trainer_augments_exactly_the_flagged_images(monkeypatch):
     seen: list[torch.Tensor] = []
-    real = train.augment
-    monkeypatch.setattr(train, "augment", lambda x, g: seen.append(x.clone()) or real(x, g))
+    real = loop.augment
+    monkeypatch.setattr(loop, "augment", lambda x, g: seen.append(x.clone()) or real(x, g))
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
     mask = torch.tensor([True, False, False, True, False, False])
-    trainer = train.Trainer(nn.Sequential(tiny_net(), nn.Linear(12, 2)), RECIPE, TINY.preprocessing,
+    trainer = loop.Trainer(nn.Sequential(tiny_net(), nn.Linear(12, 2)), RECIPE, TINY.preprocessing,
                             torch.Generator().manual_seed(0))
     trainer.step(images, torch.tensor([1, 0, 0, 1, 0, 0]), mask)
     assert len(seen) == 1 and torch.equal(seen[0], images[mask].float())
@@ -166,12 +166,12 @@ def test_trainer_augments_exactly_the_flagged_images(monkeypatch):
 
 def test_augmentation_varies_per_image_and_adds_no_borders():
     image = torch.rand(1, 3, 32, 32).mul(255).expand(4, 3, 32, 32).contiguous()
-    out = train.augment(image, torch.Generator().manual_seed(0))
+    out = loop.augment(image, torch.Generator().manual_seed(0))
     assert out.shape == image.shape
     assert not torch.allclose(out[0], out[1])
     flat = torch.full((2, 3, 32, 32), 120.0)
     # reflection padding: rotating a flat image leaves it flat; black corners would only mark minority images
-    assert torch.allclose(train.augment(flat, torch.Generator().manual_seed(1)), flat, atol=1e-3)
+    assert torch.allclose(loop.augment(flat, torch.Generator().manual_seed(1)), flat, atol=1e-3)
 
 
 def test_the_epoch_with_the_lowest_validation_loss_is_kept(monkeypatch):
@@ -181,9 +181,9 @@ def test_the_epoch_with_the_lowest_validation_loss_is_kept(monkeypatch):
         states.append({k: v.clone() for k, v in model[0].state_dict().items()})
         return next(losses)
 
-    monkeypatch.setattr(train, "validation_loss", forced)
+    monkeypatch.setattr(loop, "validation_loss", forced)
     job = _job(recipe=RECIPE.with_overrides(epochs=3))
-    state = train.fit(job)
+    state = loop.fit(job)
     saved = read_checkpoint(job.out)
     assert state.best_epoch == 2 and saved["meta"]["best_epoch"] == 2 and saved["meta"]["epochs_run"] == 3
     assert _same(saved["state_dict"], states[1]) and not _same(saved["state_dict"], states[2])
@@ -191,9 +191,9 @@ def test_the_epoch_with_the_lowest_validation_loss_is_kept(monkeypatch):
 
 def test_an_interrupted_run_resumes_to_the_same_weights(monkeypatch, tmp_path):
     reference = _job(out=tmp_path / "uninterrupted.pt", run_dir=tmp_path / "run-a")
-    train.fit(reference)
+    loop.fit(reference)
 
-    real, calls = train.validation_loss, []
+    real, calls = loop.validation_loss, []
 
     def interrupt_in_epoch_two(*args):
         calls.append(1)
@@ -202,12 +202,12 @@ def test_an_interrupted_run_resumes_to_the_same_weights(monkeypatch, tmp_path):
         return real(*args)
 
     job = _job(out=tmp_path / "resumed.pt", run_dir=tmp_path / "run-b")
-    monkeypatch.setattr(train, "validation_loss", interrupt_in_epoch_two)
+    monkeypatch.setattr(loop, "validation_loss", interrupt_in_epoch_two)
     with pytest.raises(KeyboardInterrupt):
-        train.fit(job)
+        loop.fit(job)
     assert read_checkpoint(job.run_dir / "last.pt")["state"]["epoch"] == 1 and not job.out.exists()
-    monkeypatch.setattr(train, "validation_loss", real)
-    state = train.fit(job)
+    monkeypatch.setattr(loop, "validation_loss", real)
+    state = loop.fit(job)
     assert [h["epoch"] for h in state.history] == [1, 2]
     assert _same(_weights(job.out), _weights(reference.out))
 
@@ -217,7 +217,7 @@ def test_same_seed_same_weights_on_cpu(tmp_path):
     outs = []
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         job = _job(seed=seed, out=tmp_path / f"{name}.pt", run_dir=tmp_path / f"run-{name}")
-        train.fit(job)
+        loop.fit(job)
         outs.append(_weights(job.out))
     assert _same(outs[0], outs[1])
     assert not _same(outs[0], outs[2])
@@ -225,7 +225,7 @@ def test_same_seed_same_weights_on_cpu(tmp_path):
 
 def test_train_last_freezes_the_early_layers(tmp_path):
     job = _job(recipe=RECIPE.with_overrides(train_last=2), out=tmp_path / "top.pt", run_dir=tmp_path / "run")
-    train.fit(job)
+    loop.fit(job)
     torch.manual_seed(job.seed)
     start, trained = tiny_net().state_dict(), _weights(job.out)  # the start is seeded exactly as fit seeds it
     changed = {k for k in start if not torch.equal(start[k], trained[k])}
@@ -241,7 +241,7 @@ def test_exported_onnx_matches_the_fine_tuned_network():
     import onnxruntime as ort
 
     job = _job()
-    train.fit(job)
+    loop.fit(job)
     exported = export_onnx(TINY, weights=job.out)
     assert exported.preprocessing == job.preprocessing  # the size the network was trained at travels with it
     net = TINY.create(job.out)
@@ -257,7 +257,7 @@ def test_exported_onnx_matches_the_fine_tuned_network():
 def test_head_epochs_leave_the_feature_net_as_it_started(tmp_path):
     job = _job(recipe=RECIPE.with_overrides(head_epochs=1), out=tmp_path / "lp.pt", run_dir=tmp_path / "run")
     history = []
-    real = train.Trainer.epoch
+    real = loop.Trainer.epoch
 
     def record(self, *args, **kwargs):
         result = real(self, *args, **kwargs)
@@ -265,8 +265,8 @@ def test_head_epochs_leave_the_feature_net_as_it_started(tmp_path):
         return result
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train.Trainer, "epoch", record)
-        train.fit(job)
+        mp.setattr(loop.Trainer, "epoch", record)
+        loop.fit(job)
     torch.manual_seed(job.seed)
     start = tiny_net().state_dict()
     assert _same(history[0], start)  # epoch 1 trained the head only, BatchNorm statistics included
@@ -277,7 +277,7 @@ def test_network_input_matches_the_declared_preprocessing():
     images = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
     for pre in (Preprocessing(size=16), Preprocessing(size=16, mean=(103.9, 116.8, 123.7), std=(1.0, 1.0, 1.0),
                                                       channel_order="BGR", value_range=255.0)):
-        ours = train.to_input(torch.from_numpy(images).permute(0, 3, 1, 2).float(), pre)
+        ours = loop.to_input(torch.from_numpy(images).permute(0, 3, 1, 2).float(), pre)
         np.testing.assert_allclose(ours.numpy(), pre.normalise(images), rtol=1e-5, atol=1e-4)
 
 
@@ -288,7 +288,7 @@ def test_source_stage_becomes_the_backbones_initial_weights(tmp_path):
     assert job.out == paths.weights_dir(paths.home()) / "tiny-source.pt"
     torch.manual_seed(99)
     assert _same(job.start().state_dict(), TINY_START.create().state_dict())  # starts from the stage's `start`
-    train.fit(job)
+    loop.fit(job)
     assert read_checkpoint(job.out)["backbone"] == "tiny-source"
     # frozen extraction uses the stage's weights at the size they were trained at, not the backbone's default 32
     extraction = _extraction("tiny-source", "synthetic-fundus", tmp_path / "store")
@@ -299,7 +299,7 @@ def test_source_stage_becomes_the_backbones_initial_weights(tmp_path):
 
 def test_a_backbone_whose_source_is_a_dataset_is_refused_on_it(tmp_path):
     job = _source_job(TINY_SOURCE, RECIPE.with_overrides(epochs=1), limit=40)
-    train.fit(job)
+    loop.fit(job)
     trained_on = read_checkpoint(job.out)["meta"][TRAINED_ON]  # by content: ids, digests, perceptual hashes
     assert trained_on["image_id"] == job.data.image_ids.tolist() and len(trained_on["sha256"]) == 40
     store = tmp_path / "store"
@@ -316,10 +316,10 @@ def test_a_backbone_whose_source_is_a_dataset_is_refused_on_it(tmp_path):
 
 
 def test_missing_starting_weights_fail_before_any_image_is_read(monkeypatch):
-    monkeypatch.setattr(train, "load_image", lambda *args: pytest.fail("an image was decoded"))
+    monkeypatch.setattr(loop, "load_image", lambda *args: pytest.fail("an image was decoded"))
     job = _source_job(TINY_DOUBLE)
     with pytest.raises(BenchError, match="import it first"):
-        train.fit(job)
+        loop.fit(job)
     assert not job.out.exists()
 
 

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from bench import perf_train, train
+from bench.perf import train as perf_train
+from bench.train import loop
 from bench.backbone import Preprocessing
 from bench.errors import BenchError
-from bench.recipes import get_recipe
+from bench.train.recipes import get_recipe
 
 
 @pytest.fixture
@@ -27,25 +28,25 @@ def files(tmp_path) -> list[str]:
 
 
 def test_images_are_decoded_once_per_list_and_size_until_a_file_changes(files, monkeypatch):
-    first = train.decode(files, 16, torch.device("cpu"))
+    first = loop.decode(files, 16, torch.device("cpu"))
     assert first.shape == (3, 3, 16, 16) and first.dtype == torch.uint8
     decoded = []
-    monkeypatch.setattr(train, "load_image",
+    monkeypatch.setattr(loop, "load_image",
                         lambda path, size: decoded.append(path) or np.zeros((size, size, 3), np.uint8))
-    assert torch.equal(train.decode(files, 16, torch.device("cpu")), first) and not decoded
+    assert torch.equal(loop.decode(files, 16, torch.device("cpu")), first) and not decoded
 
-    train.decode(files, 8, torch.device("cpu"))  # another size
-    train.decode(files[:2], 16, torch.device("cpu"))  # another list
+    loop.decode(files, 8, torch.device("cpu"))  # another size
+    loop.decode(files[:2], 16, torch.device("cpu"))  # another list
     stat = os.stat(files[2])
     os.utime(files[2], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: the same pixels
-    train.decode(files, 16, torch.device("cpu"))
+    loop.decode(files, 16, torch.device("cpu"))
     assert decoded == files + files[:2]
 
 
 def test_a_missing_image_is_named(files):
     os.remove(files[1])
     with pytest.raises(BenchError, match=f"cannot read {files[1]}: .* Restore the file"):
-        train.decode(files, 16, torch.device("cpu"))
+        loop.decode(files, 16, torch.device("cpu"))
 
 
 def test_perf_train_measures_the_loop_and_its_ceilings_on_the_same_network():

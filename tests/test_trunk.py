@@ -10,20 +10,21 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bench import paths, plugins, train, trunk
+from bench import paths, plugins
+from bench.train import loop, trunk
 from bench.backbone import read_checkpoint
 from bench.cli import app
 from bench.errors import BenchError
-from bench.export import export_onnx
-from bench.extract import Extraction
+from bench.extract.export import export_onnx
+from bench.extract.pipeline import Extraction
 from bench.hookspecs import hookimpl
 from bench.images import load_image
 from bench.context import Context
-from bench.jobs import finetune_job
+from bench.train.jobs import finetune_job
 from bench.work import DatasetRef, FineTune
 from bench.paths import finetuned_checkpoint
 from bench.testing import check_backbone
-from bench.top import top_trainer
+from bench.train.top import top_trainer
 from featurestore import FeatureStore
 from tests.test_train import OPTIONS, RECIPE, SYNTHETIC, TINY, _load_start
 
@@ -109,7 +110,7 @@ def test_one_step_from_the_cache_is_one_step_of_the_loop_on_the_same_views(tiny_
     # the loop draws its augmentation afresh: here it draws the pool's view 1 of the same images
     rows = manifest.reset_index().set_index("image_id").loc[job.data.image_ids[batch], "index"].to_numpy()
     draws = torch.tensor(trunk.ViewPool.drawn(len(manifest), 2, 0).draws[rows, 0])
-    monkeypatch.setattr(train, "augment", lambda x, generator: train.transform(x, draws))
+    monkeypatch.setattr(loop, "augment", lambda x, generator: loop.transform(x, draws))
 
     def update(setup, augmented: torch.Tensor) -> dict[str, torch.Tensor]:
         """The change one step makes to the net and the head, from the job's seeded start."""
@@ -122,14 +123,14 @@ def test_one_step_from_the_cache_is_one_step_of_the_loop_on_the_same_views(tiny_
         trainer.step(data[batch], labels, augmented)
         return {k: v - before[k] for k, v in state().items() if v.is_floating_point()}
 
-    cached, loop = update(top_trainer, every), update(train.whole_network, every)
-    trained = {k for k, v in loop.items() if v.abs().max() > 0}
+    cached, ordinary = update(top_trainer, every), update(loop.whole_network, every)
+    trained = {k for k, v in ordinary.items() if v.abs().max() > 0}
     assert trained == {k for k, v in cached.items() if v.abs().max() > 0}
     assert {k.split(".")[1] for k in trained} == {"4", "8", "weight", "bias"}  # BatchNorm(16), Linear, the head
     for key in trained:  # float16 activations: the same step to a few parts in a thousand
-        torch.testing.assert_close(cached[key], loop[key], rtol=1e-2, atol=1e-2 * float(loop[key].abs().max()))
+        torch.testing.assert_close(cached[key], ordinary[key], rtol=1e-2, atol=1e-2 * float(ordinary[key].abs().max()))
     as_they_are = update(top_trainer, ~every)  # view 0: another step, so the views above were the ones compared
-    assert not torch.allclose(as_they_are["head.weight"], loop["head.weight"], rtol=0.1)
+    assert not torch.allclose(as_they_are["head.weight"], ordinary["head.weight"], rtol=0.1)
 
 
 def test_bench_train_with_a_view_pool_saves_the_whole_network_whose_onnx_is_the_top_on_view_0(tiny_cut, tmp_path):
@@ -181,7 +182,7 @@ def test_a_view_pool_goes_with_a_top_and_leaves_earlier_fingerprints_alone():
 
 
 def test_perf_train_times_the_top_from_the_cache_and_the_trunk_pass():
-    from bench import perf_train
+    from bench.perf import train as perf_train
 
     recipe = TOP.with_overrides(batch_size=4)
     figures = perf_train.measure(TINY_CUT.build(), 12, TINY_CUT.preprocessing, recipe, steps=4, backbone=TINY_CUT)

@@ -22,7 +22,7 @@ from bench.dataset import DatasetAdapter
 from bench.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from bench.extract import Extraction
+    from bench.extract.pipeline import Extraction
 
 NAME = "tiny-test"
 DATASET = "tiny-images"
@@ -89,7 +89,7 @@ def extract(backbone: str, dataset: str, root: Path | None, store: Path | str, l
             **how) -> Extraction:
     """Fill a feature set as `bench extract` does (settings as keywords of `bench.work.Extract`); the job."""
     from bench.context import Context
-    from bench.extract import prepare
+    from bench.extract.pipeline import prepare
     from bench.work import DatasetRef, Extract
 
     job = prepare(Extract(backbone, DatasetRef.of(dataset, root, limit=limit), **how), Context.for_user(str(store)))

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from bench.context import Context
-    from bench.evaluate import Evaluation
+    from bench.evaluate.score import Evaluation
     from bench.work import Evaluate
     from protocols.stats import Comparison
 
@@ -86,9 +86,9 @@ def evaluate(
     With --train-dataset A, an external evaluation: the SVM learns on all of A (C chosen on its lesion-grouped
     validation folds) and is scored on all of --dataset B; its rows are keyed `A -> B`."""
     from bench.context import Context
-    from bench.evaluate import evaluate as run_evaluation
-    from bench.leaderboard import summarise
-    from bench.results import KEY, PREDICTION_KEY, check_writable, upsert
+    from bench.evaluate.score import evaluate as run_evaluation
+    from bench.evaluate.leaderboard import summarise
+    from bench.evaluate.results import KEY, PREDICTION_KEY, check_writable, upsert
     from bench.work import EXTERNAL, DatasetRef, Evaluate
 
     check_writable(results, predictions)  # before the work: an unwritable file must not cost the scores
@@ -118,7 +118,7 @@ def evaluate(
 def _check_backbone(unit: Evaluate, ctx: Context) -> None:
     """An unknown backbone (or member of a fusion A+B) is named as such (not as a missing feature set whose extract
     command would fail too), unless the store holds its features (a study's own backbone, say)."""
-    from bench.features import members
+    from bench.evaluate.features import members
     from featurestore import FeatureStore
 
     store, installed = FeatureStore(ctx.store), ctx.registry.backbones()
@@ -205,7 +205,7 @@ def compare(
     lesions, and a test that counts training variance too (the 5x2cv F-test on a 5x2 split, the corrected resampled
     t-test on other folds); the verdict takes the larger p."""
     from bench.context import Context
-    from bench.evaluate import evaluate as run_evaluation
+    from bench.evaluate.score import evaluate as run_evaluation
     from bench.work import EXTERNAL, DatasetRef, Evaluate
     from protocols import stats
 
@@ -254,8 +254,8 @@ def select_command(
 ) -> None:
     """In each fold, the configuration with the highest validation AUC (chosen on the training part only), scored
     on that fold's test part; adds the selected pipeline's rows to the results and predictions tables."""
-    from bench.results import KEY, PREDICTION_KEY, check_writable, read_tables, upsert
-    from bench.select import command, select
+    from bench.evaluate.results import KEY, PREDICTION_KEY, check_writable, read_tables, upsert
+    from bench.evaluate.select import command, select
 
     check_writable(results, predictions)
     line = command(candidates, dataset=dataset, protocol=protocol, split=split, finetuned=finetuned,
@@ -298,7 +298,7 @@ def _finite(value: float) -> float | None:
 
 def _stored_predictions(path: Path, dataset: str, protocol: str, backbone: str, finetuned: bool,
                         split: str) -> pd.DataFrame:
-    from bench.results import matching, read_table
+    from bench.evaluate.results import matching, read_table
 
     rows = matching(read_table(path), dataset=dataset, protocol=protocol, backbone=backbone, finetuned=finetuned,
                   split=split)
@@ -317,8 +317,8 @@ def leaderboard(
     note: Annotated[str, typer.Option(help="A paragraph printed under the title (e.g. where the data came from).")] = "",
 ) -> None:
     """Render the markdown leaderboard (and ROC curves) from the results table."""
-    from bench.leaderboard import render
-    from bench.results import read_tables
+    from bench.evaluate.leaderboard import render
+    from bench.evaluate.results import read_tables
 
     table, scores = read_tables(results, predictions) if predictions is not None else (*read_tables(results), None)
     path = render(table, out, scores, note)
@@ -337,7 +337,7 @@ def perf_evaluate(
 ) -> None:
     """Seconds for a whole evaluation (manifest, folds, features, SVM on every fold, bootstrap); writes nothing."""
     from bench.context import Context
-    from bench.evaluate import prepare, run
+    from bench.evaluate.score import prepare, run
     from bench.work import DatasetRef, Evaluate
 
     unit = Evaluate(backbone, DatasetRef.of(dataset, root, parse_pairs(option)), protocol, split)

@@ -20,8 +20,8 @@ if TYPE_CHECKING:  # torch and onnxruntime load only when a command needs them
     from torch import nn
 
     from bench.backbone import Backbone
-    from bench.extract import Extraction
-    from bench.recipes import Recipe
+    from bench.extract.pipeline import Extraction
+    from bench.train.recipes import Recipe
 
 
 @app.command()
@@ -54,11 +54,11 @@ def extract(
     Resumable: an interrupted run keeps every finished chunk and the next run computes only the rest.
     """
     from bench.context import Context
-    from bench.extract import prepare  # torch and onnxruntime load only when a command needs them
+    from bench.extract.pipeline import prepare  # torch and onnxruntime load only when a command needs them
     from bench.work import DatasetRef, Extract
 
     if executor == "ray":  # before any work: a missing Ray or an unreachable cluster is said at once
-        from bench.cluster import connect
+        from bench.study.cluster import connect
 
         connect(address)
     ctx = Context.for_user(store)
@@ -66,7 +66,7 @@ def extract(
         if protocol or fold or tta or limit or skip_bad:
             raise BenchError("--trunk stores a backbone's trunk activations of the whole dataset: drop --protocol, "
                              "--fold, --tta, --limit and --skip-bad")
-        from bench.recipes import get_recipe
+        from bench.train.recipes import get_recipe
 
         b = ctx.registry.backbone(backbone)
         trunk_pass(b, b.create(ctx.source_weights(b)), get_recipe(trunk).starting_from(b.random_init), dataset,
@@ -82,7 +82,7 @@ def extract(
     try:
         if from_trunk:
             from bench.paths import finetuned_checkpoint
-            from bench.top import features_from_trunk
+            from bench.train.top import features_from_trunk
 
             features_from_trunk(job, finetuned_checkpoint(ctx.home, dataset, backbone, protocol, fold), ctx.store)
             console.print(f"wrote {job.todo_images} images to {dataset}/{backbone}/{job.key} in {ctx.store} from the "
@@ -95,8 +95,8 @@ def extract(
 
 def trunk_pass(backbone: Backbone, net: nn.Module, recipe: Recipe, dataset: str, root: Path | None, *, seed: int,
                store: str, options: dict[str, str], executor: str = "local", **kwargs) -> None:
-    """Fill (or finish) the trunk set `recipe`'s fine-tunes of `net` read (bench.trunk), saying how it goes."""
-    from bench.trunk import prepare
+    """Fill (or finish) the trunk set `recipe`'s fine-tunes of `net` read (bench.train.trunk), saying how it goes."""
+    from bench.train.trunk import prepare
 
     job = prepare(backbone, net, recipe, dataset, root, seed=seed, store=store, options=options, **kwargs)
     try:
@@ -124,7 +124,7 @@ def _run(job: Extraction, store: str, executor: str) -> None:
         console.print(f"resuming {target}: {done} of {job.writer.n_chunks} chunks already done", highlight=False)
     run = job.run
     if executor == "ray":
-        from bench.cluster import extract_on_ray
+        from bench.study.cluster import extract_on_ray
 
         run = functools.partial(extract_on_ray, job)
     start = time.perf_counter()

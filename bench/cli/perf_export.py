@@ -20,7 +20,7 @@ def perf_export(
 ) -> None:
     """Measure ONNX export: the first model of an architecture and size exports its graph, the next ones put
     their weights into it. Parity with torch is checked on every model, as in `bench extract`."""
-    from bench.perf_export import measure
+    from bench.perf.export import measure
 
     figures = measure(backbone, image_size, models)
     if as_json:

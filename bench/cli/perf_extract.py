@@ -31,7 +31,7 @@ def perf_extract(
 ) -> None:
     """Measure extraction: naive torch loop vs onnxruntime alone (the ceiling) vs the `bench extract` pipeline;
     with --executor ray, the pipeline here vs on Ray with 1..N workers."""
-    from bench.perf_extract import measure, measure_on_ray
+    from bench.perf.extract import measure, measure_on_ray
 
     if executor == "ray":
         figures = measure_on_ray(backbone, dataset, root, workers=workers, limit=limit, batch_size=batch_size,

@@ -11,7 +11,7 @@ from bench.cli.app import perf_app
 from bench.cli.options import JsonOption
 from bench.cli.output import console, print_json, table
 from bench.cli.train import BatchSize, ImageSize, RecipeOption, _trains
-from bench.recipes import get_recipe
+from bench.train.recipes import get_recipe
 
 
 @perf_app.command("train")
@@ -29,7 +29,7 @@ def perf_train(
 ) -> None:
     """Training images/s on the current device: the loop's head-only and training epochs beside their ceilings,
     the network's forward and forward+backward passes on batches already in memory."""
-    from bench.perf_train import measure
+    from bench.perf.train import measure
 
     chosen = get_recipe(recipe).with_overrides(image_size=image_size, batch_size=batch_size, views=views)
     b = plugins.get_backbone(backbone)

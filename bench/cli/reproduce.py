@@ -29,18 +29,18 @@ def reproduce(
     A stage already done with the same inputs is skipped, so an interrupted study resumes where it stopped and
     an unchanged one finishes at once. The report lands in OUT/report.md.
     """
-    from bench.reproduce import reproduce as run
-    from bench.study import load_study
-    from bench.workspace import Workspace
+    from bench.study.reproduce import reproduce as run
+    from bench.study.schema import load_study
+    from bench.study.workspace import Workspace
 
     roots = parse_pairs(root, "--root", "NAME=PATH (NAME: a dataset of the study)")
     loaded = load_study(study, {name: Path(path) for name, path in roots.items()})
     if executor == "ray":  # a missing Ray or an unreachable cluster is said before any stage starts
-        from bench.cluster import connect
+        from bench.study.cluster import connect
 
         connect(address)
     folder = out or DEFAULT_OUT / loaded.name
-    from bench.results import check_writable
+    from bench.evaluate.results import check_writable
 
     check_writable(folder / "results.csv", folder / "predictions.csv")  # before hours of training, not after
     console.print(f"[bold]study {loaded.name}[/bold] ({loaded.path}) -> {folder}", highlight=False)
@@ -59,7 +59,7 @@ def studies(
     as_json: JsonOption = False,
 ) -> None:
     """List the built-in studies `bench reproduce NAME` runs, or print one's study file."""
-    from bench.study import builtin_studies, find_study
+    from bench.study.schema import builtin_studies, find_study
 
     if name is not None:
         print(find_study(name).read_text(), end="")

@@ -11,7 +11,7 @@ from bench.cli.app import app
 from bench.cli.options import DatasetOptions, DesignName, JsonOption, RootOption, SplitName, StoreOption, parse_pairs
 from bench.cli.output import console, print_json, table
 from bench.errors import BenchError
-from bench.recipes import Recipe, get_recipe, recipes as all_recipes
+from bench.train.recipes import Recipe, get_recipe, recipes as all_recipes
 
 RecipeOption = Annotated[str, typer.Option("--recipe", help="Training recipe (see `bench recipes`).")]
 ImageSize = Annotated[Optional[int], typer.Option("--image-size", help="Override the recipe's image size (px).")]
@@ -66,8 +66,8 @@ def train(
     first stores the trunk's activations in --store, once for every fine-tune from the same trunk.
     """
     from bench.context import Context
-    from bench.jobs import finetune_job, source_stage_job
-    from bench.top import fit
+    from bench.train.jobs import finetune_job, source_stage_job
+    from bench.train.top import fit
     from bench.work import DatasetRef, FineTune, TrainSource
 
     if (protocol is None) != (fold is None):

@@ -27,7 +27,7 @@ from rich.text import Text
 
 from bench import atomic
 from bench.errors import BenchError
-from bench.executors import Executor
+from bench.study.executors import Executor
 from bench.context import Context
 from bench.work import Work
 from bench.progress import clock

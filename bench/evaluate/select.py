@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 import pandas as pd
 
 from bench.errors import BenchError
-from bench.results import matching
+from bench.evaluate.results import matching
 from protocols.stats import bootstrap_auc
 
 

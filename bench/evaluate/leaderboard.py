@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bench import atomic
-from bench.results import EVALUATION, matching
+from bench.evaluate.results import EVALUATION, matching
 from protocols.designs import DESIGNS
 from protocols.metrics import METRICS
 from protocols.stats import format_mean_sd, mean_sd

@@ -12,7 +12,7 @@ import torch
 
 from bench import plugins
 from bench.backbone import save_checkpoint
-from bench.export import export_onnx
+from bench.extract.export import export_onnx
 
 
 def measure(backbone_name: str, size: int | None = None, models: int = 3) -> dict:

@@ -19,8 +19,8 @@ from bench.context import Context
 from bench.dataset import fingerprint
 from bench.errors import BenchError
 from bench.overlap import TRAINED_ON, content
-from bench.recipes import Recipe
-from bench.train import LabelledImages, TrainingJob, fit
+from bench.train.recipes import Recipe
+from bench.train.loop import LabelledImages, TrainingJob, fit
 from bench.work import FineTune, TrainSource
 from featurestore.keys import feature_key
 from protocols.designs import DESIGNS, apply_design

@@ -1,6 +1,6 @@
 """`bench perf train`: the training loop's images/s beside its ceilings, the same network's forward and
 forward+backward passes on batches already in memory and already normalised; for a recipe with a view pool, the
-loop of the top on cached trunk activations and the one-time trunk pass that fills them (bench.top, bench.trunk)."""
+loop of the top on cached trunk activations and the one-time trunk pass that fills them (bench.train.top, bench.train.trunk)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.backbone import Backbone, Preprocessing
-from bench.recipes import Recipe
-from bench.train import Trainer, default_device, deterministic, to_input
+from bench.train.recipes import Recipe
+from bench.train.loop import Trainer, default_device, deterministic, to_input
 
 
 def measure(net: nn.Module, feature_dim: int, preprocessing: Preprocessing, recipe: Recipe, steps: int = 10,
@@ -29,7 +29,7 @@ def measure(net: nn.Module, feature_dim: int, preprocessing: Preprocessing, reci
     - `loop_head` and `loop`: the training loop's own epochs (uint8 images on the device, augmented as the
       recipe says, half of them as in a balanced two-class epoch under `augment = "minority"`);
     - with `recipe.views` (and the `backbone` whose cut points split `net`): `top_loop`, the loop's epoch on
-      cached trunk activations (bench.top), and `trunk_pass`, images/s of the pass that caches them (every view of
+      cached trunk activations (bench.train.top), and `trunk_pass`, images/s of the pass that caches them (every view of
       an image: augmented, then the trunk in onnxruntime; decoding not included).
     """
     device = device or default_device()
@@ -73,9 +73,9 @@ def _cached(backbone: Backbone, net: nn.Module, feature_dim: int, preprocessing:
             images: torch.Tensor, labels: torch.Tensor, index: np.ndarray, augmented: np.ndarray, warm: int,
             device: torch.device) -> dict[str, Callable[[], float]]:
     """The runs of the cached path: its top's epoch on stored pools, and the trunk pass filling them."""
-    from bench.extract import Batch, create_session
-    from bench.top import TopTrainer
-    from bench.trunk import ViewPool, activation_shape, export_trunk, split
+    from bench.extract.pipeline import Batch, create_session
+    from bench.train.top import TopTrainer
+    from bench.train.trunk import ViewPool, activation_shape, export_trunk, split
 
     cut = split(backbone, net, recipe.train_last)
     shape = activation_shape(cut.trunk, preprocessing.size)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.preprocessing import normalize
 
-from bench import tta as views
+from bench.extract import tta as views
 from bench.errors import BenchError
 from bench.overlap import Overlap, refusal
 from featurestore import FeatureSet, FeatureStore, feature_key

@@ -1,5 +1,5 @@
 """A backbone cut into a frozen trunk and a trainable top, and the trunk's activations of a pool of augmented views
-in the feature store, so that a recipe training only the top (`views`, bench.top) runs the trunk once per view.
+in the feature store, so that a recipe training only the top (`views`, bench.train.top) runs the trunk once per view.
 
 The cut for `train_last = K` is the latest of the backbone's cut points (`Backbone.chain`) that leaves the last K
 parameterised layers in the top, moved back over modules without weights (activations, dropout, pooling): those
@@ -8,7 +8,7 @@ then run in the top, in training mode, as they do when the whole network trains 
 A trunk set sits beside the feature sets, at `/{dataset}/{backbone}/trunk-{cut}-{size}px-{V}v-s{seed}-{digest}`:
 one row per image holding its V views' activations (V x C x H x W, flattened), float16 to halve a pool's bytes.
 The digest is of the trunk's weights and the preprocessing: a set is never reused for another trunk or pool.
-View 0 is the image as it is; view v > 0 is the training augmentation (bench.train.transform) with draws
+View 0 is the image as it is; view v > 0 is the training augmentation (bench.train.loop.transform) with draws
 `torch.rand(n, V - 1, 3)[image, v - 1]` of a generator seeded with `seed`, drawn ahead for the whole manifest.
 """
 
@@ -29,10 +29,10 @@ from bench import plugins
 from bench.backbone import Backbone, Preprocessing
 from bench.dataset import image_digests
 from bench.errors import BenchError
-from bench.export import ExportedModel, export_module, state_dict_sha256
-from bench.extract import BATCH_SIZE, Batch, Extraction, chunk_rows, run_model
-from bench.recipes import Recipe
-from bench.train import parameterised, transform
+from bench.extract.export import ExportedModel, export_module, state_dict_sha256
+from bench.extract.pipeline import BATCH_SIZE, Batch, Extraction, chunk_rows, run_model
+from bench.train.recipes import Recipe
+from bench.train.loop import parameterised, transform
 from featurestore import FeatureStore, StoreError
 
 STORAGE = "float16"
@@ -70,7 +70,7 @@ class ViewPool:
 
     views: int
     seed: int
-    draws: np.ndarray  # float32 (n, views - 1, 3), bench.train.transform's draws
+    draws: np.ndarray  # float32 (n, views - 1, 3), bench.train.loop.transform's draws
 
     @classmethod
     def drawn(cls, n: int, views: int, seed: int) -> ViewPool:

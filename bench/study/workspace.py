@@ -12,7 +12,7 @@ from typing import Any
 from bench.backbone import Backbone, SourceStage
 from bench.context import Context, Registry
 from bench.errors import BenchError
-from bench.study import Study
+from bench.study.schema import Study
 
 
 @dataclass(frozen=True)

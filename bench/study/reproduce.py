@@ -1,5 +1,5 @@
-"""`bench reproduce`: a whole study, planned (`bench.plan`) and run (`bench.runner`) in its own folder
-(`bench.workspace`), locally or on Ray (`bench.executors`). This module names the function of each kind of unit
+"""`bench reproduce`: a whole study, planned (`bench.study.plan`) and run (`bench.study.runner`) in its own folder
+(`bench.study.workspace`), locally or on Ray (`bench.study.executors`). This module names the function of each kind of unit
 (`bench.work`), says how the study knows a unit's output is still there, and keeps the results tables."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import Any
 from rich.console import Console
 
 from bench.context import Context
-from bench.executors import InProcess, RayStages
-from bench.plan import StudyData, plan
-from bench.runner import Action, Ledger, execute
-from bench.study import Study
+from bench.study.executors import InProcess, RayStages
+from bench.study.plan import StudyData, plan
+from bench.study.runner import Action, Ledger, execute
+from bench.study.schema import Study
 from bench.work import EXTERNAL, Evaluate, Extract
-from bench.workspace import Workspace
+from bench.study.workspace import Workspace
 
 
 def reproduce(study: Study, out: Path, console: Console, executor: str = "local",
@@ -39,9 +39,9 @@ def reproduce(study: Study, out: Path, console: Console, executor: str = "local"
 
 def actions(study: Study, ws: Workspace, data: StudyData, ctx: Context) -> dict[str, Action]:
     """Each kind's function, how the study knows its output is still there, and what it keeps of it."""
-    from bench import report
-    from bench.evaluate import evaluate
-    from bench.jobs import finetune, train_source
+    from bench.study import report
+    from bench.evaluate.score import evaluate
+    from bench.train.jobs import finetune, train_source
 
     return {
         "source": Action(train_source, present=lambda s: s.output(ctx).is_file()),
@@ -56,7 +56,7 @@ def actions(study: Study, ws: Workspace, data: StudyData, ctx: Context) -> dict[
 def _extract(unit: Extract, ctx: Context) -> str:
     from dataclasses import replace
 
-    from bench.extract import prepare
+    from bench.extract.pipeline import prepare
     from bench.progress import progress
     from featurestore import StoreError
 
@@ -84,7 +84,7 @@ class _StoreSnapshot:
 
 
 def _has_results(ws: Workspace, unit: Evaluate) -> bool:
-    from bench.results import matching, read_table
+    from bench.evaluate.results import matching, read_table
 
     if not (ws.results.is_file() and ws.predictions.is_file()):
         return False
@@ -95,7 +95,7 @@ def _has_results(ws: Workspace, unit: Evaluate) -> bool:
 
 def _keep_evaluation(ws: Workspace, done: Any) -> str:
     """The evaluation's rows into the study's results and predictions tables; the digest of its metrics."""
-    from bench.results import EVALUATION, upsert
+    from bench.evaluate.results import EVALUATION, upsert
 
     # keyed by the evaluation, not the fold: a study run on fewer folds than before leaves no stale fold rows
     upsert((ws.results, done.results, EVALUATION), (ws.predictions, done.predictions, EVALUATION))

@@ -1,6 +1,6 @@
-"""Training only the top of a network from its trunk's cached activations (bench.trunk), for recipes with `views`.
+"""Training only the top of a network from its trunk's cached activations (bench.train.trunk), for recipes with `views`.
 
-Each epoch is the ordinary loop's (bench.train.fit): the same class balancing, the same validation split and
+Each epoch is the ordinary loop's (bench.train.loop.fit): the same class balancing, the same validation split and
 epoch choice; an image shown as it is gets its view 0, an image shown augmented one of its augmented views, drawn
 afresh each time. The trunk never runs: its BatchNorm stays as it started, as a frozen layer's does in the loop.
 The trainer's `net` is the whole network, whose top is trained in place: what is saved, exported and extracted.
@@ -14,18 +14,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import paths, plugins, train
+from bench import paths, plugins
+from bench.train import loop
 from bench.backbone import Preprocessing, read_checkpoint
 from bench.errors import BenchError
-from bench.extract import Extraction
-from bench.recipes import Recipe
-from bench.train import RunState, Trainer, TrainingJob
-from bench.trunk import read_pool, split, trunk_key
+from bench.extract.pipeline import Extraction
+from bench.train.recipes import Recipe
+from bench.train.loop import RunState, Trainer, TrainingJob
+from bench.train.trunk import read_pool, split, trunk_key
 
 
 def fit(job: TrainingJob, device: torch.device | None = None) -> RunState:
-    """bench.train.fit, training the top from cached trunk activations where the recipe has a view pool."""
-    return train.fit(job, device, top_trainer if job.recipe.views else None)
+    """bench.train.loop.fit, training the top from cached trunk activations where the recipe has a view pool."""
+    return loop.fit(job, device, top_trainer if job.recipe.views else None)
 
 
 class TopTrainer(Trainer):

@@ -19,9 +19,9 @@ from bench import paths
 from bench.context import Context
 from bench.dataset import fingerprint, image_digests, label_fingerprint
 from bench.errors import BenchError
-from bench.features import DROPPED, reader as features_reader
+from bench.evaluate.features import DROPPED, reader as features_reader
 from bench.overlap import find_overlap, refusal
-from bench.results import KEY
+from bench.evaluate.results import KEY
 from bench.work import EXTERNAL, DatasetRef, Evaluate
 from featurestore import FeatureSet, FeatureStore, feature_key
 from protocols.designs import Design, apply_design, get_design

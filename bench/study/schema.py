@@ -1,5 +1,5 @@
 """Study files: a whole benchmark (datasets, source training, fine-tunes, extractions, evaluations) in one small
-TOML file, checked with errors that name the file and the key (`bench.plan` expands it to stages).
+TOML file, checked with errors that name the file and the key (`bench.study.plan` expands it to stages).
 
 A study file (see `bench/studies/*.toml`, listed by `bench studies`):
 
@@ -60,9 +60,9 @@ from typing import Any
 
 from bench import plugins
 from bench.errors import BenchError
-from bench.features import members, parse
+from bench.evaluate.features import members, parse
 from bench.paths import check_name
-from bench.recipes import Recipe, get_recipe
+from bench.train.recipes import Recipe, get_recipe
 from bench.work import EXTERNAL, DatasetRef
 from protocols.stats import TEST_DRAWS
 

@@ -1,6 +1,6 @@
 """`--executor ray`: bench's work as Ray tasks, on a local Ray instance or an existing cluster.
 
-A study (`bench reproduce`) runs each stage as a task: see `bench.executors.RayStages`.
+A study (`bench reproduce`) runs each stage as a task: see `bench.study.executors.RayStages`.
 
 Extraction (`bench extract`) is cut into shards of one store chunk each. Every shard is a task that opens its own
 onnxruntime session, decodes its images and writes its chunk whole, then marks it done, exactly as a local run
@@ -26,8 +26,8 @@ from featurestore.errors import StoreError
 from protocols.errors import ProtocolError
 
 if TYPE_CHECKING:
-    from bench.export import ExportedModel
-    from bench.extract import Extraction
+    from bench.extract.export import ExportedModel
+    from bench.extract.pipeline import Extraction
 
 INSTALL = "pip install 'bench[ray]'"
 RETRIES = 3  # runs of a task after the first whose worker died, before the run fails

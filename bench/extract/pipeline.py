@@ -17,13 +17,14 @@ import numpy as np
 import pandas as pd
 
 import bench
-from bench import paths, tta as views
+from bench import paths
+from bench.extract import tta as views
 from bench.backbone import Backbone, Preprocessing, read_checkpoint
 from bench.context import Context
 from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
-from bench.export import ExportedModel, export_onnx
-from bench.features import ID_ONLY, SOURCE_OVERLAP
+from bench.extract.export import ExportedModel, export_onnx
+from bench.evaluate.features import ID_ONLY, SOURCE_OVERLAP
 from bench.images import load_image
 from bench.overlap import TRAINED_ON, find_overlap
 from bench.threads import count as thread_count
@@ -68,8 +69,8 @@ class Extraction:
     todo: list[int] = field(default_factory=list)  # chunks still to compute
     skipped: list[str] = field(default_factory=list)  # paths of the unreadable images this run left out
     threads: int = 0  # onnxruntime's intra-op threads; 0: `bench.threads.count()` (a Ray task: the CPUs it was given)
-    tta: str | None = None  # test-time augmentation (bench.tta): each image's feature is the mean over its views
-    # a trunk's pass (bench.trunk.ViewPool.rows): (session, batch, manifest positions) -> each image's store row
+    tta: str | None = None  # test-time augmentation (bench.extract.tta): each image's feature is the mean over its views
+    # a trunk's pass (bench.train.trunk.ViewPool.rows): (session, batch, manifest positions) -> each image's store row
     pool_rows: Callable[..., np.ndarray] | None = None
 
     @property
@@ -150,7 +151,7 @@ def prefetch(items: Iterator, load: Callable, ahead: int = PREFETCH) -> Iterator
 
 
 def features_of(session, batch: Batch, tta: str | None) -> np.ndarray:
-    """The batch's features, or with `tta` the mean over each image's views (bench.tta)."""
+    """The batch's features, or with `tta` the mean over each image's views (bench.extract.tta)."""
     if tta is None:
         return run_model(session, batch)
     return views.mean_over_views(lambda view: run_model(session, dataclasses.replace(batch, images=view)),

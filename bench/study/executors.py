@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from bench.cluster import RETRIES, connect, has_gpus, result
+from bench.study.cluster import RETRIES, connect, has_gpus, result
 from bench.context import Context
 from bench.work import Work
 

@@ -79,7 +79,7 @@ def _find_or_export(backbone: Backbone, weights: Path | None, preprocessing: Pre
 def export_module(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, source: str | dict,
                   cache: Path | None = None) -> ExportedModel:
     """`net` as ONNX, cached by (backbone, sha256 of its state dict, preprocessing) in `cache` (default: the user's
-    ONNX cache): a backbone's network, or a part of one standing as its own backbone (a trunk, bench.trunk).
+    ONNX cache): a backbone's network, or a part of one standing as its own backbone (a trunk, bench.train.trunk).
     `source` says where its weights came from."""
     cache = cache or paths.onnx_dir(paths.home())
     identity = [backbone.name, state_dict_sha256(net), preprocessing.to_dict(), OPSET]

@@ -9,8 +9,8 @@ from typing import Any
 from bench import paths
 from bench.context import Context
 from bench.errors import BenchError
-from bench.features import parse
-from bench.study import Study, stored_backbones
+from bench.evaluate.features import parse
+from bench.study.schema import Study, stored_backbones
 from bench.work import EXTERNAL, DatasetRef, Evaluate, Extract, FineTune, Report, TrainSource, Work, source_key
 
 

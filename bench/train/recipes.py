@@ -34,7 +34,7 @@ class Recipe:
     # image shown, so that the augmentation itself cannot tell the classes apart)
     augment: str = "minority"
     # a pool of this many views per image (view 0 as it is, the others augmented, drawn once): the top (`train_last`)
-    # trains from the frozen trunk's activations of the pool, computed once into the store (bench.top); None: the
+    # trains from the frozen trunk's activations of the pool, computed once into the store (bench.train.top); None: the
     # whole network runs every step, augmentations drawn afresh
     views: int | None = None
 

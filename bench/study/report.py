@@ -1,7 +1,7 @@
 """A study's report, `DIR/report.md`: the results laid out like the paper's tables, with the paper's numbers
 beside ours, bootstrap intervals, the paired test behind each "A beats B" claim, and the ROC curves.
 
-The tables, statistics and curves come from `bench.leaderboard` and `protocols.stats`; this module only chooses
+The tables, statistics and curves come from `bench.evaluate.leaderboard` and `protocols.stats`; this module only chooses
 which rows answer which of the paper's questions.
 """
 
@@ -14,17 +14,17 @@ import numpy as np
 import pandas as pd
 
 from bench import atomic
-from bench.leaderboard import render, summarise
-from bench.results import matching, read_tables
-from bench.select import Selection, select as choose
+from bench.evaluate.leaderboard import render, summarise
+from bench.evaluate.results import matching, read_tables
+from bench.evaluate.select import Selection, select as choose
 from protocols import stats
 from protocols.designs import DESIGNS
 from protocols.splits import lesion_note
 
 if TYPE_CHECKING:
-    from bench.plan import StudyData
-    from bench.workspace import Workspace
-    from bench.study import Study
+    from bench.study.plan import StudyData
+    from bench.study.workspace import Workspace
+    from bench.study.schema import Study
 
 # Menegola et al. 2017 (DESIGN section 4), AUC in %
 PAPER_TABLE1 = {  # design -> Table 1 column -> AUC
@@ -59,7 +59,7 @@ CLAIMS = [
     (("retino", True), ("none", True), "Retinopathy transfer beats no transfer (the paper: it does not)"),
 ]
 LEVELS = ("low", "medium", "high")
-CHOSEN = "chosen per fold"  # the levers table's row of `bench.select`
+CHOSEN = "chosen per fold"  # the levers table's row of `bench.evaluate.select`
 ALPHA = 0.05  # family-wise, over every claim a report tests (Holm)
 CLAIM_HEADER = "| design | claim | A | B | AUC A − B (95% CI) | bootstrap p | F / t p | Holm p | verdict |"
 CLAIM_RULE = "|---|---|---|---|---|---|---|---|---|"

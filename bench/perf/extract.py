@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 from bench import plugins
-from bench.tta import VIEWS
+from bench.extract.tta import VIEWS
 from bench.backbone import Preprocessing
 from bench.context import Context
-from bench.extract import BATCH_SIZE, SESSION_OPTIONS, Extraction, create_session, prepare
+from bench.extract.pipeline import BATCH_SIZE, SESSION_OPTIONS, Extraction, create_session, prepare
 from bench.images import load_image
 from bench.threads import count as thread_count
 from bench.work import DatasetRef, Extract
@@ -126,7 +126,7 @@ def measure_on_ray(backbone_name: str, dataset_name: str, root: Path | None, *, 
 
     A first Ray run (worker processes starting, importing torch) is reported apart as `ray_cold_ips`; then the
     runs take turns `repeat` times and each figure is its best round, as in `measure`."""
-    from bench.cluster import connect, extract_on_ray
+    from bench.study.cluster import connect, extract_on_ray
 
     load = os.getloadavg()[0]
     start = time.perf_counter()

@@ -31,7 +31,7 @@ from bench.errors import BenchError
 from bench.images import IMAGES_VERSION, load_image
 from bench.paths import home
 from bench.progress import progress
-from bench.recipes import Recipe
+from bench.train.recipes import Recipe
 from bench.threads import count as thread_count
 from protocols.splits import stratified_group_folds
 
@@ -87,7 +87,7 @@ def fit(job: TrainingJob, device: torch.device | None = None, setup: Setup | Non
     `setup` makes the trainer and the training data (default: the whole network on decoded images)."""
     if job.recipe.views and setup is None:
         raise BenchError(f"recipe {job.recipe.name} trains the top from cached trunk activations: run it with "
-                         "bench.top.fit")
+                         "bench.train.top.fit")
     device = device or default_device()
     torch.manual_seed(job.seed)
     generator = torch.Generator().manual_seed(job.seed)  # sampling and augmentation draws, on the CPU for every device

@@ -1,0 +1,1 @@
+"""Evaluation: features read from the store, the SVM protocols run over folds, results, per-fold picks, the leaderboard."""

@@ -1,0 +1,1 @@
+"""Extraction: ONNX export and its caches, test-time views, the pipeline into the feature store."""

@@ -1,0 +1,1 @@
+"""`bench perf`: the benchmarks that time export, extraction and training."""

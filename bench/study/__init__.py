@@ -1,0 +1,1 @@
+"""The study band: study files, their plan, the runner and its executors, reports."""
