@@ -1,11 +1,12 @@
-"""Units of work: one frozen dataclass per kind (train a source stage, fine-tune, extract, evaluate, report).
+"""Units of work: one frozen dataclass per kind (train a source stage, fine-tune, extract, store a trunk's
+activations, evaluate, report).
 
 The CLI builds one from its options; a study plans many (`bench.study.plan`). Either hands it, with a `Context`, to the
 one function of its kind: `bench.train.jobs.train_source` / `finetune`, `bench.extract.pipeline.prepare`,
-`bench.evaluate.score.evaluate`. A unit's fields are everything its output depends on, and a few settings marked `HOW` that
-change only how it runs (a root folder, a batch size). `params`, what the study runner fingerprints, is computed
-here and nowhere else: it leaves out the `HOW` fields, and the `LATER` fields (added after studies were published)
-while they keep their default, so a published study's ledger stays valid.
+`bench.train.trunk.prepare`, `bench.evaluate.score.evaluate`. A unit's fields are everything its output depends on,
+and a few settings marked `HOW` that change only how it runs (a root folder, a batch size). `params`, what the
+study runner fingerprints, is computed here and nowhere else: it leaves out the `HOW` fields, and the `LATER` fields
+(added after studies were published) while they keep their default, so a published study's ledger stays valid.
 """
 
 from __future__ import annotations
@@ -152,6 +153,9 @@ class Extract(Work):
     protocol: str | None = None
     fold: str | None = None
     tta: str | None = field(default=None, metadata=LATER)  # test-time augmentation (bench.extract.tta)
+    # a fine-tune of a recipe with a view pool: its top on view 0 of the stored trunk activations, no image read
+    # (equal to the model's features within float16's precision of those activations)
+    from_trunk: bool = field(default=False, metadata=LATER)
     batch_size: int = field(default=32, metadata=HOW)
     skip_bad: bool = field(default=False, metadata=HOW)  # leave unreadable images out instead of failing
     overwrite: bool = field(default=False, metadata=HOW)  # replace a set made by another model or images
@@ -165,6 +169,38 @@ class Extract(Work):
     def set_key(self) -> str:
         """The feature set it fills."""
         return feature_key(self.protocol, self.fold, self.tta)
+
+
+@dataclass(frozen=True)
+class ExtractTrunk(Work):
+    """Store the frozen trunk's activations of a pool of `views` views of every image of `dataset` (view 0 as it is,
+    the others augmented with draws seeded by `seed`): the trunk of `backbone` whose top is its last `train_last`
+    layers, at `image_size` px. Every fine-tune of a recipe with this cut, size and pool trains from it
+    (bench.train.top), whatever its epochs, learning rate, design or fold."""
+
+    kind: ClassVar[str] = "trunk"
+    runs_network: ClassVar[bool] = True
+    backbone: str
+    dataset: DatasetRef
+    train_last: int
+    image_size: int
+    views: int
+    seed: int = 0
+    batch_size: int = field(default=32, metadata=HOW)
+    overwrite: bool = field(default=False, metadata=HOW)  # replace a set made by another model or for other images
+
+    @classmethod
+    def of(cls, backbone: str, dataset: DatasetRef, recipe: Recipe, seed: int = 0, **how: Any) -> ExtractTrunk:
+        """The trunk pass the fine-tunes of `recipe` (one with a view pool) read."""
+        if not recipe.views or recipe.train_last is None:
+            raise BenchError(f"recipe {recipe.name} trains {backbone} without a view pool (`views`, and "
+                             "`train_last`): it has no trunk activations to store; give a recipe with both")
+        return cls(backbone, dataset, recipe.train_last, recipe.image_size, recipe.views, seed, **how)
+
+    @property
+    def key(self) -> str:
+        return (f"trunk {self.dataset.name}/{self.backbone}/last{self.train_last}-{self.image_size}px-{self.views}v"
+                f"-s{self.seed}")
 
 
 @dataclass(frozen=True)
@@ -245,6 +281,14 @@ class Report(Work):
     @property
     def key(self) -> str:
         return "report"
+
+
+def trunk_pass(unit: TrainSource | FineTune, ctx: Context) -> ExtractTrunk | None:
+    """The trunk pass a training unit reads, None where it trains the whole network: over its dataset, through the
+    backbone it starts from (a source stage's start, else its own), with its recipe's cut, size and view pool."""
+    start = unit.start if isinstance(unit, TrainSource) else unit.backbone
+    recipe = unit.recipe.starting_from(ctx.registry.backbone(start).random_init)
+    return ExtractTrunk.of(start, unit.dataset, recipe, unit.seed) if recipe.views else None
 
 
 def source_key(backbone: str) -> str:

@@ -19,9 +19,9 @@ from bench.extract.export import export_onnx
 from bench.extract.pipeline import Extraction
 from bench.hookspecs import hookimpl
 from bench.images import load_image
-from bench.context import Context
+from bench.context import Context, Registry
 from bench.train.jobs import finetune_job
-from bench.work import DatasetRef, FineTune
+from bench.work import DatasetRef, ExtractTrunk, FineTune
 from bench.paths import finetuned_checkpoint
 from bench.testing import check_backbone
 from bench.train.top import top_trainer
@@ -49,8 +49,8 @@ def tiny_cut():
 
 
 def _pass(store: str, recipe=TOP, seed: int = 0) -> Extraction:
-    job = trunk.prepare(TINY_CUT, TINY_CUT.create(), recipe, "synthetic", None, seed=seed, store=store,
-                        options=SYNTHETIC)
+    unit = ExtractTrunk.of(TINY_CUT.name, DatasetRef.of("synthetic", options=SYNTHETIC), recipe, seed)
+    job = trunk.prepare(unit, Context(paths.home(), store, Registry({TINY_CUT.name: TINY_CUT})))
     try:
         job.run()
     finally:
@@ -105,7 +105,7 @@ def test_one_step_from_the_cache_is_one_step_of_the_loop_on_the_same_views(tiny_
     recipe = TOP.with_overrides(views=2)  # view 0 as it is, view 1 augmented: an augmented image gets view 1
     manifest = _pass(store, recipe).manifest
     unit = FineTune(TINY_CUT.name, DatasetRef.of("synthetic", options=SYNTHETIC), "mela-vs-ben", "5x2", "r0f0", recipe)
-    job = dataclasses.replace(finetune_job(unit, Context.for_user(store)), store=store)
+    job = finetune_job(unit, Context.for_user(store))
     batch, labels, every = np.arange(8), torch.tensor(job.data.labels[:8]), torch.ones(8, dtype=torch.bool)
     # the loop draws its augmentation afresh: here it draws the pool's view 1 of the same images
     rows = manifest.reset_index().set_index("image_id").loc[job.data.image_ids[batch], "index"].to_numpy()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -17,11 +16,9 @@ from bench.progress import progress
 from bench.errors import BenchError
 
 if TYPE_CHECKING:  # torch and onnxruntime load only when a command needs them
-    from torch import nn
-
-    from bench.backbone import Backbone
+    from bench.context import Context
     from bench.extract.pipeline import Extraction
-    from bench.train.recipes import Recipe
+    from bench.work import ExtractTrunk
 
 
 @app.command()
@@ -67,11 +64,10 @@ def extract(
             raise BenchError("--trunk stores a backbone's trunk activations of the whole dataset: drop --protocol, "
                              "--fold, --tta, --limit and --skip-bad")
         from bench.train.recipes import get_recipe
+        from bench.work import ExtractTrunk
 
-        b = ctx.registry.backbone(backbone)
-        trunk_pass(b, b.create(ctx.source_weights(b)), get_recipe(trunk).starting_from(b.random_init), dataset,
-                   root, seed=seed, store=ctx.store, options=parse_pairs(option), batch_size=batch_size,
-                   overwrite=overwrite, executor=executor)
+        fill_trunk(ExtractTrunk.of(backbone, DatasetRef.of(dataset, root, parse_pairs(option)), get_recipe(trunk), seed,
+                                   batch_size=batch_size, overwrite=overwrite), ctx, executor)
         return
     if from_trunk and (fold is None or tta or executor != "local"):
         raise BenchError("--from-trunk writes a fine-tuned set here: give --protocol and --fold, without --tta or "
@@ -84,7 +80,8 @@ def extract(
             from bench.paths import finetuned_checkpoint
             from bench.train.top import features_from_trunk
 
-            features_from_trunk(job, finetuned_checkpoint(ctx.home, dataset, backbone, protocol, fold), ctx.store)
+            features_from_trunk(job, ctx.registry.backbone(backbone),
+                                finetuned_checkpoint(ctx.home, dataset, backbone, protocol, fold), ctx.store)
             console.print(f"wrote {job.todo_images} images to {dataset}/{backbone}/{job.key} in {ctx.store} from the "
                           "cached trunk activations", highlight=False)
             return
@@ -93,14 +90,13 @@ def extract(
         job.writer.release()  # the set's write lease: the next writer need not wait for this process to end
 
 
-def trunk_pass(backbone: Backbone, net: nn.Module, recipe: Recipe, dataset: str, root: Path | None, *, seed: int,
-               store: str, options: dict[str, str], executor: str = "local", **kwargs) -> None:
-    """Fill (or finish) the trunk set `recipe`'s fine-tunes of `net` read (bench.train.trunk), saying how it goes."""
+def fill_trunk(unit: ExtractTrunk, ctx: Context, executor: str = "local") -> None:
+    """Fill (or finish) the trunk set `unit` names (bench.train.trunk), saying how it goes."""
     from bench.train.trunk import prepare
 
-    job = prepare(backbone, net, recipe, dataset, root, seed=seed, store=store, options=options, **kwargs)
+    job = prepare(unit, ctx)
     try:
-        _run(job, store, executor)
+        _run(job, ctx.store, executor)
     finally:
         job.writer.release()
 

@@ -68,7 +68,7 @@ def train(
     from bench.context import Context
     from bench.train.jobs import finetune_job, source_stage_job
     from bench.train.top import fit
-    from bench.work import DatasetRef, FineTune, TrainSource
+    from bench.work import DatasetRef, FineTune, TrainSource, trunk_pass
 
     if (protocol is None) != (fold is None):
         raise BenchError("fine-tuning needs both --protocol P and --fold K (a source stage takes neither)")
@@ -76,21 +76,21 @@ def train(
                                                views=views)
     ctx, options = Context.for_user(store), parse_pairs(option)
     if fold is None:
-        job = source_stage_job(TrainSource.of(ctx, backbone, DatasetRef.of(dataset, root, options, limit), chosen,
-                                              seed), ctx)
+        unit = TrainSource.of(ctx, backbone, DatasetRef.of(dataset, root, options, limit), chosen, seed)
+        job = source_stage_job(unit, ctx)
     else:
-        job = finetune_job(FineTune(backbone, DatasetRef.of(dataset, root, options), protocol, split, fold, chosen,
-                                    seed, reference_dir, limit), ctx)
+        unit = FineTune(backbone, DatasetRef.of(dataset, root, options), protocol, split, fold, chosen, seed,
+                        reference_dir, limit)
+        job = finetune_job(unit, ctx)
     console.print(f"[bold]{backbone}[/bold] on {dataset}: {len(job.data.labels)} training images, classes "
                   f"{', '.join(job.data.classes)}; recipe {chosen.name} ({chosen.epochs} epochs at "
                   f"{chosen.image_size} px, {_trains(job.recipe)})")
     started = time.perf_counter()
-    if job.recipe.views:
-        from bench.cli.extract import trunk_pass
+    trunk = trunk_pass(unit, ctx)
+    if trunk:
+        from bench.cli.extract import fill_trunk
 
-        job = dataclasses.replace(job, store=ctx.store)
-        trunk_pass(ctx.registry.backbone(backbone), job.start(), job.recipe, dataset, root, seed=seed,
-                   store=job.store, options=options)
+        fill_trunk(trunk, ctx)
     state = fit(job)
     console.print(f"best epoch {state.best_epoch}/{state.epoch} (validation loss {state.best_val_loss:.4f}), "
                   f"{time.perf_counter() - started:.0f} s -> {job.out}")

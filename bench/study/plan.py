@@ -3,7 +3,7 @@ expands to, each planned once however many evaluations read it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bench import paths
@@ -11,7 +11,8 @@ from bench.context import Context
 from bench.errors import BenchError
 from bench.evaluate.features import parse
 from bench.study.schema import Study, stored_backbones
-from bench.work import EXTERNAL, DatasetRef, Evaluate, Extract, FineTune, Report, TrainSource, Work, source_key
+from bench.work import (EXTERNAL, DatasetRef, Evaluate, Extract, FineTune, Report, TrainSource, Work, source_key,
+                        trunk_pass)
 
 
 # --- the study's data ------------------------------------------------------------------------------------------
@@ -73,16 +74,24 @@ def _imported_weights(study: Study, ctx: Context) -> dict[str, str]:
 def plan(study: Study, fold_keys: dict[int, list[str]], ctx: Context) -> list[Work]:
     """Every unit of the study in dependency order. `fold_keys[i]` are the folds evaluation i runs on.
 
-    A unit that several evaluations read (an extraction, a fine-tune) is planned once."""
+    A unit that several evaluations read (an extraction, a fine-tune, a trunk pass) is planned once."""
     units: dict[str, Work] = {}
 
     def add(work: Work) -> str:
         units.setdefault(work.key, work)
         return work.key
 
+    def add_trained(work: TrainSource | FineTune) -> tuple[str, ...]:
+        """A training unit, after the trunk pass it reads if its recipe has a view pool; their keys."""
+        trunk = trunk_pass(work, ctx)
+        if trunk is None:
+            return (add(work),)
+        reads = add(replace(trunk, deps=work.deps))  # made from the weights the training starts from
+        return reads, add(replace(work, deps=(*work.deps, reads)))
+
     # installed backbones' sources first: a study-defined backbone may start from one (`like = "retino"`)
     for backbone in [*study.sources, *(b for b, spec in study.backbones.items() if spec.source)]:
-        add(_train_source(study, backbone, ctx))
+        add_trained(_train_source(study, backbone, ctx))
     evaluations: list[Evaluate] = []
     for i, spec in enumerate(study.evaluations):
         dataset = study.datasets[spec.dataset]
@@ -100,10 +109,12 @@ def plan(study: Study, fold_keys: dict[int, list[str]], ctx: Context) -> list[Wo
             for protocol in spec.protocols:
                 extracts = []
                 for fold in folds:
-                    finetune = add(FineTune(backbone, dataset, protocol, spec.split, fold,
-                                            study.recipe_for(backbone), study.seed, spec.reference,
-                                            deps=_weights_stage(study, backbone)))
-                    extracts.append(add(Extract(backbone, dataset, protocol, fold, deps=(finetune,))))
+                    trained = add_trained(FineTune(backbone, dataset, protocol, spec.split, fold,
+                                                   study.recipe_for(backbone), study.seed, spec.reference,
+                                                   deps=_weights_stage(study, backbone)))
+                    # from a trunk set: the top on its view 0, the images not read again
+                    extracts.append(add(Extract(backbone, dataset, protocol, fold, from_trunk=len(trained) > 1,
+                                                deps=trained)))
                 evaluations.append(Evaluate(backbone, dataset, protocol, finetuned=True, deps=tuple(extracts),
                                             **common))
     for work in evaluations:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from rich.console import Console
 
@@ -16,8 +16,11 @@ from bench.study.executors import InProcess, RayStages
 from bench.study.plan import StudyData, plan
 from bench.study.runner import Action, Ledger, execute
 from bench.study.schema import Study
-from bench.work import EXTERNAL, Evaluate, Extract
+from bench.work import EXTERNAL, Evaluate, Extract, ExtractTrunk
 from bench.study.workspace import Workspace
+
+if TYPE_CHECKING:
+    from bench.extract.pipeline import Extraction
 
 
 def reproduce(study: Study, out: Path, console: Console, executor: str = "local",
@@ -43,10 +46,14 @@ def actions(study: Study, ws: Workspace, data: StudyData, ctx: Context) -> dict[
     from bench.evaluate.score import evaluate
     from bench.train.jobs import finetune, train_source
 
+    from bench.train.trunk import set_key
+
+    store = _StoreSnapshot(ws.store)
     return {
         "source": Action(train_source, present=lambda s: s.output(ctx).is_file()),
+        "trunk": Action(_trunk, present=lambda s: store.has(s.dataset.adapter, s.backbone, set_key(s, ctx))),
         "finetune": Action(finetune, present=lambda s: s.checkpoint(ctx).is_file()),
-        "extract": Action(_extract, present=_StoreSnapshot(ws.store).has),
+        "extract": Action(_extract, present=lambda s: store.has(s.dataset.adapter, s.backbone, s.set_key)),
         "evaluate": Action(evaluate, present=lambda s: _has_results(ws, s),
                            keep=lambda s, done: _keep_evaluation(ws, done)),
         "report": Action(lambda s, ctx: report.write(study, ws, data), present=lambda s: ws.report.is_file()),
@@ -54,18 +61,47 @@ def actions(study: Study, ws: Workspace, data: StudyData, ctx: Context) -> dict[
 
 
 def _extract(unit: Extract, ctx: Context) -> str:
+    from bench.extract.pipeline import prepare
+
+    if not unit.from_trunk:
+        return _fill(prepare, unit, ctx)
+    from bench import paths
+    from bench.train.top import features_from_trunk
+
+    job = _prepared(prepare, unit, ctx)
+    try:
+        features_from_trunk(job, ctx.registry.backbone(unit.backbone), paths.finetuned_checkpoint(
+            ctx.home, unit.dataset.adapter, unit.backbone, unit.protocol, unit.fold), ctx.store)
+    finally:
+        job.writer.release()
+    return job.model.sha256
+
+
+def _trunk(unit: ExtractTrunk, ctx: Context) -> str:
+    from bench.train.trunk import prepare
+
+    return _fill(prepare, unit, ctx)
+
+
+def _fill(prepare: Callable[[Any, Context], Extraction], unit: Extract | ExtractTrunk, ctx: Context) -> str:
+    """Fill the set `prepare` makes of `unit`, showing how it goes; the digest of the model that filled it."""
+    from bench.progress import progress
+
+    job = _prepared(prepare, unit, ctx)
+    with progress(f"{unit.dataset.adapter}/{unit.backbone}/{job.key}", job.todo_images) as shown:
+        return job.fill(shown.advance)
+
+
+def _prepared(prepare: Callable[[Any, Context], Extraction], unit: Extract | ExtractTrunk,
+              ctx: Context) -> Extraction:
     from dataclasses import replace
 
-    from bench.extract.pipeline import prepare
-    from bench.progress import progress
     from featurestore import StoreError
 
     try:  # a set this study began with the same model resumes where it stopped
-        job = prepare(unit, ctx)
+        return prepare(unit, ctx)
     except StoreError:  # one the study made from an earlier model (a changed setting upstream) is replaced
-        job = prepare(replace(unit, overwrite=True), ctx)
-    with progress(f"{unit.dataset.adapter}/{unit.backbone}/{job.key}", job.todo_images) as shown:
-        return job.fill(shown.advance)
+        return prepare(replace(unit, overwrite=True), ctx)
 
 
 class _StoreSnapshot:
@@ -75,12 +111,12 @@ class _StoreSnapshot:
         self.store = store
         self.sets: set[tuple[str, str, str]] | None = None
 
-    def has(self, unit: Extract) -> bool:
+    def has(self, dataset: str, backbone: str, key: str) -> bool:
         from featurestore import FeatureStore
 
         if self.sets is None:
             self.sets = {(i.dataset, i.backbone, i.key) for i in FeatureStore(self.store).list() if i.complete}
-        return (unit.dataset.adapter, unit.backbone, unit.set_key) in self.sets
+        return (dataset, backbone, key) in self.sets
 
 
 def _has_results(ws: Workspace, unit: Evaluate) -> bool:

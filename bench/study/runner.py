@@ -32,9 +32,9 @@ from bench.context import Context
 from bench.work import Work
 from bench.progress import clock
 
-KINDS = ("source", "finetune", "extract", "evaluate", "report")
-KIND_TITLES = {"source": "source training", "finetune": "fine-tuning", "extract": "export + extraction",
-               "evaluate": "evaluation", "report": "leaderboard + report"}
+KINDS = ("source", "trunk", "finetune", "extract", "evaluate", "report")
+KIND_TITLES = {"source": "source training", "trunk": "trunk activations", "finetune": "fine-tuning",
+               "extract": "export + extraction", "evaluate": "evaluation", "report": "leaderboard + report"}
 
 
 class Ledger:

@@ -20,7 +20,8 @@ from bench.dataset import fingerprint
 from bench.errors import BenchError
 from bench.overlap import TRAINED_ON, content
 from bench.train.recipes import Recipe
-from bench.train.loop import LabelledImages, TrainingJob, fit
+from bench.train.loop import LabelledImages, TrainingJob
+from bench.train.top import fit
 from bench.work import FineTune, TrainSource
 from featurestore.keys import feature_key
 from protocols.designs import DESIGNS, apply_design
@@ -28,12 +29,14 @@ from protocols.splits import fold_record, groups_of, make_folds, select_folds
 
 
 def train_source(unit: TrainSource, ctx: Context) -> str:
-    """Train the source stage; the digest of the weights it made."""
+    """Train the source stage (from the trunk set of `bench.work.trunk_pass(unit)` if its recipe has a view
+    pool); the digest of the weights it made."""
     return _fit(source_stage_job(unit, ctx))
 
 
 def finetune(unit: FineTune, ctx: Context) -> str:
-    """Fine-tune; the digest of the checkpoint it made."""
+    """Fine-tune (from the trunk set of `bench.work.trunk_pass(unit)` if its recipe has a view pool); the digest
+    of the checkpoint it made."""
     return _fit(finetune_job(unit, ctx))
 
 
@@ -63,7 +66,7 @@ def source_stage_job(unit: TrainSource, ctx: Context) -> TrainingJob:
     out = unit.output(ctx)
     return _job(ctx, backbone, functools.partial(start.create, ctx.source_weights(start)),
                 _labelled(rows, labels, tuple(classes)), unit.recipe.starting_from(start.random_init), out=out,
-                key=out.stem, seed=unit.seed, meta=meta)
+                key=out.stem, seed=unit.seed, meta=meta, trunk_of=start)
 
 
 def finetune_job(unit: FineTune, ctx: Context) -> TrainingJob:
@@ -87,7 +90,8 @@ def finetune_job(unit: FineTune, ctx: Context) -> TrainingJob:
             "fold_record": fold_record(protocol, split, unit.seed, fold, rows["image_id"].tolist())}
     return _job(ctx, backbone, functools.partial(backbone.create, ctx.source_weights(backbone)),
                 _labelled(rows, rows["label"].to_numpy(), classes), unit.recipe.starting_from(backbone.random_init),
-                out=unit.checkpoint(ctx), key=feature_key(protocol, fold), seed=unit.seed, meta=meta)
+                out=unit.checkpoint(ctx), key=feature_key(protocol, fold), seed=unit.seed, meta=meta,
+                trunk_of=backbone)
 
 
 def _labelled(rows: pd.DataFrame, labels: np.ndarray, classes: tuple[str, ...]) -> LabelledImages:
@@ -96,12 +100,13 @@ def _labelled(rows: pd.DataFrame, labels: np.ndarray, classes: tuple[str, ...]) 
 
 
 def _job(ctx: Context, backbone: Backbone, start: Callable[[], nn.Module], data: LabelledImages, recipe: Recipe, *,
-         out: Path, key: str, seed: int, meta: dict) -> TrainingJob:
+         out: Path, key: str, seed: int, meta: dict, trunk_of: Backbone) -> TrainingJob:
     """The job, with a run folder named after everything that determines its result, so rerunning the same
-    command resumes it and a changed command starts afresh."""
+    command resumes it and a changed command starts afresh. A recipe with a view pool trains from `trunk_of`'s
+    trunk set in the context's store (the one `bench.work.trunk_pass` names)."""
     config = {"backbone": backbone.name, "recipe": recipe.to_dict(), "seed": seed, **meta}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     return TrainingJob(backbone=backbone.name, start=start, feature_dim=backbone.feature_dim, data=data,
                        recipe=recipe, preprocessing=backbone.preprocessing.with_size(recipe.image_size), out=out,
                        run_dir=ctx.home / "runs" / meta["dataset"] / backbone.name / f"{key}-{digest}",
-                       seed=seed, meta=meta)
+                       seed=seed, meta=meta, store=ctx.store, trunk_of=trunk_of)

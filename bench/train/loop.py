@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.atomic import atomic_path
-from bench.backbone import Preprocessing, read_checkpoint, save_checkpoint
+from bench.backbone import Backbone, Preprocessing, read_checkpoint, save_checkpoint
 from bench.digests import file_digests
 from bench.errors import BenchError
 from bench.images import IMAGES_VERSION, load_image
@@ -67,6 +67,9 @@ class TrainingJob:
     seed: int = 0
     meta: dict = field(default_factory=dict)
     store: str | None = None  # the feature store of the trunk activations a recipe with `views` trains from
+    # with `views`: the backbone whose trunk set it reads (a source stage's start; a study's own backbones are no
+    # installed plugin, so it travels with the job)
+    trunk_of: Backbone | None = None
 
 
 @dataclass

@@ -14,9 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench import paths, plugins
 from bench.train import loop
-from bench.backbone import Preprocessing, read_checkpoint
+from bench.backbone import Backbone, Preprocessing, read_checkpoint
 from bench.errors import BenchError
 from bench.extract.pipeline import Extraction
 from bench.train.recipes import Recipe
@@ -52,14 +51,17 @@ def top_trainer(job: TrainingJob, device: torch.device, generator: torch.Generat
     """The job's trainer and its training images' pools, on `device`, read from the trunk set in `job.store`."""
     net = job.start()  # seeded as the ordinary loop seeds it: the same start and the same new head
     head = nn.Linear(job.feature_dim, len(job.data.classes))
-    cut = split(plugins.get_backbone(job.backbone), net, job.recipe.train_last)
+    if job.trunk_of is None or job.store is None:
+        raise BenchError(f"the training job of {job.out} has a view pool but names no trunk set (TrainingJob.trunk_of "
+                         "and store): build it with bench.train.jobs")
+    cut = split(job.trunk_of, net, job.recipe.train_last)
     key, _ = trunk_key(cut, job.preprocessing, job.recipe.views, job.seed)
-    pools = read_pool(job.store or paths.default_store(), job.meta["dataset"], job.backbone, key, job.data.image_ids)
+    pools = read_pool(job.store, job.meta["dataset"], job.trunk_of.name, key, job.data.image_ids)
     trainer = TopTrainer(net.to(device), cut.top, head.to(device), job.recipe, job.preprocessing, generator)
     return trainer, torch.from_numpy(np.ascontiguousarray(pools)).to(device)
 
 
-def features_from_trunk(job: Extraction, weights: Path, store: str) -> None:
+def features_from_trunk(job: Extraction, backbone: Backbone, weights: Path, store: str) -> None:
     """Fill a fine-tuned feature set's missing chunks with its network's top on view 0 of the trunk set the
     fine-tune (`weights`) trained from: no image is read and the trunk does not run. The features are the
     model's within float16's precision of the trunk's activations (a few parts in 10,000 here)."""
@@ -68,7 +70,6 @@ def features_from_trunk(job: Extraction, weights: Path, store: str) -> None:
     if not recipe.get("views"):
         raise BenchError(f"{weights} was trained without a view pool, so no trunk set holds its activations: "
                          "extract without --from-trunk")
-    backbone = plugins.get_backbone(job.backbone)
     net = backbone.create(weights)
     cut = split(backbone, net, recipe["train_last"])
     key, _ = trunk_key(cut, Preprocessing.from_dict(saved["preprocessing"]), recipe["views"], seed)

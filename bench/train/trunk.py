@@ -18,22 +18,24 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 import bench
-from bench import plugins
 from bench.backbone import Backbone, Preprocessing
 from bench.dataset import image_digests
 from bench.errors import BenchError
 from bench.extract.export import ExportedModel, export_module, state_dict_sha256
 from bench.extract.pipeline import BATCH_SIZE, Batch, Extraction, chunk_rows, run_model
-from bench.train.recipes import Recipe
 from bench.train.loop import parameterised, transform
 from featurestore import FeatureStore, StoreError
+
+if TYPE_CHECKING:
+    from bench.context import Context
+    from bench.work import ExtractTrunk
 
 STORAGE = "float16"
 
@@ -102,31 +104,41 @@ def activation_shape(trunk: nn.Module, size: int) -> tuple[int, ...]:
         return tuple(trunk(torch.zeros(1, 3, size, size)).shape[1:])
 
 
-def prepare(backbone: Backbone, net: nn.Module, recipe: Recipe, dataset: str, root: Path | None, *, seed: int,
-            store: str, options: dict[str, str] | None = None, batch_size: int = BATCH_SIZE,
-            overwrite: bool = False) -> Extraction:
-    """The trunk pass of `net` (the start of `recipe`'s fine-tunes of `backbone`) over `dataset`: every image's
-    pool of `recipe.views` views; nothing is computed yet. Resumable and leased as any feature set."""
-    if not recipe.views or recipe.train_last is None:
-        raise BenchError(f"recipe {recipe.name} trains {backbone.name} without a view pool (`views`, and "
-                         "`train_last`): it has no trunk activations to store")
-    preprocessing = backbone.preprocessing.with_size(recipe.image_size)
-    cut = split(backbone, net, recipe.train_last)
-    key, weights = trunk_key(cut, preprocessing, recipe.views, seed)
-    manifest = plugins.get_dataset(dataset).manifest(root, **(options or {}))
+def prepare(unit: ExtractTrunk, ctx: Context) -> Extraction:
+    """The trunk pass `unit` asks for: every image's pool of `unit.views` views through the trunk of the backbone's
+    starting weights (those its fine-tunes start from); nothing is computed yet. Resumable and leased as any
+    feature set."""
+    backbone, cut, preprocessing = _trunk_of(unit, ctx)
+    key, weights = trunk_key(cut, preprocessing, unit.views, unit.seed)
+    manifest = unit.dataset.manifest(ctx)
     shape = activation_shape(cut.trunk, preprocessing.size)
     model = export_trunk(backbone, cut, preprocessing, shape)
-    attrs = {"model_sha256": weights, "preprocessing": preprocessing.to_dict(), "dataset": dataset,
-             "backbone": backbone.name, "key": key, "cut": cut.cut, "train_last": recipe.train_last,
-             "activation_shape": list(shape), "views": recipe.views, "view_seed": seed, "onnx_sha256": model.sha256,
-             "dataset_options": options or {}, "bench_version": bench.__version__}
-    dim = recipe.views * int(np.prod(shape))
-    writer = FeatureStore(store).open_for_write(
-        dataset, backbone.name, key, image_ids=manifest["image_id"].astype(str).to_numpy(),
-        image_digests=image_digests(manifest), dim=dim, attrs=attrs, overwrite=overwrite, dtype=STORAGE,
-        chunk_rows=chunk_rows(dim * np.dtype(STORAGE).itemsize // 4, batch_size))  # (it counts float32s)
-    return Extraction(dataset, backbone.name, key, manifest, model, writer, batch_size, todo=writer.missing_chunks(),
-                      pool_rows=ViewPool.drawn(len(manifest), recipe.views, seed).rows)
+    attrs = {"model_sha256": weights, "preprocessing": preprocessing.to_dict(), "dataset": unit.dataset.adapter,
+             "backbone": backbone.name, "key": key, "cut": cut.cut, "train_last": unit.train_last,
+             "activation_shape": list(shape), "views": unit.views, "view_seed": unit.seed,
+             "onnx_sha256": model.sha256, "dataset_options": unit.dataset.options, "bench_version": bench.__version__}
+    dim = unit.views * int(np.prod(shape))
+    writer = FeatureStore(ctx.store).open_for_write(
+        unit.dataset.adapter, backbone.name, key, image_ids=manifest["image_id"].astype(str).to_numpy(),
+        image_digests=image_digests(manifest), dim=dim, attrs=attrs, overwrite=unit.overwrite, dtype=STORAGE,
+        chunk_rows=chunk_rows(dim * np.dtype(STORAGE).itemsize // 4, unit.batch_size))  # (it counts float32s)
+    return Extraction(unit.dataset.adapter, backbone.name, key, manifest, model, writer, unit.batch_size,
+                      todo=writer.missing_chunks(), pool_rows=ViewPool.drawn(len(manifest), unit.views, unit.seed).rows)
+
+
+def set_key(unit: ExtractTrunk, ctx: Context) -> str:
+    """The store key of the set `unit` fills (it names the trunk's weights: the network is built to know it)."""
+    _, cut, preprocessing = _trunk_of(unit, ctx)
+    return trunk_key(cut, preprocessing, unit.views, unit.seed)[0]
+
+
+def _trunk_of(unit: ExtractTrunk, ctx: Context) -> tuple[Backbone, Split, Preprocessing]:
+    backbone = ctx.registry.backbone(unit.backbone)
+    if backbone.random_init:  # a random start trains every layer (Recipe.starting_from): nothing is frozen
+        raise BenchError(f"{backbone.name} starts from random weights, so its fine-tunes train the whole network "
+                         "and read no trunk activations: store none for it")
+    cut = split(backbone, backbone.create(ctx.source_weights(backbone)), unit.train_last)
+    return backbone, cut, backbone.preprocessing.with_size(unit.image_size)
 
 
 def export_trunk(backbone: Backbone, cut: Split, preprocessing: Preprocessing, shape: tuple[int, ...]) -> ExportedModel:
