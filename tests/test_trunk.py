@@ -187,3 +187,45 @@ def test_perf_train_times_the_top_from_the_cache_and_the_trunk_pass():
     recipe = TOP.with_overrides(batch_size=4)
     figures = perf_train.measure(TINY_CUT.build(), 12, TINY_CUT.preprocessing, recipe, steps=4, backbone=TINY_CUT)
     assert figures["top_loop_ips"] > 0 and figures["trunk_pass_ips"] > 0 and figures["views"] == 3
+
+
+VIEWS_STUDY = """
+description = "a tiny study whose fine-tunes train the top from cached trunk activations"
+recipe = "demo"
+seed = 0
+overrides = { epochs = 1, image_size = 32, batch_size = 8, views = 3 }
+
+[datasets.skin]
+adapter = "synthetic"
+options = { n = 60, size = 48 }
+
+[[evaluate]]
+dataset = "skin"
+split = "5x2"
+folds = ["r0f0", "r0f1"]
+protocols = ["mela-vs-ben", "mal-vs-ben"]
+finetuned = ["efficientnet-lite0"]
+"""
+
+
+@pytest.mark.slow
+def test_a_study_with_a_view_pool_runs_one_trunk_pass_for_every_fine_tune_and_reruns_nothing(tmp_path, monkeypatch):
+    from bench.study.reproduce import reproduce
+    from bench.study.runner import ran_stages
+    from bench.study.schema import load_study
+    from bench.study.workspace import Workspace
+    from tests.test_reproduce import quiet_console, write_study
+
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "user-home"))
+    study, out = load_study(write_study(tmp_path, VIEWS_STUDY, "views")), tmp_path / "out"
+    assert reproduce(study, out, quiet_console())["ran"] == 1 + 4 + 4 + 2 + 1  # trunk, fine-tunes, sets, SVMs, report
+    started = ran_stages(out / "log.jsonl")[0]
+    assert [s for s in started if s.startswith("trunk")] == ["trunk skin/efficientnet-lite0/last4-32px-3v-s0"]
+    assert started.index("trunk skin/efficientnet-lite0/last4-32px-3v-s0") < min(
+        started.index(s) for s in started if s.startswith("finetune"))
+    store = FeatureStore(Workspace(out).store)
+    assert {i.key for i in store.list() if i.key.startswith("ft-")} == {f"ft-{p}-{f}" for p in ("mela-vs-ben", "mal-vs-ben")
+                                                         for f in ("r0f0", "r0f1")}
+    cached = store.read("synthetic", "efficientnet-lite0", "ft-mela-vs-ben-r0f0")
+    assert cached.attrs["computed_from"].startswith("trunk set trunk-")  # the top on view 0: no image read again
+    assert reproduce(study, out, quiet_console()) == {"skipped": 12}
