@@ -224,8 +224,8 @@ def test_a_study_with_a_view_pool_runs_one_trunk_pass_for_every_fine_tune_and_re
     assert started.index("trunk skin/efficientnet-lite0/last4-32px-3v-s0") < min(
         started.index(s) for s in started if s.startswith("finetune"))
     store = FeatureStore(Workspace(out).store)
-    assert {i.key for i in store.list() if i.key.startswith("ft-")} == {f"ft-{p}-{f}" for p in ("mela-vs-ben", "mal-vs-ben")
-                                                         for f in ("r0f0", "r0f1")}
+    tuned = {f"ft-{p}-{f}" for p in ("mela-vs-ben", "mal-vs-ben") for f in ("r0f0", "r0f1")}
+    assert {i.key for i in store.list() if i.key.startswith("ft-")} == tuned
     cached = store.read("synthetic", "efficientnet-lite0", "ft-mela-vs-ben-r0f0")
     assert cached.attrs["computed_from"].startswith("trunk set trunk-")  # the top on view 0: no image read again
     assert reproduce(study, out, quiet_console()) == {"skipped": 12}
