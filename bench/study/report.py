@@ -120,10 +120,15 @@ class Report:
     def setup(self) -> list[str]:
         study, recipe = self.study, self.study.recipe
         trains = "the whole network" if recipe.train_last is None else f"the last {recipe.train_last} layers"
+        trains += f" from a pool of {recipe.views} cached trunk views per image" if recipe.views else ""
         lines = ["## Setup", "",
                  f"- Training recipe `{recipe.name}`: {recipe.epochs} epoch(s), lr {recipe.lr:g}, momentum "
                  f"{recipe.momentum:g}, L2 {recipe.weight_decay:g}, {recipe.image_size} px, batch "
                  f"{recipe.batch_size}, training {trains}; seed {study.seed}."]
+        if study.scratch_recipe:
+            scratch = study.scratch_recipe
+            lines.append(f"- Runs from random weights train the whole network for {scratch.epochs} epoch(s) at "
+                         f"{scratch.image_size} px, lr {scratch.lr:g}, batch {scratch.batch_size}.")
         for name, spec in study.datasets.items():
             n = len(self.data.manifests[name])
             limit = f", first {spec.limit} used for training" if spec.limit else ""

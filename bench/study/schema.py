@@ -8,6 +8,7 @@ A study file (see `bench/studies/*.toml`, listed by `bench studies`):
     seed = 0                        # seeds the splits and every training run
     bootstrap_draws = 10000         # optional: lesion-bootstrap draws behind each paired test in the report
     overrides = { image_size = 96 } # optional: recipe fields changed for this study
+    from_scratch = { image_size = 64 }  # optional: recipe fields changed again where a run starts from random weights
     architectures = ["vgg-m", "vgg16"]   # optional: Table 3, backbones compared with ImageNet + fine-tuning
 
     [datasets.skin]                 # a name used in this file -> adapter, root, adapter options, limit
@@ -67,8 +68,8 @@ from bench.work import EXTERNAL, DatasetRef
 from protocols.stats import TEST_DRAWS
 
 TRANSFER_COLUMNS = ("none", "retino", "imagenet", "double")
-TOP_KEYS = {"description", "recipe", "seed", "overrides", "architectures", "datasets", "sources", "backbones",
-            "transfer", "evaluate", "baseline", "bootstrap_draws"}
+TOP_KEYS = {"description", "recipe", "seed", "overrides", "from_scratch", "architectures", "datasets", "sources",
+            "backbones", "transfer", "evaluate", "baseline", "bootstrap_draws"}
 DATASET_KEYS = {"adapter", "root", "options", "limit"}
 BACKBONE_KEYS = {"like", "weights", "source"}
 EVALUATE_KEYS = {"dataset", "split", "folds", "protocols", "frozen", "finetuned", "reference", "train"}
@@ -114,6 +115,8 @@ class Study:
     evaluations: tuple[EvaluationSpec, ...]
     baseline: str | None = None  # the frozen evaluation every other one is tested against (a "levers" report)
     bootstrap_draws: int = TEST_DRAWS  # behind each paired test of the report: "< 2/B" must be able to pass Holm
+    # the recipe of a run from random weights, where it differs: the whole network trains, at a size it can afford
+    scratch_recipe: Recipe | None = None
 
     @property
     def synthetic(self) -> bool:
@@ -143,8 +146,11 @@ class Study:
         return spec.random or self.random_init(spec.like)
 
     def recipe_for(self, start: str) -> Recipe:
-        """The recipe of a training run starting from `start`'s weights: every layer trains from random weights."""
-        return self.recipe.starting_from(self.random_init(start))
+        """The recipe of a training run starting from `start`'s weights: every layer trains from random weights
+        (with `from_scratch`'s changes, if the study makes any)."""
+        if self.random_init(start):
+            return (self.scratch_recipe or self.recipe).starting_from(True)
+        return self.recipe
 
 
 # --- finding and reading study files --------------------------------------------------------------------------
@@ -228,6 +234,7 @@ class _Reader:
             transfer=dict(transfer),
             architectures=architectures, evaluations=evaluations, baseline=baseline,
             bootstrap_draws=self.draws(raw),
+            scratch_recipe=self.overridden(recipe, raw, "from_scratch") if "from_scratch" in raw else None,
         )
 
     # --- sections
@@ -239,13 +246,17 @@ class _Reader:
             recipe = get_recipe(str(raw["recipe"]))
         except BenchError as exc:
             raise self.fail("recipe", str(exc)) from None
-        overrides = self.table(raw, "overrides")
+        return self.overridden(recipe, raw, "overrides")
+
+    def overridden(self, recipe: Recipe, raw: dict, key: str) -> Recipe:
+        """`recipe` with the fields table `key` changes."""
+        overrides = self.table(raw, key)
         allowed = {f.name for f in fields(Recipe)} - {"name", "description"}
-        self.check_keys(overrides, allowed, "overrides")
+        self.check_keys(overrides, allowed, key)
         try:
             return recipe.with_overrides(**overrides)
         except BenchError as exc:
-            raise self.fail("overrides", str(exc)) from None
+            raise self.fail(key, str(exc)) from None
 
     def dataset(self, name: str, value: Any) -> DatasetRef:
         key = f"datasets.{name}"
