@@ -237,17 +237,17 @@ def test_a_study_plans_the_trunk_pass_before_the_fine_tunes_and_trains_random_st
     from bench.study.workspace import Workspace
     from tests.test_reproduce import write_study
 
-    text = VIEWS_STUDY.replace('finetuned = ["efficientnet-lite0"]', 'finetuned = ["efficientnet-lite0", "scratch"]')
+    text = VIEWS_STUDY.replace('finetuned = ["efficientnet-lite0"]', 'finetuned = ["efficientnet-lite0", "random"]')
     text = text.replace("[datasets.skin]", 'from_scratch = { image_size = 48, epochs = 2 }\n\n[datasets.skin]')
-    text += '\n[backbones.scratch]\nlike = "efficientnet-lite0"\nweights = "random"\n'
+    text += '\n[backbones.random]\nlike = "efficientnet-lite0"\nweights = "random"\n'
     study = load_study(write_study(tmp_path, text, "views"))
     units = {u.key: u for u in plan(study, {0: ["r0f0", "r0f1"]}, Workspace(tmp_path).context(study))}
     trunk = "trunk skin/efficientnet-lite0/last4-32px-3v-s0"
     assert [k for k in units if k.startswith("trunk")] == [trunk]
-    pretrained, scratch = units["finetune skin/efficientnet-lite0/ft-mela-vs-ben-r0f1"], units[
-        "finetune skin/scratch/ft-mela-vs-ben-r0f1"]
+    pretrained = units["finetune skin/efficientnet-lite0/ft-mela-vs-ben-r0f1"]
+    scratch = units["finetune skin/random/ft-mela-vs-ben-r0f1"]
     assert pretrained.deps == (trunk,) and pretrained.recipe.views == 3
     assert units["extract skin/efficientnet-lite0/ft-mela-vs-ben-r0f1"].from_trunk
     assert scratch.deps == () and scratch.recipe.views is None and scratch.recipe.train_last is None
     assert (scratch.recipe.image_size, scratch.recipe.epochs) == (48, 2)  # from_scratch, the whole network
-    assert not units["extract skin/scratch/ft-mela-vs-ben-r0f1"].from_trunk
+    assert not units["extract skin/random/ft-mela-vs-ben-r0f1"].from_trunk
