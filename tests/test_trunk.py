@@ -251,3 +251,11 @@ def test_a_study_plans_the_trunk_pass_before_the_fine_tunes_and_trains_random_st
     assert scratch.deps == () and scratch.recipe.views is None and scratch.recipe.train_last is None
     assert (scratch.recipe.image_size, scratch.recipe.epochs) == (48, 2)  # from_scratch, the whole network
     assert not units["extract skin/random/ft-mela-vs-ben-r0f1"].from_trunk
+
+
+def test_bench_extract_trunk_builds_the_unit_and_refuses_a_recipe_without_a_pool(tiny_cut, tmp_path):
+    args = ["extract", "--backbone", "tiny-cut", "--dataset", "synthetic", "--store", str(tmp_path), *OPTIONS]
+    result = CliRunner().invoke(app, [*args, "--trunk", "demo"])
+    assert "recipe demo trains tiny-cut without a view pool" in str(result.exception)
+    result = CliRunner().invoke(app, [*args, "--trunk", "cpu224", "--fold", "r0f0"])
+    assert "drop --protocol, --fold" in str(result.exception)
