@@ -79,8 +79,7 @@ def write(study: Study, ws: Workspace, data: StudyData) -> str:
     results, predictions = read_tables(ws.results, ws.predictions)
     note = _synthetic_note(study) if study.synthetic else ""
     render(results, ws.leaderboard, predictions, note=note)
-    report = Report(study, data, results, predictions)
-    text = report.markdown()
+    text = ReportPage(study, data, results, predictions).markdown()
     atomic.write_text(ws.report, text)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -93,7 +92,9 @@ def _synthetic_note(study: Study) -> str:
             "melanoma screening. The paper's numbers are shown for layout only.")
 
 
-class Report:
+class ReportPage:
+    """The report's markdown, built from the study and its tables (the `Report` unit of work runs `write`)."""
+
     def __init__(self, study: Study, data: StudyData, results: pd.DataFrame, predictions: pd.DataFrame):
         self.study, self.data, self.results, self.predictions = study, data, results, predictions
         self.summary = summarise(results)
