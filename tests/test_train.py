@@ -18,7 +18,8 @@ from bench.context import Context, Registry
 from bench.errors import BenchError
 from bench.extract.export import export_onnx
 from bench.extract.pipeline import prepare
-from bench.evaluate.features import SOURCE_OVERLAP, reader
+from bench.evaluate.features import reader
+from bench.overlap import SOURCE_OVERLAP
 from bench.hookspecs import hookimpl
 from bench.train.jobs import finetune_job, source_stage_job
 from bench.train.recipes import get_recipe, recipes

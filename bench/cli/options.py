@@ -39,7 +39,7 @@ def parse_pairs(pairs: list[str], option: str = "--option", what: str = "key=val
 # importing the modules that define them (tests/test_imports.py checks both lists agree)
 DesignName = Literal["mal-vs-ben", "mela-vs-ben", "mela-vs-carc-vs-ben"]  # protocols.designs.DESIGNS
 SplitName = Literal["5x2", "official", "reference"]  # protocols.splits.SPLITS
-TTAName = Literal["dihedral"]  # bench.extract.tta.VIEWS
+TTAName = Literal["dihedral"]  # featurestore.keys.TTA_VIEWS
 
 TTAOption = Annotated[Optional[TTAName], typer.Option(
     "--tta", help="Test-time augmentation: `dihedral` stores each image's mean feature over its 8 flips/rotations "

@@ -24,12 +24,12 @@ from bench.context import Context
 from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
 from bench.extract.export import ExportedModel, export_onnx
-from bench.evaluate.features import ID_ONLY, SOURCE_OVERLAP
 from bench.images import load_image
-from bench.overlap import TRAINED_ON, find_overlap
+from bench.overlap import ID_ONLY, SOURCE_OVERLAP, TRAINED_ON, find_overlap
 from bench.threads import count as thread_count
 from bench.work import Extract
 from featurestore import FeatureStore, SetWriter
+from featurestore.keys import check_tta
 
 BATCH_SIZE = 32
 CHUNK_BYTES = 4 << 20  # target size of one store chunk of features
@@ -227,7 +227,7 @@ def prepare(unit: Extract, ctx: Context) -> Extraction:
         raise BenchError("--batch-size and --limit must be at least 1")
     if (unit.protocol is None) != (unit.fold is None):
         raise BenchError("a fine-tuned feature set needs both --protocol and --fold")
-    views.check(unit.tta)
+    check_tta(unit.tta)
     backbone = ctx.registry.backbone(unit.backbone)
     features = FeatureStore(ctx.store)
     features.exists()  # an unusable store URL fails now, not after the export
