@@ -23,7 +23,8 @@ from bench.backbone import Backbone, Preprocessing, read_checkpoint
 from bench.context import Context
 from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
-from bench.extract.export import ExportedModel, export_onnx
+from bench.extract.export import export_onnx
+from bench.extract.model_cache import ExportedModel
 from bench.images import load_image
 from bench.overlap import ID_ONLY, SOURCE_OVERLAP, TRAINED_ON, find_overlap
 from bench.threads import count as thread_count
