@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from bench import atomic, paths
-from bench.backbone import Backbone, Preprocessing, checkpoint_preprocessing
+from bench.backbone import Backbone, Checkpoint, Preprocessing
 from bench.digests import file_digest
 from bench.errors import BenchError
 from bench.extract import graph_cache, model_cache, weights_memo
@@ -29,38 +29,40 @@ if TYPE_CHECKING:  # torch and onnx are imported where a network is built: a re-
 PARITY_RTOL = 1e-3  # bound on max |onnx - torch|, relative to the largest torch feature
 
 
-def export_onnx(backbone: Backbone, weights: Path | None = None, preprocessing: Preprocessing | None = None,
-                home: Path | None = None) -> ExportedModel:
-    """The backbone with `weights` (else its initial weights) as ONNX with a dynamic batch axis, cached under
-    `home` (default: the user's).
+def export_onnx(backbone: Backbone, weights: Path | Checkpoint | None = None,
+                preprocessing: Preprocessing | None = None, home: Path | None = None) -> ExportedModel:
+    """The backbone with `weights` (a file, or a checkpoint already read; else its initial weights) as ONNX with a
+    dynamic batch axis, cached under `home` (default: the user's). The checkpoint is read at most once.
 
     From a weights file (a fine-tune, a source stage, --weights), the weights-file memo finds the model exported
     from it before without building the network, so a finished `bench extract` re-runs at once. Initial weights
     have no such key (a plugin may change them in code), so they are built and hashed.
     """
     cache = paths.onnx_dir(home or paths.home())
-    if weights is None or not Path(weights).is_file():  # a missing file is reported by the checkpoint reader
-        return _find_or_export(backbone, weights, preprocessing, cache)
-    memo = weights_memo.memo_path(backbone, Path(weights), preprocessing, cache)
+    checkpoint = Checkpoint.of(weights) if weights is not None else None
+    if checkpoint is None or not checkpoint.path.is_file():  # a missing file is reported by the checkpoint reader
+        return _find_or_export(backbone, checkpoint, preprocessing, cache)
+    memo = weights_memo.memo_path(backbone, checkpoint.path, preprocessing, cache)
     model = weights_memo.remembered(memo, backbone)
     if model is None:
-        model = _find_or_export(backbone, weights, preprocessing, cache)
+        model = _find_or_export(backbone, checkpoint, preprocessing, cache)
         weights_memo.remember(memo, model)
     return model
 
 
-def _find_or_export(backbone: Backbone, weights: Path | None, preprocessing: Preprocessing | None,
+def _find_or_export(backbone: Backbone, checkpoint: Checkpoint | None, preprocessing: Preprocessing | None,
                     cache: Path) -> ExportedModel:
-    """The backbone with `weights` (else its initial weights) as ONNX with a dynamic batch axis.
+    """The backbone with the checkpoint's weights (else its initial weights) as ONNX with a dynamic batch axis.
 
     The preprocessing defaults to the one saved in the checkpoint (fine-tunes may use another size), else the
     backbone's; a size asked for by name (`name@SIZE`) beats the checkpoint's.
     """
     if preprocessing is None:
-        trained_at = weights and not backbone.size_fixed
-        preprocessing = checkpoint_preprocessing(weights, backbone.preprocessing) if trained_at else backbone.preprocessing
-    net = backbone.create(weights)
-    source = {"weights": str(weights), "sha256": file_digest(weights)} if weights else "initial weights"
+        trained_at = checkpoint and not backbone.size_fixed
+        preprocessing = checkpoint.preprocessing(backbone.preprocessing) if trained_at else backbone.preprocessing
+    net = backbone.create(checkpoint)
+    source = ({"weights": str(checkpoint.path), "sha256": file_digest(checkpoint.path)} if checkpoint
+              else "initial weights")
     return export_module(net, backbone, preprocessing, source, cache)
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 import bench
 from bench import paths
 from bench.extract import tta as views
-from bench.backbone import Backbone, Preprocessing, read_checkpoint
+from bench.backbone import Checkpoint, Preprocessing
 from bench.context import Context
 from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
@@ -202,14 +202,13 @@ def chunk_rows(dim: int, batch_size: int) -> int:
     return max(batch_size, rows // batch_size * batch_size)
 
 
-def source_overlap(backbone: Backbone, manifest: pd.DataFrame, ctx: Context) -> dict:
-    """The attrs that record which of the manifest's images are pictures the backbone's source stage trained on
-    (none for a backbone without one). Recorded, not refused: the set may be an SVM's training side, which may be;
-    evaluation refuses them on the test side."""
-    output = ctx.source_weights(backbone)
-    meta = read_checkpoint(output).get("meta", {}) if output else {}
+def source_overlap(backbone: str, source: Checkpoint | None, manifest: pd.DataFrame) -> dict:
+    """The attrs that record which of the manifest's images are pictures `backbone`'s source stage (whose trained
+    weights are `source`) trained on; none without one. Recorded, not refused: the set may be an SVM's training
+    side, which may be; evaluation refuses them on the test side."""
+    meta = source.meta if source else {}
     if ID_ONLY in meta and TRAINED_ON not in meta:
-        raise BenchError(f"{output} records the images its source stage trained on by id only: train {backbone.name}'s "
+        raise BenchError(f"{source.path} records the images its source stage trained on by id only: train {backbone}'s "
                          "source stage again so that they are compared with the images scored by content")
     if TRAINED_ON not in meta:
         return {}
@@ -235,17 +234,21 @@ def prepare(unit: Extract, ctx: Context) -> Extraction:
     manifest = dataset.manifest(ctx)
     if limit is not None:
         manifest = manifest.head(limit)
-    weights = ctx.source_weights(backbone)
+    # each checkpoint is read once, whatever asks for its parts: the overlap guard, the export, the fold record
+    source_weights = ctx.source_weights(backbone)
+    source = Checkpoint(source_weights) if source_weights else None
+    checkpoint = source
     if unit.fold is not None:
-        weights = paths.finetuned_checkpoint(ctx.home, dataset.adapter, unit.backbone, unit.protocol, unit.fold)
-        if not weights.is_file():
-            raise BenchError(f"no fine-tuned checkpoint {weights}: fine-tune {unit.backbone} on {dataset.adapter} "
-                             f"for protocol {unit.protocol}, fold {unit.fold} first (`bench train`)")
-    guard = source_overlap(backbone, manifest, ctx)
-    model = export_onnx(backbone, weights, home=ctx.home)
+        checkpoint = Checkpoint(paths.finetuned_checkpoint(ctx.home, dataset.adapter, unit.backbone, unit.protocol,
+                                                           unit.fold))
+        if not checkpoint.path.is_file():
+            raise BenchError(f"no fine-tuned checkpoint {checkpoint.path}: fine-tune {unit.backbone} on "
+                             f"{dataset.adapter} for protocol {unit.protocol}, fold {unit.fold} first (`bench train`)")
+    guard = source_overlap(backbone.name, source, manifest)
+    model = export_onnx(backbone, checkpoint, home=ctx.home)
     key = unit.set_key
     # a fine-tuned set carries its checkpoint's record of the fold it trained on: evaluation checks it
-    record = read_checkpoint(weights).get("meta", {}).get("fold_record") if unit.fold is not None else None
+    record = checkpoint.meta.get("fold_record") if unit.fold is not None else None
     attrs = {
         "model_sha256": model.sha256,
         "preprocessing": model.preprocessing.to_dict(),
@@ -254,7 +257,7 @@ def prepare(unit: Extract, ctx: Context) -> Extraction:
         "backbone": unit.backbone,
         "key": key,
         "tta": unit.tta or "none",
-        "weights": str(weights) if weights else "initial weights",
+        "weights": str(checkpoint.path) if checkpoint else "initial weights",
         "dataset_options": dataset.options,
         "bench_version": bench.__version__,
         **({"fold_record": record} if unit.fold is not None else {}),
