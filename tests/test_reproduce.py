@@ -184,7 +184,7 @@ def write_study(folder: Path, text: str = TINY, name: str = "tiny") -> Path:
 
 
 @pytest.mark.parametrize("change, message", [
-    (("recipe = \"demo\"", "recipe = \"demo\"\nbogus = 1"), "top level: unknown key(s) ['bogus']"),
+    (("recipe = \"demo\"", "recipe = \"demo\"\nbogus = 1"), "bogus: unknown key; allowed: architectures,"),
     (("recipe = \"demo\"", ""), "recipe: missing"),
     (("recipe = \"demo\"", "recipe = \"nope\""), "recipe: unknown recipe 'nope'"),
     (("adapter = \"synthetic\"", "adapter = \"ham10000\""), "datasets.skin.root: not set"),
@@ -193,14 +193,18 @@ def write_study(folder: Path, text: str = TINY, name: str = "tiny") -> Path:
     (("protocols = [\"mela-vs-ben\"]", "protocols = [\"mela\"]"), "evaluate[0].protocols: unknown protocol 'mela'"),
     (("split = \"official\"", "split = \"3x3\""), "evaluate[0].split: unknown split '3x3'"),
     (("finetuned = [\"efficientnet-lite0\", \"lite0-double\"]", "finetuned = [\"lite1\"]"),
-     "evaluate[0].finetuned: unknown backbone 'lite1'"),
+     "evaluate[0].finetuned[0]: unknown backbone 'lite1'"),
     (("finetuned = [\"efficientnet-lite0\", \"lite0-double\"]", "finetuned = [\"retino\"]"),
      "name the study's dataset for it under [sources]"),
     (("like = \"efficientnet-lite0\"", "like = \"lite9\""), "backbones.lite0-double.like: unknown backbone 'lite9'"),
     (("source = \"fundus\"", "source = \"eyes\""), "backbones.lite0-double.source: 'eyes' is not a dataset"),
     (("source = \"fundus\"", "source = \"fundus\"\nweights = \"random\""), "define the random backbone first"),
-    (("imagenet = ", "web = "), "transfer: unknown key(s) ['web']"),
+    (("imagenet = ", "web = "), "transfer.web: must be one of 'none', 'retino', 'imagenet' or 'double'"),
     (("[[evaluate]]", "[[evaluate]\n"), "not a readable TOML study file"),
+    (("seed = 0", "seed = -1"), "seed: must be zero or more"),
+    (("epochs = 1", "epohcs = 1"), "overrides.epohcs: unknown key (did you mean 'epochs'?)"),
+    (("protocols = [\"mela-vs-ben\"]", "protocol = [\"mela-vs-ben\"]"),
+     "evaluate[0].protocol: unknown key (did you mean 'protocols'?)"),
 ])
 def test_a_bad_study_file_is_refused_naming_the_file_and_the_key(tmp_path, change, message):
     old, new = change

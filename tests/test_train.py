@@ -355,7 +355,7 @@ def test_recipe_overrides_are_checked():
     cpu = get_recipe("cpu")
     assert cpu.augment == "all" and get_recipe("paper").augment == "minority"  # the paper's stays the paper's
     assert cpu.with_overrides(head_epochs=0, augment="minority").head_epochs == 0
-    with pytest.raises(BenchError, match="--augment must be one of minority, all"):
+    with pytest.raises(BenchError, match="--augment must be one of 'minority' or 'all'"):
         cpu.with_overrides(augment="sideways")
     with pytest.raises(BenchError, match="--head-epochs must be zero or more"):
         cpu.with_overrides(head_epochs=-1)
