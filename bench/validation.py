@@ -53,11 +53,11 @@ def validate(kind: type[T], data: Any, where: str, context: dict | None = None) 
 UNKNOWN = ("extra_forbidden", "unexpected_keyword_argument")  # a key the table does not take
 
 
-def explain(exc: ValidationError, kind: type | None = None, top: str = "top level") -> str:
-    """One failure as `key: what to do` (`top` where it is about the whole table): an unknown key first, since a
-    misspelt key is also the cause of the `missing` one it was meant to be."""
+def explain(exc: ValidationError, kind: type | None = None) -> str:
+    """One failure as `key: what to do`: an unknown key first, since a misspelt key is also the cause of the
+    `missing` one it was meant to be."""
     error = first(exc)
-    return f"{location(error['loc']) or top}: {message(error, kind)}"
+    return f"{location(error['loc']) or 'top level'}: {message(error, kind)}"
 
 
 def first(exc: ValidationError) -> dict:
@@ -96,6 +96,7 @@ def message(error: dict, kind: type | None = None) -> str:
 
 
 def unknown_key(key: str, allowed: list[str]) -> str:
+    """What to say of `key`, which a table taking `allowed` does not."""
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown key{hint}; allowed: {', '.join(sorted(allowed))}" if allowed else f"unknown key{hint}"

@@ -364,6 +364,24 @@ def test_recipe_overrides_are_checked():
 
 
 
+def test_a_bad_recipes_file_is_refused_naming_the_recipe_and_the_field(tmp_path, monkeypatch):
+    from bench.train import recipes as module
+
+    text = module.RECIPES_FILE.read_text()
+    for old, new, message in [("epochs = 2", "epochs = 0", "demo.epochs: must be positive"),
+                              ("epochs = 2", "epohcs = 2", "demo.epohcs: unknown key (did you mean 'epochs'?)"),
+                              ("lr = 1e-3", "lr = \"fast\"", "paper.lr: must be a number")]:
+        assert old in text
+        bad = tmp_path / "recipes.toml"
+        bad.write_text(text.replace(old, new, 1))
+        monkeypatch.setattr(module, "RECIPES_FILE", bad)
+        module.recipes.cache_clear()
+        with pytest.raises(BenchError) as error:
+            module.recipes()
+        assert str(error.value).startswith(f"{bad}: {message}")
+    module.recipes.cache_clear()  # the next test reads the real file again
+
+
 def test_a_random_start_trains_every_layer_whatever_the_recipe_freezes():
     top_only = RECIPE.with_overrides(train_last=2)
     assert _job(recipe=top_only).recipe.train_last == 2  # pretrained: the recipe's choice stands

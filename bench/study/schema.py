@@ -69,6 +69,7 @@ from bench.paths import check_name
 from bench.train.recipes import Recipe, get_recipe
 from bench.validation import Table, unknown_key, validate
 from bench.work import EXTERNAL, DatasetRef
+from featurestore.errors import StoreError
 from protocols.stats import TEST_DRAWS
 
 TRANSFER_COLUMNS = ("none", "retino", "imagenet", "double")
@@ -138,10 +139,11 @@ class Study:
 # The validation context holds what names are checked against: the study's datasets and every backbone it may name.
 
 def _bench_error(check: Any, *args: Any) -> Any:
-    """`check(*args)`, with its BenchError raised as the ValueError pydantic reports at the key."""
+    """`check(*args)`, with its BenchError (or the store's, for a set's key) raised as the ValueError pydantic
+    reports at the key."""
     try:
         return check(*args)
-    except BenchError as exc:
+    except (BenchError, StoreError) as exc:
         raise ValueError(str(exc)) from None
 
 

@@ -83,8 +83,8 @@ def recipes() -> dict[str, Recipe]:
     from bench.validation import validate
 
     table = tomllib.loads(RECIPES_FILE.read_text())
-    found = {name: validate(Recipe, {"name": name, **values}, f"{RECIPES_FILE}: {name}")
-             for name, values in table.items()}
+    found = validate(dict[str, Recipe], {name: {"name": name, **values} for name, values in table.items()},
+                     str(RECIPES_FILE))
     for name, recipe in found.items():
         if recipe.views and recipe.train_last is None:
             raise BenchError(f"{RECIPES_FILE}: {name}.views: needs train_last (only a top trains from cached trunk "
