@@ -406,7 +406,8 @@ def _dataset(path: Path, name: str, dataset: DatasetTable, root_given: Path | No
                     f"its files. Fill it in (copy the study with `bench studies {path.stem} > my-study.toml`) "
                     f"or pass --root {name}=PATH")
     if root and not Path(root).is_dir():
-        raise _fail(path, f"datasets.{name}.root", f"{root} is not a folder (relative roots are read from {Path.cwd()})")
+        raise _fail(path, f"datasets.{name}.root", f"{root} is not a folder (relative roots are read from "
+                    f"{Path.cwd()})")
     return DatasetRef(name, dataset.adapter, {k: str(v) for k, v in dataset.options.items()}, dataset.limit,
                       Path(root) if root else None)
 

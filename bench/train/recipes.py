@@ -7,7 +7,7 @@ pydantic validates a recipe against them where one is read or changed, and is im
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
