@@ -59,7 +59,7 @@ def compare(
         unit = Evaluate(backbone, DatasetRef.of(dataset, root, parse_pairs(option)), protocol, split,
                         finetuned=finetuned, seed=seed, reference=reference_dir, train_dataset=training)
         if predictions is not None:
-            return _stored_predictions(predictions, unit.target, protocol, backbone, finetuned, split)
+            return _stored_predictions(predictions, unit.target, protocol, backbone, finetuned, split, seed)
         return run_evaluation(unit, Context.for_user(store)).predictions
 
     draws = draws or stats.TEST_DRAWS
@@ -100,12 +100,12 @@ def _finite(value: float) -> float | None:
 
 
 def _stored_predictions(path: Path, dataset: str, protocol: str, backbone: str, finetuned: bool,
-                        split: str) -> pd.DataFrame:
+                        split: str, seed: int) -> pd.DataFrame:
     from bench.evaluate.results import matching, read_table
 
     rows = matching(read_table(path), dataset=dataset, protocol=protocol, backbone=backbone, finetuned=finetuned,
-                  split=split)
+                    split=split, seed=seed)
     if rows.empty:
-        raise BenchError(f"{path} has no predictions for {backbone} ({dataset}, {protocol}, split {split}"
-                         f"{', fine-tuned' if finetuned else ''}): run `bench evaluate ... --predictions {path}`")
+        raise BenchError(f"{path} has no predictions for {backbone} ({dataset}, {protocol}, split {split}, seed "
+                         f"{seed}{', fine-tuned' if finetuned else ''}): run `bench evaluate ... --predictions {path}`")
     return rows.dropna(axis=1, how="all")

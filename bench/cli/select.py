@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from bench.cli.app import app
-from bench.cli.options import Dataset, Finetuned, JsonOption, Protocol, Results, Split
+from bench.cli.options import Dataset, Finetuned, JsonOption, Protocol, Results, Seed, Split
 from bench.cli.output import console, err_console, print_json, table
 from bench.paths import DEFAULT_RESULTS
 
@@ -22,6 +22,7 @@ def select_command(
     dataset: Dataset,
     finetuned: Finetuned = False,
     split: Split = "5x2",
+    seed: Seed = 0,
     results: Results = DEFAULT_RESULTS,
     predictions: Annotated[Path, typer.Option(help="Per-image test scores written by `bench evaluate "
                                                    "--predictions`.")] = ...,
@@ -33,10 +34,10 @@ def select_command(
     from bench.evaluate.select import command, select
 
     check_writable(results, predictions)
-    line = command(candidates, dataset=dataset, protocol=protocol, split=split, finetuned=finetuned,
+    line = command(candidates, dataset=dataset, protocol=protocol, split=split, seed=seed, finetuned=finetuned,
                    results=str(results), predictions=str(predictions))
     chosen = select(*read_tables(results, predictions), candidates, dataset=dataset, protocol=protocol,
-                    split=split, finetuned=finetuned, command=line)
+                    split=split, seed=seed, finetuned=finetuned, command=line)
     r = chosen.results
     if as_json:
         print_json({"backbone": chosen.name, "auc": r["auc"].mean(), "ci_low": r["auc_ci_low"].iloc[0],

@@ -89,7 +89,7 @@ def _has_results(ws: Workspace, unit: Evaluate) -> bool:
     if not (ws.results.is_file() and ws.predictions.is_file()):
         return False
     rows = matching(read_table(ws.results), dataset=unit.target, protocol=unit.protocol,
-                    backbone=unit.features, finetuned=unit.finetuned, split=unit.split)
+                    backbone=unit.features, finetuned=unit.finetuned, split=unit.split, seed=unit.seed)
     return set(rows["fold"]) == (set(unit.folds) if unit.split != EXTERNAL else {"all"})
 
 
