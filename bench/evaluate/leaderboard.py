@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bench import atomic
-from bench.evaluate.results import EVALUATION, matching
+from bench.evaluate.results import EVALUATION, matching, with_seed
 from protocols.designs import DESIGNS
 from protocols.metrics import METRICS
 from protocols.stats import format_mean_sd, mean_sd
@@ -29,7 +29,7 @@ FPR_GRID = np.linspace(0, 1, 201)
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """One row per evaluation: mean and sd of each metric over folds, the AUC interval, folds, command."""
     rows = []
-    for identity, group in results.groupby(EVALUATION, sort=False):
+    for identity, group in with_seed(results).groupby(EVALUATION, sort=False):
         row = dict(zip(EVALUATION, identity))
         for metric in METRICS:
             row[metric], row[f"{metric}_sd"] = mean_sd(group[metric]) if metric in group else (np.nan, np.nan)
@@ -112,7 +112,7 @@ def split_name(split: str, seed: int) -> str:
 def _roc_png(dataset: str, protocol: str, summary: pd.DataFrame, predictions: pd.DataFrame,
              folder: Path) -> Path | None:
     """Fold-averaged ROC curves (the positive class, melanoma or malignant, vs. the rest) of this section."""
-    mine = matching(predictions, dataset=dataset, protocol=protocol)
+    mine = matching(with_seed(predictions), dataset=dataset, protocol=protocol)
     if mine.empty:
         return None
     import matplotlib  # here, not at the top: evaluating must not pay for matplotlib

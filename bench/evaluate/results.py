@@ -38,7 +38,7 @@ def read_table(path: Path) -> pd.DataFrame:
         raise _unreadable(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if not isinstance(table.index, pd.RangeIndex):  # pandas turns the extra leading fields of long rows into an index
         raise _unreadable(path, "some rows have more fields than the header")
-    table = _with_seed(table)
+    table = with_seed(table)
     keys = [k for k in PREDICTION_KEY if k in table]
     short = table.index[table[keys].isna().any(axis=1)]
     if len(short):
@@ -48,7 +48,7 @@ def read_table(path: Path) -> pd.DataFrame:
     return table
 
 
-def _with_seed(table: pd.DataFrame) -> pd.DataFrame:
+def with_seed(table: pd.DataFrame) -> pd.DataFrame:
     """Rows from before the seed was part of the key are seed 0's (an unrelated CSV is left for the caller to
     refuse)."""
     if "dataset" not in table:
@@ -127,7 +127,7 @@ def upsert(*updates: tuple[Path, pd.DataFrame, list[str]]) -> list[pd.DataFrame]
 
 
 def _merged(path: Path, rows: pd.DataFrame, key: list[str]) -> pd.DataFrame:
-    rows = _with_seed(rows)
+    rows = with_seed(rows)
     if not path.is_file():
         return rows
     old = read_table(path)
