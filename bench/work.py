@@ -204,7 +204,8 @@ class Evaluate(Work):
     @property
     def key(self) -> str:
         data = f"{self.train_dataset.name}->{self.dataset.name}" if self.train_dataset else self.dataset.name
-        return f"evaluate {data}/{self.features}/{self.protocol}/{'ft' if self.finetuned else 'frozen'}"
+        partition = f" seed {self.seed}" if self.seed else ""  # a confirmation study's fresh partitions
+        return f"evaluate {data}/{self.features}/{self.protocol}/{'ft' if self.finetuned else 'frozen'}{partition}"
 
     def command(self, store: str | None = None) -> str:
         """The `bench evaluate` command line that regenerates this evaluation's rows (`store`: a store that is

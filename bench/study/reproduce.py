@@ -13,10 +13,10 @@ from rich.console import Console
 
 from bench.context import Context
 from bench.study.executors import InProcess, RayStages
-from bench.study.plan import StudyData, plan
+from bench.study.plan import StudyData, candidates, changed_since, plan
 from bench.study.runner import Action, Ledger, execute
 from bench.study.schema import Study
-from bench.work import EXTERNAL, Evaluate, Extract
+from bench.work import EXTERNAL, Evaluate, Extract, Work
 from bench.study.workspace import Workspace
 
 
@@ -30,15 +30,26 @@ def reproduce(study: Study, out: Path, console: Console, executor: str = "local"
     ctx = ws.context(study)
     data = StudyData.load(study, ctx)
     units = plan(study, data.fold_keys, ctx)
+    ledger = Ledger(ws.ledger)
+    flags = _not_confirmatory(study, units, ledger)
     runner = RayStages(ctx, address) if executor == "ray" else InProcess(ctx)
-    counts = execute(units, Ledger(ws.ledger), actions(study, ws, data, ctx), data.identity, ws.log, console,
-                     runner)
+    counts = execute(units, ledger, actions(study, ws, data, ctx, flags), data.identity, ws.log, console, runner)
     console.print(f"{counts['ran']} stage(s) run, {counts['skipped']} unchanged and skipped", highlight=False)
     return counts
 
 
-def actions(study: Study, ws: Workspace, data: StudyData, ctx: Context) -> dict[str, Action]:
-    """Each kind's function, how the study knows its output is still there, and what it keeps of it."""
+def _not_confirmatory(study: Study, units: list[Work], ledger: Ledger) -> dict[str, str]:
+    """The candidates added or changed since confirmation started, each with why; the first run that plans
+    confirmation records the candidate list in the ledger before any confirmation result exists."""
+    if study.confirm is None:
+        return {}
+    now = candidates(study, units)
+    return changed_since(ledger.start_confirmation(now), now)
+
+
+def actions(study: Study, ws: Workspace, data: StudyData, ctx: Context, flags: dict[str, str]) -> dict[str, Action]:
+    """Each kind's function, how the study knows its output is still there, and what it keeps of it (`flags`:
+    candidates that are not confirmatory, for the report)."""
     from bench.study import report
     from bench.evaluate.score import evaluate
     from bench.train.jobs import finetune, train_source
@@ -49,7 +60,8 @@ def actions(study: Study, ws: Workspace, data: StudyData, ctx: Context) -> dict[
         "extract": Action(_extract, present=_StoreSnapshot(ws.store).has),
         "evaluate": Action(evaluate, present=lambda s: _has_results(ws, s),
                            keep=lambda s, done: _keep_evaluation(ws, done)),
-        "report": Action(lambda s, ctx: report.write(study, ws, data), present=lambda s: ws.report.is_file()),
+        "report": Action(lambda s, ctx: report.write(study, ws, data, flags),
+                         present=lambda s: ws.report.is_file()),
     }
 
 

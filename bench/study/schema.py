@@ -48,6 +48,10 @@ A study file (see `bench/studies/*.toml`, listed by `bench studies`):
     frozen = ["retino", "efficientnet-lite0"]          # features of the backbone as it is (no FT)
     finetuned = ["scratch", "retino", "efficientnet-lite0", "lite0-double"]   # fine-tuned per fold (FT)
 
+    [confirm]                       # optional: data the candidates were not chosen on (see plan.confirmations)
+    seeds = [1]                     #   fresh 5x2 partitions of each 5x2 evaluation's dataset
+    external = [{ train = "skin", dataset = "ph2" }]   # the SVM learns on all of `train`, scored on all of `dataset`
+
 A training run that starts from random weights trains every layer, whatever the recipe's `train_last` says:
 freezing random layers would not be training from scratch.
 """
@@ -101,6 +105,7 @@ class Study:
     evaluations: tuple[EvaluationSpec, ...]
     baseline: str | None = None  # the frozen evaluation every other one is tested against (a "levers" report)
     bootstrap_draws: int = TEST_DRAWS  # behind each paired test of the report: "< 2/B" must be able to pass Holm
+    confirm: ConfirmTable | None = None  # None: the report's claims are exploratory
 
     @property
     def synthetic(self) -> bool:
@@ -293,6 +298,26 @@ class EvaluationSpec(Table):
         return self
 
 
+class ExternalPair(Table):
+    """A [confirm] external pair: the SVM learns on all of `train` and is scored on all of `dataset`."""
+
+    train: DatasetName = Field(description="name the dataset of this study the SVM learns on")
+    dataset: DatasetName = Field(description="name the dataset of this study it scores")
+
+
+class ConfirmTable(Table):
+    """[confirm]: data the development candidates were not chosen on (what it confirms: `plan.confirmations`)."""
+
+    seeds: tuple[Annotated[StrictInt, Field(ge=0)], ...] = ()  # fresh 5x2 partitions of the 5x2 evaluations
+    external: tuple[ExternalPair, ...] = ()
+
+    @model_validator(mode="after")
+    def _names_data(self) -> ConfirmTable:
+        if not self.seeds and not self.external:
+            raise ValueError("names no confirmation data: give seeds = [1] and/or external pairs")
+        return self
+
+
 class StudyFile(Table):
     """The whole file: its top-level keys, then one field per table."""
 
@@ -309,6 +334,7 @@ class StudyFile(Table):
     architectures: tuple[Features, ...] = ()
     evaluate: tuple[EvaluationSpec, ...] = Field((), validate_default=True)
     baseline: Features | None = None
+    confirm: ConfirmTable | None = None
 
     @field_validator("evaluate")
     @classmethod
@@ -353,6 +379,9 @@ def load_study(spec: str | Path, roots: dict[str, Path] | None = None) -> Study:
     roots = roots or {}
     datasets = _datasets(path, table, roots)
     _check_sources_needed(path, table)
+    if table.confirm and table.seed in table.confirm.seeds:
+        raise _fail(path, "confirm.seeds", f"seed {table.seed} draws the development partitions; confirm on others, "
+                    f"e.g. [{table.seed + 1}]")
     limited = sorted(n for n in {e.dataset for e in table.evaluate} if datasets[n].limit)
     if limited:
         raise _fail(path, f"datasets.{limited[0]}.limit", "a target dataset is evaluated whole; `limit` is for "
@@ -361,7 +390,7 @@ def load_study(spec: str | Path, roots: dict[str, Path] | None = None) -> Study:
         name=path.stem, path=path, description=table.description, recipe=_recipe(path, table), seed=table.seed,
         datasets=datasets, sources=dict(table.sources), backbones=_backbones(path, table),
         transfer=dict(table.transfer), architectures=table.architectures, evaluations=table.evaluate,
-        baseline=table.baseline, bootstrap_draws=table.bootstrap_draws,
+        baseline=table.baseline, bootstrap_draws=table.bootstrap_draws, confirm=table.confirm,
     )
 
 
