@@ -523,3 +523,159 @@ frozen = ["efficientnet-lite0 [power]"]
     with pytest.raises(BenchError, match=r"evaluate\[1\].finetuned: an external evaluation"):
         load_study(write_study(tmp_path, text.replace('frozen = ["efficientnet-lite0 [power]"]',
                                                       'finetuned = ["efficientnet-lite0"]')), {"other": tmp_path})
+
+
+# --- confirmatory studies: candidates chosen on development folds, tested on data they were not chosen on ----------
+
+CONFIRM = """
+description = "levers confirmed on fresh partitions, tiny"
+recipe = "demo"
+seed = 0
+baseline = "efficientnet-lite0@32"
+bootstrap_draws = 200
+
+[datasets.skin]
+adapter = "synthetic"
+options = { n = 80, size = 48 }
+
+[confirm]
+seeds = [1]
+
+[[evaluate]]
+dataset = "skin"
+split = "5x2"
+folds = ["r0f0", "r0f1"]
+protocols = ["mela-vs-ben"]
+frozen = ["efficientnet-lite0@32", "efficientnet-lite0@32 [power]"]
+"""
+
+
+def test_a_confirmatory_study_plans_its_candidates_on_fresh_partitions_and_external_pairs(tmp_path):
+    from bench.study.plan import candidates
+
+    text = CONFIRM.replace("seeds = [1]", 'seeds = [1]\nexternal = [{ train = "other", dataset = "skin" }]')
+    text = text.replace("[confirm]", '[datasets.other]\nadapter = "synthetic-fundus"\n\n[confirm]')
+    study = load_study(write_study(tmp_path, text, "confirm"))
+    units = plan(study, {0: ["r0f0", "r0f1"]}, Workspace(tmp_path).context(study))
+    evaluations = {u.key: u for u in units if u.kind == "evaluate"}
+    assert sorted(evaluations) == [
+        "evaluate other->skin/efficientnet-lite0@32 [power]/mela-vs-ben/frozen",
+        "evaluate other->skin/efficientnet-lite0@32/mela-vs-ben/frozen",
+        "evaluate skin/efficientnet-lite0@32 [power]/mela-vs-ben/frozen",
+        "evaluate skin/efficientnet-lite0@32 [power]/mela-vs-ben/frozen seed 1",
+        "evaluate skin/efficientnet-lite0@32/mela-vs-ben/frozen",
+        "evaluate skin/efficientnet-lite0@32/mela-vs-ben/frozen seed 1"]
+    fresh = evaluations["evaluate skin/efficientnet-lite0@32/mela-vs-ben/frozen seed 1"]
+    assert fresh.seed == 1 and fresh.folds == ("r0f0", "r0f1") and fresh.split == "5x2"
+    assert evaluations["evaluate other->skin/efficientnet-lite0@32/mela-vs-ben/frozen"].split == "external"
+    # the development units keep the keys and fingerprints they had without [confirm]
+    plain = load_study(write_study(tmp_path, CONFIRM.replace("[confirm]\nseeds = [1]\n", ""), "plain"))
+    before = {u.key: u.params for u in plan(plain, {0: ["r0f0", "r0f1"]}, Workspace(tmp_path).context(plain))}
+    assert all(evaluations[key].params == params for key, params in before.items() if key.startswith("evaluate"))
+    # the candidate list: the development candidates only, each with the fingerprint of what was chosen for it
+    listed = candidates(study, units)
+    assert sorted(listed["candidates"]) == ["skin/mela-vs-ben/efficientnet-lite0@32",
+                                            "skin/mela-vs-ben/efficientnet-lite0@32 [power]"]
+    assert listed["rule"]["baseline"] == "efficientnet-lite0@32"
+
+
+@pytest.mark.parametrize("change, message", [
+    (("seeds = [1]", "seeds = [0]"), "confirm.seeds: seed 0 draws the development partitions"),
+    (("seeds = [1]", "seeds = [\"one\"]"), "confirm.seeds: must be a list of whole numbers"),
+    (("seeds = [1]", "seed = [1]"), "confirm: unknown key(s) ['seed']"),
+    (("seeds = [1]", ""), "confirm: names no confirmation data"),
+    (("seeds = [1]", 'external = [{ train = "eyes", dataset = "skin" }]'),
+     "confirm.external[0].train: 'eyes' is not a dataset"),
+    (("seeds = [1]", 'external = [{ train = "skin" }]'), "confirm.external: must be a list of tables"),
+])
+def test_a_bad_confirm_table_is_refused_naming_the_key(tmp_path, change, message):
+    path = write_study(tmp_path, CONFIRM.replace(*change), "confirm")
+    with pytest.raises(BenchError) as error:
+        load_study(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+DEVELOPMENT_EXTERNAL = """
+[[evaluate]]
+dataset = "skin"
+train = "other"
+protocols = ["mela-vs-ben"]
+frozen = ["efficientnet-lite0@32"]
+"""
+
+
+@pytest.mark.parametrize("change, more, message", [
+    (('split = "5x2"\nfolds = ["r0f0", "r0f1"]', 'split = "official"'), "", "confirm.seeds: no [[evaluate]] uses split"),
+    (('frozen = [', 'finetuned = ["efficientnet-lite0"]\nfrozen = ['), "", "fine-tuned candidates, which cannot be"),
+    (("seeds = [1]", 'external = [{ train = "skin", dataset = "other" }]'), "",
+     "confirm.external[0].dataset: no [[evaluate]] on 'other'"),
+    (("seeds = [1]", 'external = [{ train = "other", dataset = "skin" }]'), DEVELOPMENT_EXTERNAL,
+     "confirm.external[0]: an [[evaluate]] already scores other -> skin in development"),
+])
+def test_confirmation_that_would_confirm_nothing_or_fine_tuned_candidates_is_refused(tmp_path, change, more, message):
+    text = CONFIRM.replace("[confirm]", '[datasets.other]\nadapter = "synthetic-fundus"\n\n[confirm]')
+    study = load_study(write_study(tmp_path, text.replace(*change) + more, "confirm"))
+    with pytest.raises(BenchError, match=re.escape(message)):
+        plan(study, {0: ["r0f0"]}, Workspace(tmp_path).context(study))
+
+
+def test_a_candidate_added_or_changed_after_confirmation_started_is_flagged():
+    from bench.study.plan import changed_since
+
+    started = {"rule": {"baseline": "a"}, "candidates": {"x/p/a": "1", "x/p/b": "2"}}
+    now = {"rule": {"baseline": "a"}, "candidates": {"x/p/a": "1", "x/p/b": "3", "x/p/c": "4"}}
+    assert changed_since(started, now) == {"x/p/b": "changed after confirmation started",
+                                           "x/p/c": "added after confirmation started"}
+    assert changed_since(started, started) == {}
+    moved = {**started, "rule": {"baseline": "b"}}
+    assert set(changed_since(started, moved)) == {"x/p/a", "x/p/b"}
+
+
+def lever_rows(report: str, heading: str) -> dict[str, list[str]]:
+    """The levers table under `heading`, by its features cell (the chosen-per-fold row under "chosen")."""
+    rows = table(report, heading)[1:]
+    return {("chosen" if row[1].startswith("chosen") else row[1]): row for row in rows}
+
+
+@pytest.mark.slow  # one export, two feature sets, four evaluations, then two more runs (about 30 s here)
+def test_a_confirmatory_report_tests_the_levers_on_the_confirmation_rows_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
+    out = tmp_path / "out"
+    reproduce(load_study(write_study(tmp_path, CONFIRM, "confirm")), out, quiet_console())
+    results = pd.read_csv(out / "results.csv")
+    assert sorted(zip(results["seed"], results["fold"])) == sorted([(s, f) for s in (0, 1) for f in ("r0f0", "r0f1")] * 2)
+    report = (out / "report.md").read_text()
+    assert "Exploratory" not in report and "- Confirmation: the candidates were chosen" in report
+    development = lever_rows(report, "## Levers · synthetic (development: chosen and reported on these folds)")
+    confirmation = lever_rows(report, "## Levers · synthetic (confirmation: fresh 5x2 partitions, seed 1)")
+    for rows, seed in ((development, 0), (confirmation, 1)):  # each table from its own partition's rows only
+        mine = results[results["seed"] == seed]
+        for features in ("efficientnet-lite0@32", "efficientnet-lite0@32 [power]"):
+            auc = mine.loc[mine["backbone"] == features, "auc"].mean()
+            assert rows[f"`{features}`"][2].startswith(f"{100 * auc:.1f} ± ")
+        picks = mine.sort_values(["fold", "validation_auc"], ascending=[True, False]).drop_duplicates("fold")
+        assert rows["chosen"][2].startswith(f"{100 * picks['auc'].mean():.1f} ± ")
+    started = json.loads((out / "ledger.json").read_text())["confirmation"]
+    assert sorted(started["candidates"]) == ["skin/mela-vs-ben/efficientnet-lite0@32",
+                                             "skin/mela-vs-ben/efficientnet-lite0@32 [power]"]
+    assert re.fullmatch(r"[0-9a-f]{64}", started["fingerprint"])
+
+    # a candidate added once confirmation started is flagged there, and the confirmatory pick ignores it
+    added = CONFIRM.replace('"efficientnet-lite0@32 [power]"]', '"efficientnet-lite0@32 [power]", '
+                                                                '"efficientnet-lite0@32 [tta dihedral]"]')
+    reproduce(load_study(write_study(tmp_path, added, "confirm")), out, quiet_console())
+    assert json.loads((out / "ledger.json").read_text())["confirmation"] == started
+    report = (out / "report.md").read_text()
+    confirmation = lever_rows(report, "## Levers · synthetic (confirmation")
+    assert confirmation["`efficientnet-lite0@32 [tta dihedral]` (added after confirmation started: not "
+                        "confirmatory)"]
+    assert "tta" not in confirmation["chosen"][1]
+    assert "`efficientnet-lite0@32 [tta dihedral]`" in lever_rows(report, "## Levers · synthetic (development")
+
+    # without [confirm], one line above the tables says the claims are exploratory
+    plain = write_study(tmp_path, CONFIRM.replace("[confirm]\nseeds = [1]\n", ""), "plain")
+    reproduce(load_study(plain), out, quiet_console())
+    report = (out / "report.md").read_text()
+    assert "**Exploratory.** This study names no confirmation data" in report
+    assert report.index("**Exploratory.**") < report.index("## Levers · synthetic: each configuration")
+    assert "(confirmation" not in report and "(development" not in report
