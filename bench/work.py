@@ -242,6 +242,8 @@ class Report(Work):
     kind: ClassVar[str] = "report"
     study: str
     bootstrap_draws: int = field(default=TEST_DRAWS, metadata=LATER)
+    # candidates added or changed since confirmation started, with why (`bench.study.plan.changed_since`)
+    flagged: tuple[tuple[str, str], ...] = field(default=(), metadata=LATER)
 
     @property
     def key(self) -> str:

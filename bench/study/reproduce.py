@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from bench.study.executors import InProcess, RayStages
 from bench.study.plan import StudyData, candidates, changed_since, plan
 from bench.study.runner import Action, Ledger, execute
 from bench.study.schema import Study
-from bench.work import EXTERNAL, Evaluate, Extract, Work
+from bench.work import EXTERNAL, Evaluate, Extract, Report, Work
 from bench.study.workspace import Workspace
 
 
@@ -29,27 +30,26 @@ def reproduce(study: Study, out: Path, console: Console, executor: str = "local"
     ws.out.mkdir(parents=True, exist_ok=True)
     ctx = ws.context(study)
     data = StudyData.load(study, ctx)
-    units = plan(study, data.fold_keys, ctx)
     ledger = Ledger(ws.ledger)
-    flags = _not_confirmatory(study, units, ledger)
+    units = _flagged(study, plan(study, data.fold_keys, ctx), ledger)
     runner = RayStages(ctx, address) if executor == "ray" else InProcess(ctx)
-    counts = execute(units, ledger, actions(study, ws, data, ctx, flags), data.identity, ws.log, console, runner)
+    counts = execute(units, ledger, actions(study, ws, data, ctx), data.identity, ws.log, console, runner)
     console.print(f"{counts['ran']} stage(s) run, {counts['skipped']} unchanged and skipped", highlight=False)
     return counts
 
 
-def _not_confirmatory(study: Study, units: list[Work], ledger: Ledger) -> dict[str, str]:
-    """The candidates added or changed since confirmation started, each with why; the first run that plans
-    confirmation records the candidate list in the ledger before any confirmation result exists."""
+def _flagged(study: Study, units: list[Work], ledger: Ledger) -> list[Work]:
+    """The units, the report naming the candidates added or changed since confirmation started; the first run
+    that plans confirmation records the candidate list in the ledger, before any confirmation result exists."""
     if study.confirm is None:
-        return {}
+        return units
     now = candidates(study, units)
-    return changed_since(ledger.start_confirmation(now), now)
+    flagged = tuple(sorted(changed_since(ledger.start_confirmation(now), now).items()))
+    return [replace(u, flagged=flagged) if isinstance(u, Report) else u for u in units]
 
 
-def actions(study: Study, ws: Workspace, data: StudyData, ctx: Context, flags: dict[str, str]) -> dict[str, Action]:
-    """Each kind's function, how the study knows its output is still there, and what it keeps of it (`flags`:
-    candidates that are not confirmatory, for the report)."""
+def actions(study: Study, ws: Workspace, data: StudyData, ctx: Context) -> dict[str, Action]:
+    """Each kind's function, how the study knows its output is still there, and what it keeps of it."""
     from bench.study import report
     from bench.evaluate.score import evaluate
     from bench.train.jobs import finetune, train_source
@@ -60,7 +60,7 @@ def actions(study: Study, ws: Workspace, data: StudyData, ctx: Context, flags: d
         "extract": Action(_extract, present=_StoreSnapshot(ws.store).has),
         "evaluate": Action(evaluate, present=lambda s: _has_results(ws, s),
                            keep=lambda s, done: _keep_evaluation(ws, done)),
-        "report": Action(lambda s, ctx: report.write(study, ws, data, flags),
+        "report": Action(lambda s, ctx: report.write(study, ws, data, dict(s.flagged)),
                          present=lambda s: ws.report.is_file()),
     }
 
