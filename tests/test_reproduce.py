@@ -637,7 +637,7 @@ def lever_rows(report: str, heading: str) -> dict[str, list[str]]:
     return {("chosen" if row[1].startswith("chosen") else row[1]): row for row in rows}
 
 
-@pytest.mark.slow  # one export, two feature sets, four evaluations, then two more runs (about 30 s here)
+@pytest.mark.slow  # one export, two feature sets, four evaluations, then two more runs (35-60 s here)
 def test_a_confirmatory_report_tests_the_levers_on_the_confirmation_rows_only(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
     out = tmp_path / "out"
@@ -679,3 +679,32 @@ def test_a_confirmatory_report_tests_the_levers_on_the_confirmation_rows_only(tm
     assert "**Exploratory.** This study names no confirmation data" in report
     assert report.index("**Exploratory.**") < report.index("## Levers · synthetic: each configuration")
     assert "(confirmation" not in report and "(development" not in report
+
+
+@pytest.mark.slow  # one export, two datasets' sets, four evaluations (about a minute here, 2 shared cores)
+def test_an_external_pair_confirms_the_candidates_on_all_of_the_dataset(tmp_path, monkeypatch):
+    from bench import plugins
+
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "other"  # another draw of synthetic lesions, as a user's own folder of images
+    for row in plugins.get_dataset("synthetic").manifest(None, n="60", size="32", seed="1").itertuples():
+        (folder / row.diagnosis).mkdir(parents=True, exist_ok=True)
+        shutil.copy(row.path, folder / row.diagnosis / Path(row.path).name)
+    text = CONFIRM.replace("seeds = [1]", 'external = [{ train = "other", dataset = "skin" }]')
+    text = text.replace("[confirm]", f'[datasets.other]\nadapter = "folder"\nroot = "{folder}"\n\n[confirm]')
+    out = tmp_path / "out"
+    reproduce(load_study(write_study(tmp_path, text, "external")), out, quiet_console())
+    results = pd.read_csv(out / "results.csv")
+    external = results[results["dataset"] == "folder -> synthetic"]
+    assert sorted(external["backbone"]) == ["efficientnet-lite0@32", "efficientnet-lite0@32 [power]"]
+    assert (external["fold"] == "all").all() and (external["split"] == "external").all()
+    report = (out / "report.md").read_text()
+    rows = lever_rows(report, "## Levers · folder -> synthetic (confirmation: SVM trained on all of folder, scored "
+                              "on all of synthetic)")
+    for features in ("efficientnet-lite0@32", "efficientnet-lite0@32 [power]"):
+        auc = external.loc[external["backbone"] == features, "auc"].iloc[0]
+        assert rows[f"`{features}`"][2].startswith(f"{100 * auc:.1f}")
+    order = external["backbone"].map({"efficientnet-lite0@32": 0, "efficientnet-lite0@32 [power]": 1})
+    pick = external.assign(order=order).sort_values(["validation_auc", "order"], ascending=[False, True]).iloc[0]
+    assert rows["chosen"][2].startswith(f"{100 * pick['auc']:.1f}")  # by validation AUC, first listed on a tie
+    assert "## Levers · synthetic (development" in report and "Exploratory" not in report
