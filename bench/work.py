@@ -204,7 +204,7 @@ class Evaluate(Work):
     @property
     def key(self) -> str:
         data = f"{self.train_dataset.name}->{self.dataset.name}" if self.train_dataset else self.dataset.name
-        partition = f" seed {self.seed}" if self.seed else ""  # a confirmation study's fresh partitions
+        partition = f" seed {self.seed}" if self.seed else ""  # another seed's partitions; seed 0's keys as published
         return f"evaluate {data}/{self.features}/{self.protocol}/{'ft' if self.finetuned else 'frozen'}{partition}"
 
     def command(self, store: str | None = None) -> str:

@@ -605,10 +605,13 @@ frozen = ["efficientnet-lite0@32"]
 
 
 @pytest.mark.parametrize("change, more, message", [
-    (('split = "5x2"\nfolds = ["r0f0", "r0f1"]', 'split = "official"'), "", "confirm.seeds: no [[evaluate]] uses split"),
+    (('split = "5x2"\nfolds = ["r0f0", "r0f1"]', 'split = "official"'), "",
+     "confirm.seeds: no [[evaluate]] uses split"),
     (('frozen = [', 'finetuned = ["efficientnet-lite0"]\nfrozen = ['), "", "fine-tuned candidates, which cannot be"),
     (("seeds = [1]", 'external = [{ train = "skin", dataset = "other" }]'), "",
      "confirm.external[0].dataset: no [[evaluate]] on 'other'"),
+    (("seeds = [1]", 'external = [{ train = "skin", dataset = "skin" }]'), "",
+     "confirm.external[0]: train and dataset are both 'skin'"),
     (("seeds = [1]", 'external = [{ train = "other", dataset = "skin" }]'), DEVELOPMENT_EXTERNAL,
      "confirm.external[0]: an [[evaluate]] already scores other -> skin in development"),
 ])
@@ -643,7 +646,8 @@ def test_a_confirmatory_report_tests_the_levers_on_the_confirmation_rows_only(tm
     out = tmp_path / "out"
     reproduce(load_study(write_study(tmp_path, CONFIRM, "confirm")), out, quiet_console())
     results = pd.read_csv(out / "results.csv")
-    assert sorted(zip(results["seed"], results["fold"])) == sorted([(s, f) for s in (0, 1) for f in ("r0f0", "r0f1")] * 2)
+    partitions = [(seed, fold) for seed in (0, 1) for fold in ("r0f0", "r0f1")]
+    assert sorted(zip(results["seed"], results["fold"])) == sorted(partitions * 2)  # two candidates on each
     report = (out / "report.md").read_text()
     assert "Exploratory" not in report and "- Confirmation: the candidates were chosen" in report
     development = lever_rows(report, "## Levers · synthetic (development: chosen and reported on these folds)")

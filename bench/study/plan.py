@@ -188,6 +188,9 @@ def confirmations(study: Study) -> list[Confirmation]:
         raise BenchError(f"{study.path}: confirm.seeds: no [[evaluate]] uses split \"5x2\", the split a seed draws "
                          "afresh: drop seeds or add a 5x2 evaluation")
     for k, (train, dataset) in enumerate((pair.train, pair.dataset) for pair in spec.external):
+        if train == dataset:
+            raise BenchError(f"{study.path}: confirm.external[{k}]: train and dataset are both {train!r}; an external "
+                             "pair scores one dataset with an SVM trained on another")
         if any(e.train == train and e.dataset == dataset for e in study.evaluations):
             raise BenchError(f"{study.path}: confirm.external[{k}]: an [[evaluate]] already scores {train} -> "
                              f"{dataset} in development; confirm on a pair the candidates were not chosen on")
