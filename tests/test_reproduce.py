@@ -640,7 +640,7 @@ def lever_rows(report: str, heading: str) -> dict[str, list[str]]:
     return {("chosen" if row[1].startswith("chosen") else row[1]): row for row in rows}
 
 
-@pytest.mark.slow  # one export, two feature sets, four evaluations, then two more runs (35-60 s here)
+@pytest.mark.slow  # one export, two feature sets, four evaluations, then two more runs (26 s here, a minute at load)
 def test_a_confirmatory_report_tests_the_levers_on_the_confirmation_rows_only(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
     out = tmp_path / "out"
@@ -685,7 +685,7 @@ def test_a_confirmatory_report_tests_the_levers_on_the_confirmation_rows_only(tm
     assert "(confirmation" not in report and "(development" not in report
 
 
-@pytest.mark.slow  # one export, two datasets' sets, four evaluations (about a minute here, 2 shared cores)
+@pytest.mark.slow  # one export, two datasets' sets, four evaluations (21 s here, a minute at load)
 def test_an_external_pair_confirms_the_candidates_on_all_of_the_dataset(tmp_path, monkeypatch):
     from bench import plugins
 
