@@ -581,12 +581,12 @@ def test_a_confirmatory_study_plans_its_candidates_on_fresh_partitions_and_exter
 
 @pytest.mark.parametrize("change, message", [
     (("seeds = [1]", "seeds = [0]"), "confirm.seeds: seed 0 draws the development partitions"),
-    (("seeds = [1]", "seeds = [\"one\"]"), "confirm.seeds: must be a list of whole numbers"),
-    (("seeds = [1]", "seed = [1]"), "confirm: unknown key(s) ['seed']"),
+    (("seeds = [1]", "seeds = [\"one\"]"), "confirm.seeds[0]: must be a whole number"),
+    (("seeds = [1]", "seed = [1]"), "confirm.seed: unknown key (did you mean 'seeds'?)"),
     (("seeds = [1]", ""), "confirm: names no confirmation data"),
     (("seeds = [1]", 'external = [{ train = "eyes", dataset = "skin" }]'),
      "confirm.external[0].train: 'eyes' is not a dataset"),
-    (("seeds = [1]", 'external = [{ train = "skin" }]'), "confirm.external: must be a list of tables"),
+    (("seeds = [1]", 'external = [{ train = "skin" }]'), "confirm.external[0].dataset: missing: name the dataset"),
 ])
 def test_a_bad_confirm_table_is_refused_naming_the_key(tmp_path, change, message):
     path = write_study(tmp_path, CONFIRM.replace(*change), "confirm")
