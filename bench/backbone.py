@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal
 
@@ -95,23 +96,39 @@ def read_checkpoint(path: Path) -> dict:
     return obj if "state_dict" in obj else {"state_dict": obj}
 
 
-def checkpoint_preprocessing(path: Path, default: Preprocessing) -> Preprocessing:
-    """The preprocessing a checkpoint was trained with (e.g. a smaller image size), else `default`."""
-    saved = read_checkpoint(path).get("preprocessing")
-    if not saved:
-        return default
-    return Preprocessing.from_dict(saved)
+@dataclass(frozen=True)
+class Checkpoint:
+    """A weights file, read at most once however many of its parts are asked for: an extraction needs its state
+    dict, the preprocessing it was trained with and its record, and each read of a large checkpoint costs seconds."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, weights: Path | Checkpoint) -> Checkpoint:
+        return weights if isinstance(weights, Checkpoint) else cls(Path(weights))
+
+    @cached_property
+    def content(self) -> dict:
+        return read_checkpoint(self.path)
+
+    @property
+    def meta(self) -> dict:
+        return self.content.get("meta", {})
+
+    def preprocessing(self, default: Preprocessing) -> Preprocessing:
+        """The preprocessing the weights were trained with (e.g. a smaller image size), else `default`."""
+        saved = self.content.get("preprocessing")
+        return Preprocessing.from_dict(saved) if saved else default
 
 
-def load_state_dict_file(net: nn.Module, path: Path) -> None:
-    """Load a bench checkpoint (see `save_checkpoint`) or a plain state dict saved with torch.save."""
-    state = read_checkpoint(path)["state_dict"]
+def load_state_dict(net: nn.Module, state: object, source: Path) -> None:
+    """Load the state dict read from `source` (a bench checkpoint's, or a plain `torch.save`d one) into `net`."""
     if not isinstance(state, dict):
-        raise BenchError(f"{path} holds no state dict")
+        raise BenchError(f"{source} holds no state dict")
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
-        raise BenchError(f"{path} does not fit this architecture: {exc}") from exc
+        raise BenchError(f"{source} does not fit this architecture: {exc}") from exc
 
 
 def weights_loader(file: str, how: str) -> Callable[[nn.Module], None]:
@@ -121,7 +138,7 @@ def weights_loader(file: str, how: str) -> Callable[[nn.Module], None]:
         path = paths.weights_dir(paths.home()) / file
         if not path.is_file():
             raise BenchError(f"{path} not found: {how}, or pass --weights PATH")
-        load_state_dict_file(net, path)
+        load_state_dict(net, read_checkpoint(path)["state_dict"], path)
 
     return load
 
@@ -138,7 +155,8 @@ class Backbone:
     initial_weights: str  # how they are obtained, in words, for `bench backbones`
     build: Callable[[], nn.Module]  # the architecture with its own initialisation, no pretrained weights
     load_initial: Callable[[nn.Module], None] | None = None  # loads the initial weights, or raises BenchError saying how to get them
-    load_file: Callable[[nn.Module, Path], None] = load_state_dict_file  # loads `--weights PATH`
+    # loads the state dict of `--weights PATH` or a fine-tuned checkpoint, read once by bench: (net, state, file)
+    load_state: Callable[[nn.Module, object, Path], None] = load_state_dict
     source_stages: tuple[SourceStage, ...] = ()
     random_init: bool = False  # the initial weights are untrained, so training from them trains every layer
     # the net as named modules in forward order whose composition is its forward (timm's stem, blocks, head...): its
@@ -152,11 +170,13 @@ class Backbone:
         return replace(self, name=f"{self.name}@{size}", preprocessing=self.preprocessing.with_size(size),
                        size_fixed=True)
 
-    def create(self, weights: Path | None = None) -> nn.Module:
-        """The network with `weights` (a file) or, without it, the backbone's initial weights."""
+    def create(self, weights: Path | Checkpoint | None = None) -> nn.Module:
+        """The network with `weights` (a file, or a checkpoint already read) or, without it, the backbone's initial
+        weights."""
         net = self.build()
         if weights is not None:
-            self.load_file(net, Path(weights))
+            checkpoint = Checkpoint.of(weights)
+            self.load_state(net, checkpoint.content["state_dict"], checkpoint.path)
         elif self.load_initial is not None:
             self.load_initial(net)
         return net.eval()

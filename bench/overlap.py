@@ -35,6 +35,8 @@ HASH_INPUT = 64  # px: enough for a 32 px phash, and JPEG decodes at a fraction 
 CHUNK = 512  # test images compared at once: CHUNK x train x 16 bytes stays a few tens of MB
 CONTENT = ["image_id", "sha256", "perceptual"]  # a content record, what a trained model keeps of its images
 TRAINED_ON = "source_images"  # a source stage checkpoint's meta: the content record of the images it trained on
+SOURCE_OVERLAP = "source_overlap"  # a set whose backbone has a source stage: its images that stage trained on
+ID_ONLY = "source_image_ids"  # what checkpoints and sets recorded before the content guard: ids only
 DROP_FIX = "leave them out with --drop-overlap (the row counts them), or score on images that were not trained on"
 
 

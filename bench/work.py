@@ -240,7 +240,8 @@ class Evaluate(Work):
     @property
     def key(self) -> str:
         data = f"{self.train_dataset.name}->{self.dataset.name}" if self.train_dataset else self.dataset.name
-        return f"evaluate {data}/{self.features}/{self.protocol}/{'ft' if self.finetuned else 'frozen'}"
+        partition = f" seed {self.seed}" if self.seed else ""  # another seed's partitions; seed 0's keys as published
+        return f"evaluate {data}/{self.features}/{self.protocol}/{'ft' if self.finetuned else 'frozen'}{partition}"
 
     def command(self, store: str | None = None) -> str:
         """The `bench evaluate` command line that regenerates this evaluation's rows (`store`: a store that is
@@ -277,6 +278,8 @@ class Report(Work):
     kind: ClassVar[str] = "report"
     study: str
     bootstrap_draws: int = field(default=TEST_DRAWS, metadata=LATER)
+    # candidates added or changed since confirmation started, with why (`bench.study.plan.changed_since`)
+    flagged: tuple[tuple[str, str], ...] = field(default=(), metadata=LATER)
 
     @property
     def key(self) -> str:

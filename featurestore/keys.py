@@ -8,14 +8,24 @@ from __future__ import annotations
 
 import re
 
+from featurestore.errors import StoreError
+
 NAME_RULE = "a letter or digit, then letters, digits, '.', '_', '-' or '@' (as in efficientnet-lite1@448)"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]*")
 FROZEN = "frozen"
+TTA_VIEWS = {"dihedral": 8}  # each test-time augmentation and its views per image (bench.extract.tta)
 
 
 def is_name(value: object) -> bool:
     """Whether `value` is safe as one path component everywhere bench uses names (`[A-Za-z0-9][A-Za-z0-9._@-]*`)."""
     return isinstance(value, str) and _NAME.fullmatch(value) is not None
+
+
+def check_tta(tta: str | None) -> str | None:
+    """`tta` if it is a known test-time augmentation (or None); a set's key names it."""
+    if tta is not None and tta not in TTA_VIEWS:
+        raise StoreError(f"--tta {tta!r} is not known; choose one of: {', '.join(TTA_VIEWS)}")
+    return tta
 
 
 def feature_key(protocol: str | None = None, fold: str | None = None, tta: str | None = None) -> str:
@@ -30,7 +40,7 @@ def feature_key(protocol: str | None = None, fold: str | None = None, tta: str |
         raise ValueError("a fine-tuned feature set needs its protocol as well as its fold")
     else:
         base = f"ft-{protocol}-{fold}"
-    return f"{base}-tta-{tta}" if tta else base
+    return f"{base}-tta-{check_tta(tta)}" if tta else base
 
 
 def parse_key(key: str) -> tuple[str, str] | None:

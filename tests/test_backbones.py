@@ -13,7 +13,7 @@ from skimage import data
 from typer.testing import CliRunner
 
 from bench import paths, plugins
-from bench.backbone import Backbone, Preprocessing, checkpoint_preprocessing, save_checkpoint
+from bench.backbone import Backbone, Checkpoint, Preprocessing, save_checkpoint
 from bench.extract.export import export_onnx
 from bench.cli import app
 from bench.errors import BenchError
@@ -113,7 +113,7 @@ def test_a_size_asked_by_name_is_its_own_backbone_and_beats_a_checkpoints_size(t
     assert sized.name == "efficientnet-lite0@320" and sized.preprocessing.size == 320
     assert sized.source_stages == plugins.get_backbone("efficientnet-lite0").source_stages
     checkpoint = save_checkpoint(tmp_path / "ft.pt", sized.build(), sized.name, sized.preprocessing.with_size(96))
-    assert checkpoint_preprocessing(checkpoint, sized.preprocessing).size == 96
+    assert Checkpoint(checkpoint).preprocessing(sized.preprocessing).size == 96
     assert export_onnx(sized, checkpoint).preprocessing.size == 320
 
 
@@ -215,7 +215,7 @@ def test_matconvnet_import_reproduces_hand_computed_layers(tmp_path, old_format)
     result = runner.invoke(app, ["weights", "import-matconvnet", str(tmp_path / "imagenet-vgg-m.mat")])
     assert result.exit_code == 0, result.output
     checkpoint = paths.weights_dir(paths.home()) / "vgg-m-imagenet.pt"  # the default --out is where `vgg-m` looks
-    preprocessing = checkpoint_preprocessing(checkpoint, vggm.PREPROCESSING)
+    preprocessing = Checkpoint(checkpoint).preprocessing(vggm.PREPROCESSING)
     assert np.allclose(preprocessing.mean, arrays["mean"], atol=1e-3)
     assert (preprocessing.value_range, preprocessing.std, preprocessing.channel_order) == (255, (1, 1, 1), "RGB")
     net = VGGM(SMALL, SMALL_FC)
@@ -314,4 +314,4 @@ def test_vgg16_refuses_a_file_of_another_architecture(tmp_path):
     path = save_checkpoint(tmp_path / "vggm.pt", VGGM(SMALL, SMALL_FC), "vgg-m", vggm.PREPROCESSING)
     backbone = plugins.get_backbone("vgg16")
     with pytest.raises(BenchError, match="does not fit"):
-        backbone.load_file(backbone.build(), path)
+        backbone.create(path)

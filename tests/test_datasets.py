@@ -375,6 +375,13 @@ def test_synthetic_bad_option():
         manifest("synthetic", colour="red")
 
 
+def test_an_option_of_the_wrong_type_names_the_adapter_and_the_option(tmp_path):
+    with pytest.raises(BenchError, match="atlas: option keep_acral=maybe must be true or false"):
+        plugins.get_dataset("atlas").manifest(tmp_path, keep_acral="maybe")
+    with pytest.raises(BenchError, match="synthetic: option size=big must be a whole number"):
+        manifest("synthetic", size="big")
+
+
 def test_synthetic_fundus_grades():
     m = manifest("synthetic-fundus", n="40", size="64")
     assert m["diagnosis"].value_counts().to_dict() == {"retinopathy_0": 12, "retinopathy_2": 10, "retinopathy_1": 8,

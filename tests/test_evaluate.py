@@ -17,7 +17,8 @@ from bench.errors import BenchError
 from bench.context import Context
 from bench.evaluate.score import evaluate, prepare
 from bench.work import DatasetRef, Evaluate
-from bench.evaluate.features import ID_ONLY, SOURCE_OVERLAP, reader
+from bench.evaluate.features import reader
+from bench.overlap import ID_ONLY, SOURCE_OVERLAP
 from bench.evaluate.results import read_table
 from featurestore import FeatureStore, StoreError
 from protocols.errors import ProtocolError

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import tiny_extraction as tiny
-from bench.extract import export
+from bench.extract import export, graph_cache, model_cache
 from bench.backbone import Preprocessing, save_checkpoint
 from bench.errors import BenchError
 from bench.digests import file_sha256
@@ -50,7 +50,7 @@ def test_export_matches_torch_at_any_batch_size_and_records_its_provenance(bench
 
 def test_the_same_weights_are_exported_once(monkeypatch):
     first = export_onnx(tiny.backbone())
-    monkeypatch.setattr(export, "_put_weights", lambda *a: pytest.fail("made again"))
+    monkeypatch.setattr(graph_cache, "put_weights", lambda *a: pytest.fail("made again"))
     again = export_onnx(tiny.backbone())
     assert again.cached and (again.path, again.sha256) == (first.path, first.sha256)
 
@@ -164,7 +164,7 @@ def test_a_model_exported_from_a_weights_file_is_found_again_without_building_th
     checkpoint = save_checkpoint(tmp_path / "ft.pt", tiny.backbone().create(), tiny.NAME, Preprocessing(size=32))
     first = export_onnx(tiny.backbone(), checkpoint)
     unbuildable = dataclasses.replace(tiny.backbone(), build=lambda: pytest.fail("built the network"))
-    monkeypatch.setattr(export, "state_dict_sha256", lambda net: pytest.fail("hashed the weights"))
+    monkeypatch.setattr(model_cache, "state_dict_sha256", lambda net: pytest.fail("hashed the weights"))
     again = export_onnx(unbuildable, checkpoint)
     assert again.cached and (again.path, again.sha256, again.preprocessing) == (first.path, first.sha256,
                                                                                 first.preprocessing)

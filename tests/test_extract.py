@@ -187,6 +187,22 @@ def test_a_fine_tuned_fold_uses_its_checkpoint_and_its_key(images, store):
     np.testing.assert_allclose(features.features, expected_features(paths_, checkpoint, size=24), atol=1e-5)
 
 
+def test_a_fine_tuned_extraction_reads_its_checkpoint_once(images, store, monkeypatch):
+    net = tiny.backbone().create()
+    with torch.no_grad():
+        net[3].weight.mul_(3)  # weights no other test exports: the memo and the model cache both miss
+    checkpoint = paths.finetuned_checkpoint(paths.home(), tiny.DATASET, tiny.NAME, "mela-vs-ben", "r1f0")
+    save_checkpoint(checkpoint, net, tiny.NAME, Preprocessing(size=32), fold_record={"fold": "r1f0"})
+    reads, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda path, *a, **k: reads.append(Path(path)) or load(path, *a, **k))
+    models = set(paths.onnx_dir(paths.home()).glob("*.onnx"))
+
+    run_extract(images, store, "--protocol", "mela-vs-ben", "--fold", "r1f0")
+    assert set(paths.onnx_dir(paths.home()).glob("*.onnx")) - models  # exported: the path with the most reads
+    assert reads == [checkpoint]  # preprocessing, weights and fold record from one read
+    assert read(store, "ft-mela-vs-ben-r1f0").attrs["fold_record"] == {"fold": "r1f0"}
+
+
 def test_a_corrupt_image_fails_with_its_path_and_keeps_finished_chunks(images, store, small_chunks):
     bad = images / "img017.png"  # in the third chunk (rows 16-21)
     bad.write_bytes(b"not a png")

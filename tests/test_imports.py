@@ -84,13 +84,13 @@ def test_the_cli_choices_are_the_ones_the_modules_define():
     from typing import get_args
 
     from bench.cli.options import DesignName, SplitName, TTAName
-    from bench.extract.tta import VIEWS
+    from featurestore.keys import TTA_VIEWS
     from protocols.designs import DESIGNS
     from protocols.splits import SPLITS
 
     assert get_args(DesignName) == tuple(DESIGNS)
     assert get_args(SplitName) == tuple(SPLITS)
-    assert get_args(TTAName) == tuple(VIEWS)
+    assert get_args(TTAName) == tuple(TTA_VIEWS)
 
 
 def test_no_code_sets_bench_home():

@@ -184,7 +184,7 @@ def write_study(folder: Path, text: str = TINY, name: str = "tiny") -> Path:
 
 
 @pytest.mark.parametrize("change, message", [
-    (("recipe = \"demo\"", "recipe = \"demo\"\nbogus = 1"), "top level: unknown key(s) ['bogus']"),
+    (("recipe = \"demo\"", "recipe = \"demo\"\nbogus = 1"), "bogus: unknown key; allowed: architectures,"),
     (("recipe = \"demo\"", ""), "recipe: missing"),
     (("recipe = \"demo\"", "recipe = \"nope\""), "recipe: unknown recipe 'nope'"),
     (("adapter = \"synthetic\"", "adapter = \"ham10000\""), "datasets.skin.root: not set"),
@@ -193,14 +193,18 @@ def write_study(folder: Path, text: str = TINY, name: str = "tiny") -> Path:
     (("protocols = [\"mela-vs-ben\"]", "protocols = [\"mela\"]"), "evaluate[0].protocols: unknown protocol 'mela'"),
     (("split = \"official\"", "split = \"3x3\""), "evaluate[0].split: unknown split '3x3'"),
     (("finetuned = [\"efficientnet-lite0\", \"lite0-double\"]", "finetuned = [\"lite1\"]"),
-     "evaluate[0].finetuned: unknown backbone 'lite1'"),
+     "evaluate[0].finetuned[0]: unknown backbone 'lite1'"),
     (("finetuned = [\"efficientnet-lite0\", \"lite0-double\"]", "finetuned = [\"retino\"]"),
      "name the study's dataset for it under [sources]"),
     (("like = \"efficientnet-lite0\"", "like = \"lite9\""), "backbones.lite0-double.like: unknown backbone 'lite9'"),
     (("source = \"fundus\"", "source = \"eyes\""), "backbones.lite0-double.source: 'eyes' is not a dataset"),
     (("source = \"fundus\"", "source = \"fundus\"\nweights = \"random\""), "define the random backbone first"),
-    (("imagenet = ", "web = "), "transfer: unknown key(s) ['web']"),
+    (("imagenet = ", "web = "), "transfer.web: must be one of 'none', 'retino', 'imagenet' or 'double'"),
     (("[[evaluate]]", "[[evaluate]\n"), "not a readable TOML study file"),
+    (("seed = 0", "seed = -1"), "seed: must be zero or more"),
+    (("epochs = 1", "epohcs = 1"), "overrides.epohcs: unknown key (did you mean 'epochs'?)"),
+    (("protocols = [\"mela-vs-ben\"]", "protocol = [\"mela-vs-ben\"]"),
+     "evaluate[0].protocol: unknown key (did you mean 'protocols'?)"),
 ])
 def test_a_bad_study_file_is_refused_naming_the_file_and_the_key(tmp_path, change, message):
     old, new = change
@@ -519,3 +523,192 @@ frozen = ["efficientnet-lite0 [power]"]
     with pytest.raises(BenchError, match=r"evaluate\[1\].finetuned: an external evaluation"):
         load_study(write_study(tmp_path, text.replace('frozen = ["efficientnet-lite0 [power]"]',
                                                       'finetuned = ["efficientnet-lite0"]')), {"other": tmp_path})
+
+
+# --- confirmatory studies: candidates chosen on development folds, tested on data they were not chosen on ----------
+
+CONFIRM = """
+description = "levers confirmed on fresh partitions, tiny"
+recipe = "demo"
+seed = 0
+baseline = "efficientnet-lite0@32"
+bootstrap_draws = 200
+
+[datasets.skin]
+adapter = "synthetic"
+options = { n = 80, size = 48 }
+
+[confirm]
+seeds = [1]
+
+[[evaluate]]
+dataset = "skin"
+split = "5x2"
+folds = ["r0f0", "r0f1"]
+protocols = ["mela-vs-ben"]
+frozen = ["efficientnet-lite0@32", "efficientnet-lite0@32 [power]"]
+"""
+
+
+def test_a_confirmatory_study_plans_its_candidates_on_fresh_partitions_and_external_pairs(tmp_path):
+    from bench.study.plan import candidates
+
+    text = CONFIRM.replace("seeds = [1]", 'seeds = [1]\nexternal = [{ train = "other", dataset = "skin" }]')
+    text = text.replace("[confirm]", '[datasets.other]\nadapter = "synthetic-fundus"\n\n[confirm]')
+    study = load_study(write_study(tmp_path, text, "confirm"))
+    units = plan(study, {0: ["r0f0", "r0f1"]}, Workspace(tmp_path).context(study))
+    evaluations = {u.key: u for u in units if u.kind == "evaluate"}
+    assert sorted(evaluations) == [
+        "evaluate other->skin/efficientnet-lite0@32 [power]/mela-vs-ben/frozen",
+        "evaluate other->skin/efficientnet-lite0@32/mela-vs-ben/frozen",
+        "evaluate skin/efficientnet-lite0@32 [power]/mela-vs-ben/frozen",
+        "evaluate skin/efficientnet-lite0@32 [power]/mela-vs-ben/frozen seed 1",
+        "evaluate skin/efficientnet-lite0@32/mela-vs-ben/frozen",
+        "evaluate skin/efficientnet-lite0@32/mela-vs-ben/frozen seed 1"]
+    fresh = evaluations["evaluate skin/efficientnet-lite0@32/mela-vs-ben/frozen seed 1"]
+    assert fresh.seed == 1 and fresh.folds == ("r0f0", "r0f1") and fresh.split == "5x2"
+    assert evaluations["evaluate other->skin/efficientnet-lite0@32/mela-vs-ben/frozen"].split == "external"
+    # the development units keep the keys and fingerprints they had without [confirm]
+    plain = load_study(write_study(tmp_path, CONFIRM.replace("[confirm]\nseeds = [1]\n", ""), "plain"))
+    before = {u.key: u.params for u in plan(plain, {0: ["r0f0", "r0f1"]}, Workspace(tmp_path).context(plain))}
+    assert all(evaluations[key].params == params for key, params in before.items() if key.startswith("evaluate"))
+    # the candidate list: the development candidates only, each with the fingerprint of what was chosen for it
+    listed = candidates(study, units)
+    assert sorted(listed["candidates"]) == ["skin/mela-vs-ben/efficientnet-lite0@32",
+                                            "skin/mela-vs-ben/efficientnet-lite0@32 [power]"]
+    assert listed["rule"]["baseline"] == "efficientnet-lite0@32"
+
+
+@pytest.mark.parametrize("change, message", [
+    (("seeds = [1]", "seeds = [0]"), "confirm.seeds: seed 0 draws the development partitions"),
+    (("seeds = [1]", "seeds = [\"one\"]"), "confirm.seeds[0]: must be a whole number"),
+    (("seeds = [1]", "seed = [1]"), "confirm.seed: unknown key (did you mean 'seeds'?)"),
+    (("seeds = [1]", ""), "confirm: names no confirmation data"),
+    (("seeds = [1]", 'external = [{ train = "eyes", dataset = "skin" }]'),
+     "confirm.external[0].train: 'eyes' is not a dataset"),
+    (("seeds = [1]", 'external = [{ train = "skin" }]'), "confirm.external[0].dataset: missing: name the dataset"),
+])
+def test_a_bad_confirm_table_is_refused_naming_the_key(tmp_path, change, message):
+    path = write_study(tmp_path, CONFIRM.replace(*change), "confirm")
+    with pytest.raises(BenchError) as error:
+        load_study(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+DEVELOPMENT_EXTERNAL = """
+[[evaluate]]
+dataset = "skin"
+train = "other"
+protocols = ["mela-vs-ben"]
+frozen = ["efficientnet-lite0@32"]
+"""
+
+
+@pytest.mark.parametrize("change, more, message", [
+    (('split = "5x2"\nfolds = ["r0f0", "r0f1"]', 'split = "official"'), "",
+     "confirm.seeds: no [[evaluate]] uses split"),
+    (('frozen = [', 'finetuned = ["efficientnet-lite0"]\nfrozen = ['), "", "fine-tuned candidates, which cannot be"),
+    (("seeds = [1]", 'external = [{ train = "skin", dataset = "other" }]'), "",
+     "confirm.external[0].dataset: no [[evaluate]] on 'other'"),
+    (("seeds = [1]", 'external = [{ train = "skin", dataset = "skin" }]'), "",
+     "confirm.external[0]: train and dataset are both 'skin'"),
+    (("seeds = [1]", 'external = [{ train = "other", dataset = "skin" }]'), DEVELOPMENT_EXTERNAL,
+     "confirm.external[0]: an [[evaluate]] already scores other -> skin in development"),
+])
+def test_confirmation_that_would_confirm_nothing_or_fine_tuned_candidates_is_refused(tmp_path, change, more, message):
+    text = CONFIRM.replace("[confirm]", '[datasets.other]\nadapter = "synthetic-fundus"\n\n[confirm]')
+    study = load_study(write_study(tmp_path, text.replace(*change) + more, "confirm"))
+    with pytest.raises(BenchError, match=re.escape(message)):
+        plan(study, {0: ["r0f0"]}, Workspace(tmp_path).context(study))
+
+
+def test_a_candidate_added_or_changed_after_confirmation_started_is_flagged():
+    from bench.study.plan import changed_since
+
+    started = {"rule": {"baseline": "a"}, "candidates": {"x/p/a": "1", "x/p/b": "2"}}
+    now = {"rule": {"baseline": "a"}, "candidates": {"x/p/a": "1", "x/p/b": "3", "x/p/c": "4"}}
+    assert changed_since(started, now) == {"x/p/b": "changed after confirmation started",
+                                           "x/p/c": "added after confirmation started"}
+    assert changed_since(started, started) == {}
+    moved = {**started, "rule": {"baseline": "b"}}
+    assert set(changed_since(started, moved)) == {"x/p/a", "x/p/b"}
+
+
+def lever_rows(report: str, heading: str) -> dict[str, list[str]]:
+    """The levers table under `heading`, by its features cell (the chosen-per-fold row under "chosen")."""
+    rows = table(report, heading)[1:]
+    return {("chosen" if row[1].startswith("chosen") else row[1]): row for row in rows}
+
+
+@pytest.mark.slow  # one export, two feature sets, four evaluations, then two more runs (26 s here, a minute at load)
+def test_a_confirmatory_report_tests_the_levers_on_the_confirmation_rows_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
+    out = tmp_path / "out"
+    reproduce(load_study(write_study(tmp_path, CONFIRM, "confirm")), out, quiet_console())
+    results = pd.read_csv(out / "results.csv")
+    partitions = [(seed, fold) for seed in (0, 1) for fold in ("r0f0", "r0f1")]
+    assert sorted(zip(results["seed"], results["fold"])) == sorted(partitions * 2)  # two candidates on each
+    report = (out / "report.md").read_text()
+    assert "Exploratory" not in report and "- Confirmation: the candidates were chosen" in report
+    development = lever_rows(report, "## Levers · synthetic (development: chosen and reported on these folds)")
+    confirmation = lever_rows(report, "## Levers · synthetic (confirmation: fresh 5x2 partitions, seed 1)")
+    for rows, seed in ((development, 0), (confirmation, 1)):  # each table from its own partition's rows only
+        mine = results[results["seed"] == seed]
+        for features in ("efficientnet-lite0@32", "efficientnet-lite0@32 [power]"):
+            auc = mine.loc[mine["backbone"] == features, "auc"].mean()
+            assert rows[f"`{features}`"][2].startswith(f"{100 * auc:.1f} ± ")
+        picks = mine.sort_values(["fold", "validation_auc"], ascending=[True, False]).drop_duplicates("fold")
+        assert rows["chosen"][2].startswith(f"{100 * picks['auc'].mean():.1f} ± ")
+    started = json.loads((out / "ledger.json").read_text())["confirmation"]
+    assert sorted(started["candidates"]) == ["skin/mela-vs-ben/efficientnet-lite0@32",
+                                             "skin/mela-vs-ben/efficientnet-lite0@32 [power]"]
+    assert re.fullmatch(r"[0-9a-f]{64}", started["fingerprint"])
+
+    # a candidate added once confirmation started is flagged there, and the confirmatory pick ignores it
+    added = CONFIRM.replace('"efficientnet-lite0@32 [power]"]', '"efficientnet-lite0@32 [power]", '
+                                                                '"efficientnet-lite0@32 [tta dihedral]"]')
+    reproduce(load_study(write_study(tmp_path, added, "confirm")), out, quiet_console())
+    assert json.loads((out / "ledger.json").read_text())["confirmation"] == started
+    report = (out / "report.md").read_text()
+    confirmation = lever_rows(report, "## Levers · synthetic (confirmation")
+    assert confirmation["`efficientnet-lite0@32 [tta dihedral]` (added after confirmation started: not "
+                        "confirmatory)"]
+    assert "tta" not in confirmation["chosen"][1]
+    assert "`efficientnet-lite0@32 [tta dihedral]`" in lever_rows(report, "## Levers · synthetic (development")
+
+    # without [confirm], one line above the tables says the claims are exploratory
+    plain = write_study(tmp_path, CONFIRM.replace("[confirm]\nseeds = [1]\n", ""), "plain")
+    reproduce(load_study(plain), out, quiet_console())
+    report = (out / "report.md").read_text()
+    assert "**Exploratory.** This study names no confirmation data" in report
+    assert report.index("**Exploratory.**") < report.index("## Levers · synthetic: each configuration")
+    assert "(confirmation" not in report and "(development" not in report
+
+
+@pytest.mark.slow  # one export, two datasets' sets, four evaluations (21 s here, a minute at load)
+def test_an_external_pair_confirms_the_candidates_on_all_of_the_dataset(tmp_path, monkeypatch):
+    from bench import plugins
+
+    monkeypatch.setenv("BENCH_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "other"  # another draw of synthetic lesions, as a user's own folder of images
+    for row in plugins.get_dataset("synthetic").manifest(None, n="60", size="32", seed="1").itertuples():
+        (folder / row.diagnosis).mkdir(parents=True, exist_ok=True)
+        shutil.copy(row.path, folder / row.diagnosis / Path(row.path).name)
+    text = CONFIRM.replace("seeds = [1]", 'external = [{ train = "other", dataset = "skin" }]')
+    text = text.replace("[confirm]", f'[datasets.other]\nadapter = "folder"\nroot = "{folder}"\n\n[confirm]')
+    out = tmp_path / "out"
+    reproduce(load_study(write_study(tmp_path, text, "external")), out, quiet_console())
+    results = pd.read_csv(out / "results.csv")
+    external = results[results["dataset"] == "folder -> synthetic"]
+    assert sorted(external["backbone"]) == ["efficientnet-lite0@32", "efficientnet-lite0@32 [power]"]
+    assert (external["fold"] == "all").all() and (external["split"] == "external").all()
+    report = (out / "report.md").read_text()
+    rows = lever_rows(report, "## Levers · folder -> synthetic (confirmation: SVM trained on all of folder, scored "
+                              "on all of synthetic)")
+    for features in ("efficientnet-lite0@32", "efficientnet-lite0@32 [power]"):
+        auc = external.loc[external["backbone"] == features, "auc"].iloc[0]
+        assert rows[f"`{features}`"][2].startswith(f"{100 * auc:.1f}")
+    order = external["backbone"].map({"efficientnet-lite0@32": 0, "efficientnet-lite0@32 [power]": 1})
+    pick = external.assign(order=order).sort_values(["validation_auc", "order"], ascending=[False, True]).iloc[0]
+    assert rows["chosen"][2].startswith(f"{100 * pick['auc']:.1f}")  # by validation AUC, first listed on a tie
+    assert "## Levers · synthetic (development" in report and "Exploratory" not in report

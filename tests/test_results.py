@@ -109,3 +109,20 @@ def test_reading_a_missing_table_creates_no_folder_or_lock(tmp_path):
     with pytest.raises(BenchError, match="not found"):
         read_tables(tmp_path / "typo" / "results.csv")
     assert not (tmp_path / "typo").exists()
+
+
+def test_the_partitions_of_two_seeds_keep_their_own_rows(tmp_path):
+    path = tmp_path / "results.csv"
+    upsert((path, fold_rows("a", [0.8, 0.82]).assign(seed=0), KEY))
+    upsert((path, fold_rows("a", [0.7, 0.72]).assign(seed=1), KEY))  # same names r0f0, r0f1: other folds
+    table = read_table(path)
+    assert matching(table, backbone="a", seed=0)["auc"].tolist() == [0.8, 0.82]
+    assert matching(table, backbone="a", seed=1)["auc"].tolist() == [0.7, 0.72]
+
+
+def test_a_table_written_before_the_seed_was_a_key_reads_as_seed_0(tmp_path):
+    path = tmp_path / "results.csv"
+    fold_rows("a", [0.8]).to_csv(path, index=False)  # no seed column
+    assert read_table(path)["seed"].tolist() == [0]
+    upsert((path, fold_rows("a", [0.9]).assign(seed=0), KEY))  # replaces it: the same partition
+    assert read_table(path)["auc"].tolist() == [0.9]

@@ -18,7 +18,8 @@ from bench.context import Context, Registry
 from bench.errors import BenchError
 from bench.extract.export import export_onnx
 from bench.extract.pipeline import prepare
-from bench.evaluate.features import SOURCE_OVERLAP, reader
+from bench.evaluate.features import reader
+from bench.overlap import SOURCE_OVERLAP
 from bench.hookspecs import hookimpl
 from bench.train.jobs import finetune_job, source_stage_job
 from bench.train.recipes import get_recipe, recipes
@@ -354,13 +355,31 @@ def test_recipe_overrides_are_checked():
     cpu = get_recipe("cpu")
     assert cpu.augment == "all" and get_recipe("paper").augment == "minority"  # the paper's stays the paper's
     assert cpu.with_overrides(head_epochs=0, augment="minority").head_epochs == 0
-    with pytest.raises(BenchError, match="--augment must be one of minority, all"):
+    with pytest.raises(BenchError, match="--augment must be one of 'minority' or 'all'"):
         cpu.with_overrides(augment="sideways")
     with pytest.raises(BenchError, match="--head-epochs must be zero or more"):
         cpu.with_overrides(head_epochs=-1)
     with pytest.raises(BenchError, match="available: paper"):
         get_recipe("nope")
 
+
+
+def test_a_bad_recipes_file_is_refused_naming_the_recipe_and_the_field(tmp_path, monkeypatch):
+    from bench.train import recipes as module
+
+    text = module.RECIPES_FILE.read_text()
+    for old, new, message in [("epochs = 2", "epochs = 0", "demo.epochs: must be positive"),
+                              ("epochs = 2", "epohcs = 2", "demo.epohcs: unknown key (did you mean 'epochs'?)"),
+                              ("lr = 1e-3", "lr = \"fast\"", "paper.lr: must be a number")]:
+        assert old in text
+        bad = tmp_path / "recipes.toml"
+        bad.write_text(text.replace(old, new, 1))
+        monkeypatch.setattr(module, "RECIPES_FILE", bad)
+        module.recipes.cache_clear()
+        with pytest.raises(BenchError) as error:
+            module.recipes()
+        assert str(error.value).startswith(f"{bad}: {message}")
+    module.recipes.cache_clear()  # the next test reads the real file again
 
 
 def test_a_random_start_trains_every_layer_whatever_the_recipe_freezes():

@@ -11,7 +11,7 @@ threads.before_loading()  # before anything loads torch (a command may, later): 
 
 from bench.cli import catalogue  # noqa: F401  (each module registers its commands on import)
 from bench.cli import extract, perf_export, perf_extract, store  # noqa: F401
-from bench.cli import evaluate  # noqa: F401
+from bench.cli import compare, evaluate, leaderboard, perf_evaluate, select  # noqa: F401
 from bench.cli import perf_train, train  # noqa: F401
 from bench.cli import reproduce  # noqa: F401
 from bench.cli import weights  # noqa: F401

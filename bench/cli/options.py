@@ -39,8 +39,37 @@ def parse_pairs(pairs: list[str], option: str = "--option", what: str = "key=val
 # importing the modules that define them (tests/test_imports.py checks both lists agree)
 DesignName = Literal["mal-vs-ben", "mela-vs-ben", "mela-vs-carc-vs-ben"]  # protocols.designs.DESIGNS
 SplitName = Literal["5x2", "official", "reference"]  # protocols.splits.SPLITS
-TTAName = Literal["dihedral"]  # bench.extract.tta.VIEWS
+TTAName = Literal["dihedral"]  # featurestore.keys.TTA_VIEWS
 
 TTAOption = Annotated[Optional[TTAName], typer.Option(
     "--tta", help="Test-time augmentation: `dihedral` stores each image's mean feature over its 8 flips/rotations "
                   "(a set of its own, key frozen-tta-dihedral or ft-...-tta-dihedral).")]
+
+# the options of the commands that score feature sets (evaluate, compare, select, perf evaluate)
+Protocol = Annotated[DesignName, typer.Option(help="Label design.")]
+Dataset = Annotated[str, typer.Option(help="Dataset adapter (see `bench datasets`).")]
+Backbone = Annotated[str, typer.Option(help="Backbone whose features are scored (see `bench backbones`); A+B scores "
+                                             "the concatenation of A's and B's L2-normalised sets.")]
+ScoredTTA = Annotated[Optional[TTAName], typer.Option("--tta", help="Score the sets extracted with `bench extract --tta`.")]
+PowerNorm = Annotated[bool, typer.Option("--power-norm", help="Signed square root of every feature before L2 "
+                                                              "normalisation (recorded in the results).")]
+Finetuned = Annotated[bool, typer.Option("--finetuned", help="Use each fold's fine-tuned set ft-<protocol>-<fold>.")]
+Split = Annotated[SplitName, typer.Option(help="How folds are made.")]
+EvaluateSplit = Annotated[Optional[SplitName], typer.Option(
+    help="How folds are made (default 5x2; with --train-dataset, default: no folds, all of --dataset is scored).")]
+TrainDataset = Annotated[Optional[str], typer.Option(
+    help="External evaluation: fit the SVM on all of this dataset (adapter), score --dataset (with --split, each "
+         "fold's SVM learns on both this and the fold's training part).")]
+TrainRoot = Annotated[Optional[Path], typer.Option(help="Folder holding --train-dataset's files.")]
+TrainOptions = Annotated[list[str], typer.Option("--train-option", help="--train-dataset adapter option key=value.")]
+DropOverlap = Annotated[bool, typer.Option(
+    "--drop-overlap", help="Leave out (and count in each row) scored images that are pictures a source stage or "
+                           "the training dataset holds, instead of refusing to score them.")]
+ReferenceDir = Annotated[Optional[Path], typer.Option(help="The paper's fold files (a folder or one .yml file).")]
+KeepDuplicates = Annotated[bool, typer.Option("--keep-duplicate-folds",
+                                              help="Reference split: also run the repeated partitions.")]
+Folds = Annotated[list[str], typer.Option(
+    "--fold", help="Only this fold (repeatable), e.g. r0f0 where only it was fine-tuned; default: every fold.")]
+Seed = Annotated[int, typer.Option(help="Seeds the 5x2 folds, the validation split and the bootstrap.")]
+Results = Annotated[Path, typer.Option(help="Results table: one row per fold, replaced by key.")]
+Predictions = Annotated[Optional[Path], typer.Option(help="Per-image test scores (CSV, .csv.gz to compress).")]

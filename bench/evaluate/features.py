@@ -14,14 +14,12 @@ import numpy as np
 import pandas as pd
 from sklearn.preprocessing import normalize
 
-from bench.extract import tta as views
 from bench.errors import BenchError
-from bench.overlap import Overlap, refusal
+from bench.overlap import ID_ONLY, SOURCE_OVERLAP, Overlap, refusal
 from featurestore import FeatureSet, FeatureStore, feature_key
+from featurestore.keys import check_tta
 
 FUSION = "+"
-SOURCE_OVERLAP = "source_overlap"  # a set whose backbone has a source stage: its images that stage trained on
-ID_ONLY = "source_image_ids"  # what checkpoints and sets recorded before the content guard: ids only
 DROPPED = "overlap_dropped"  # a set read with drop_overlap: the evaluated images left out as training pictures
 
 
@@ -49,7 +47,7 @@ def parse(spec: str) -> tuple[str, str | None, bool]:
     unknown = [d for d in done if d != "power" and not d.startswith("tta ")]
     if unknown or (bracket and not rest.endswith("]")):
         raise BenchError(f"{spec!r}: write what is done to the features as `BACKBONE [tta dihedral, power]`")
-    return backbone, views.check(tta), "power" in done
+    return backbone, check_tta(tta), "power" in done
 
 
 def reader(store: Path | str, dataset: str, backbone: str, protocol: str | None = None, *, tta: str | None = None,
@@ -61,7 +59,7 @@ def reader(store: Path | str, dataset: str, backbone: str, protocol: str | None 
     for evaluation to leave out."""
     names, store_, cache = members(backbone), FeatureStore(store), {}
     evaluated = set(map(str, image_ids))  # once, not per fold
-    views.check(tta)
+    check_tta(tta)
 
     def read(fold: str | None) -> FeatureSet:
         key = feature_key(protocol, fold, tta)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bench import atomic
-from bench.evaluate.results import EVALUATION, matching
+from bench.evaluate.results import EVALUATION, matching, with_seed
 from protocols.designs import DESIGNS
 from protocols.metrics import METRICS
 from protocols.stats import format_mean_sd, mean_sd
@@ -29,7 +29,7 @@ FPR_GRID = np.linspace(0, 1, 201)
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """One row per evaluation: mean and sd of each metric over folds, the AUC interval, folds, command."""
     rows = []
-    for identity, group in results.groupby(EVALUATION, sort=False):
+    for identity, group in with_seed(results).groupby(EVALUATION, sort=False):
         row = dict(zip(EVALUATION, identity))
         for metric in METRICS:
             row[metric], row[f"{metric}_sd"] = mean_sd(group[metric]) if metric in group else (np.nan, np.nan)
@@ -76,8 +76,8 @@ def _section(dataset: str, protocol: str, table: pd.DataFrame, out: Path,
     for r in table.itertuples():
         ci = "–" if np.isnan(r.auc_ci_low) else f"{100 * r.auc_ci_low:.1f}–{100 * r.auc_ci_high:.1f}"
         spreads = (format_mean_sd(getattr(r, m), getattr(r, f"{m}_sd")) for m in METRICS[1:])
-        cells = [r.backbone, "yes" if r.finetuned else "no", r.split, format_mean_sd(r.auc, r.auc_sd), ci,
-                 *spreads, str(r.folds)]
+        cells = [r.backbone, "yes" if r.finetuned else "no", split_name(r.split, r.seed),
+                 format_mean_sd(r.auc, r.auc_sd), ci, *spreads, str(r.folds)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Regenerate:", ""] + [f"- `{c}`" for c in table["command"] if c] + [""]
     if predictions is not None:
@@ -97,17 +97,22 @@ def _pivot(dataset: str, summary: pd.DataFrame) -> list[str]:
     lines = [f"## {dataset}: transfer source × fine-tuning (AUC %, paper's Table 1 layout)", "",
              "| design | network | split | " + " | ".join(f"{s} {'FT' if ft else 'no FT'}" for s, ft in PIVOT_COLUMNS)
              + " |", "|---|---|---|" + "---|" * len(PIVOT_COLUMNS)]
-    for (protocol, network, split), group in known.groupby(["protocol", "network", "split"], sort=True):
+    for (protocol, network, split, seed), group in known.groupby(["protocol", "network", "split", "seed"]):
         auc = dict(zip(group["column"], group["auc"]))
         cells = [f"{100 * auc[c]:.1f}" if c in auc else "" for c in PIVOT_COLUMNS]
-        lines.append(f"| {protocol} | {network} | {split} | " + " | ".join(cells) + " |")
+        lines.append(f"| {protocol} | {network} | {split_name(split, seed)} | " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def split_name(split: str, seed: int) -> str:
+    """A split as tables show it: `5x2`, or `5x2 seed 1` for the partitions of another seed."""
+    return f"{split} seed {seed}" if seed else split
 
 
 def _roc_png(dataset: str, protocol: str, summary: pd.DataFrame, predictions: pd.DataFrame,
              folder: Path) -> Path | None:
     """Fold-averaged ROC curves (the positive class, melanoma or malignant, vs. the rest) of this section."""
-    mine = matching(predictions, dataset=dataset, protocol=protocol)
+    mine = matching(with_seed(predictions), dataset=dataset, protocol=protocol)
     if mine.empty:
         return None
     import matplotlib  # here, not at the top: evaluating must not pay for matplotlib
@@ -119,9 +124,10 @@ def _roc_png(dataset: str, protocol: str, summary: pd.DataFrame, predictions: pd
     auc = "one-vs-one AUC" if len(design.classes) > 2 else "AUC"
     fig, ax = plt.subplots(figsize=(5, 5))
     for r in summary.itertuples():
-        rows = matching(mine, backbone=r.backbone, finetuned=r.finetuned, split=r.split)
+        rows = matching(mine, backbone=r.backbone, finetuned=r.finetuned, split=r.split, seed=r.seed)
         if not rows.empty:
-            label = f"{r.backbone}{' FT' if r.finetuned else ''} ({r.split}) {auc} {100 * r.auc:.1f}"
+            split = split_name(r.split, r.seed)
+            label = f"{r.backbone}{' FT' if r.finetuned else ''} ({split}) {auc} {100 * r.auc:.1f}"
             ax.plot(FPR_GRID, _mean_roc(rows), label=label)
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity",

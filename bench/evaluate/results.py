@@ -19,7 +19,9 @@ import pandas as pd
 from bench.atomic import atomic_paths, locked
 from bench.errors import BenchError
 
-KEY = ["dataset", "protocol", "backbone", "finetuned", "split", "fold"]
+# `seed` names the partition (5x2 folds of another seed are other folds with the same names); tables written before
+# it was part of the key read as seed 0, the only seed they held
+KEY = ["dataset", "protocol", "backbone", "finetuned", "split", "seed", "fold"]
 EVALUATION = KEY[:-1]  # all folds of one evaluation: one leaderboard row
 PREDICTION_KEY = KEY + ["image_id"]
 SPARE_BYTES = 1 << 20  # room a rewrite needs beyond the table's present size, made sure of before any work
@@ -36,6 +38,7 @@ def read_table(path: Path) -> pd.DataFrame:
         raise _unreadable(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     if not isinstance(table.index, pd.RangeIndex):  # pandas turns the extra leading fields of long rows into an index
         raise _unreadable(path, "some rows have more fields than the header")
+    table = with_seed(table)
     keys = [k for k in PREDICTION_KEY if k in table]
     short = table.index[table[keys].isna().any(axis=1)]
     if len(short):
@@ -43,6 +46,14 @@ def read_table(path: Path) -> pd.DataFrame:
     if "finetuned" in table:
         table["finetuned"] = table["finetuned"].astype(str).str.lower() == "true"
     return table
+
+
+def with_seed(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows from before the seed was part of the key are seed 0's (an unrelated CSV is left for the caller to
+    refuse)."""
+    if "dataset" not in table:
+        return table
+    return table.assign(seed=table["seed"].fillna(0).astype(int) if "seed" in table else 0)
 
 
 def read_tables(*paths: Path) -> list[pd.DataFrame]:
@@ -116,6 +127,7 @@ def upsert(*updates: tuple[Path, pd.DataFrame, list[str]]) -> list[pd.DataFrame]
 
 
 def _merged(path: Path, rows: pd.DataFrame, key: list[str]) -> pd.DataFrame:
+    rows = with_seed(rows)
     if not path.is_file():
         return rows
     old = read_table(path)

@@ -211,9 +211,9 @@ def _tables(inputs: Inputs, results: pd.DataFrame, predictions: pd.DataFrame) ->
     unit = inputs.unit
     ci = bootstrap_auc(predictions, seed=unit.seed)
     identity = {"dataset": unit.target, "protocol": unit.protocol, "backbone": unit.features,
-                "finetuned": unit.finetuned, "split": unit.split}
+                "finetuned": unit.finetuned, "split": unit.split, "seed": unit.seed}
     store = inputs.ctx.store if inputs.ctx.store != paths.default_store() else None
-    provenance = {"seed": unit.seed, "tta": unit.tta or "none", "power_norm": unit.power,
+    provenance = {"tta": unit.tta or "none", "power_norm": unit.power,
                   "auc_ci_low": ci.low, "auc_ci_high": ci.high,
                   "dataset_fingerprint": inputs.fingerprint, "bench_version": bench.__version__,
                   **({"train_dataset": unit.train_dataset.adapter,

@@ -34,11 +34,12 @@ def pick_name(candidates: list[str]) -> str:
 
 
 def select(results: pd.DataFrame, predictions: pd.DataFrame, candidates: list[str], *, dataset: str, protocol: str,
-           split: str = "5x2", finetuned: bool = False, command: str = "") -> Selection:
-    """Per fold, the candidate with the highest validation AUC (a tie goes to the one listed first)."""
+           split: str = "5x2", seed: int = 0, finetuned: bool = False, command: str = "") -> Selection:
+    """Per fold of the partition `seed` made, the candidate with the highest validation AUC (a tie goes to the one
+    listed first)."""
     if len(set(candidates)) < 2:
         raise BenchError("name at least two different evaluated configurations to select among")
-    identity = {"dataset": dataset, "protocol": protocol, "split": split, "finetuned": finetuned}
+    identity = {"dataset": dataset, "protocol": protocol, "split": split, "seed": seed, "finetuned": finetuned}
     rows = pd.concat([_candidate_rows(results, c, identity) for c in candidates], ignore_index=True)
     folds = _common_folds(rows, candidates)
     rank = {c: i for i, c in enumerate(candidates)}
@@ -52,17 +53,18 @@ def select(results: pd.DataFrame, predictions: pd.DataFrame, candidates: list[st
         raise BenchError("the predictions table lacks some chosen configuration's test scores: evaluate each "
                          "candidate with `--predictions` pointing at it")
     picked = picked.assign(backbone=name)
-    ci = bootstrap_auc(picked, seed=int(chosen["seed"].iloc[0]))
+    ci = bootstrap_auc(picked, seed=seed)
     fold_rows = chosen.assign(selected=chosen["backbone"], backbone=name, auc_ci_low=ci.low, auc_ci_high=ci.high,
                               command=command, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     choices = chosen[["fold", "backbone", "validation_auc", "auc"]].rename(columns={"backbone": "chosen"})
     return Selection(name, choices.reset_index(drop=True), fold_rows.reset_index(drop=True), picked)
 
 
-def command(candidates: list[str], *, dataset: str, protocol: str, split: str, finetuned: bool, results: str,
-            predictions: str) -> str:
+def command(candidates: list[str], *, dataset: str, protocol: str, split: str, seed: int, finetuned: bool,
+            results: str, predictions: str) -> str:
     """The `bench select` command line that regenerates a selection's rows."""
     args = ["bench", "select", *candidates, "--protocol", protocol, "--dataset", dataset, "--split", split]
+    args += ["--seed", str(seed)] if seed else []
     args += ["--finetuned"] * finetuned + ["--results", results, "--predictions", predictions]
     return shlex.join(args)
 
@@ -71,7 +73,8 @@ def _candidate_rows(results: pd.DataFrame, candidate: str, identity: dict) -> pd
     rows = matching(results, **identity, backbone=candidate)
     if rows.empty:
         raise BenchError(f"no {identity['dataset']} {identity['protocol']} results for {candidate!r} (split "
-                         f"{identity['split']}): run `bench evaluate --backbone ...` for it with these --results first")
+                         f"{identity['split']}, seed {identity['seed']}): run `bench evaluate --backbone ...` for it "
+                         "with these --results first")
     if "validation_auc" not in rows or rows["validation_auc"].isna().any():
         raise BenchError(f"the results of {candidate!r} predate recorded validation AUCs: run its `bench evaluate` "
                          f"again ({rows['command'].iloc[0]})")
@@ -85,6 +88,4 @@ def _common_folds(rows: pd.DataFrame, candidates: list[str]) -> list[str]:
     if missing:
         raise BenchError(f"the candidates were evaluated on different folds ({missing} only in some): evaluate "
                          "them all on the same folds")
-    if rows["seed"].nunique() > 1:
-        raise BenchError("the candidates were evaluated with different --seed values, hence different folds")
     return sorted(folds)

@@ -19,17 +19,18 @@ import pandas as pd
 import bench
 from bench import paths
 from bench.extract import tta as views
-from bench.backbone import Backbone, Preprocessing, read_checkpoint
+from bench.backbone import Checkpoint, Preprocessing
 from bench.context import Context
 from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
-from bench.extract.export import ExportedModel, export_onnx
-from bench.evaluate.features import ID_ONLY, SOURCE_OVERLAP
+from bench.extract.export import export_onnx
+from bench.extract.model_cache import ExportedModel
 from bench.images import load_image
-from bench.overlap import TRAINED_ON, find_overlap
+from bench.overlap import ID_ONLY, SOURCE_OVERLAP, TRAINED_ON, find_overlap
 from bench.threads import count as thread_count
 from bench.work import Extract
 from featurestore import FeatureStore, SetWriter
+from featurestore.keys import check_tta
 
 BATCH_SIZE = 32
 CHUNK_BYTES = 4 << 20  # target size of one store chunk of features
@@ -201,14 +202,13 @@ def chunk_rows(dim: int, batch_size: int) -> int:
     return max(batch_size, rows // batch_size * batch_size)
 
 
-def source_overlap(backbone: Backbone, manifest: pd.DataFrame, ctx: Context) -> dict:
-    """The attrs that record which of the manifest's images are pictures the backbone's source stage trained on
-    (none for a backbone without one). Recorded, not refused: the set may be an SVM's training side, which may be;
-    evaluation refuses them on the test side."""
-    output = ctx.source_weights(backbone)
-    meta = read_checkpoint(output).get("meta", {}) if output else {}
+def source_overlap(backbone: str, source: Checkpoint | None, manifest: pd.DataFrame) -> dict:
+    """The attrs that record which of the manifest's images are pictures `backbone`'s source stage (whose trained
+    weights are `source`) trained on; none without one. Recorded, not refused: the set may be an SVM's training
+    side, which may be; evaluation refuses them on the test side."""
+    meta = source.meta if source else {}
     if ID_ONLY in meta and TRAINED_ON not in meta:
-        raise BenchError(f"{output} records the images its source stage trained on by id only: train {backbone.name}'s "
+        raise BenchError(f"{source.path} records the images its source stage trained on by id only: train {backbone}'s "
                          "source stage again so that they are compared with the images scored by content")
     if TRAINED_ON not in meta:
         return {}
@@ -227,24 +227,28 @@ def prepare(unit: Extract, ctx: Context) -> Extraction:
         raise BenchError("--batch-size and --limit must be at least 1")
     if (unit.protocol is None) != (unit.fold is None):
         raise BenchError("a fine-tuned feature set needs both --protocol and --fold")
-    views.check(unit.tta)
+    check_tta(unit.tta)
     backbone = ctx.registry.backbone(unit.backbone)
     features = FeatureStore(ctx.store)
     features.exists()  # an unusable store URL fails now, not after the export
     manifest = dataset.manifest(ctx)
     if limit is not None:
         manifest = manifest.head(limit)
-    weights = ctx.source_weights(backbone)
+    # each checkpoint is read once, whatever asks for its parts: the overlap guard, the export, the fold record
+    source_weights = ctx.source_weights(backbone)
+    source = Checkpoint(source_weights) if source_weights else None
+    checkpoint = source
     if unit.fold is not None:
-        weights = paths.finetuned_checkpoint(ctx.home, dataset.adapter, unit.backbone, unit.protocol, unit.fold)
-        if not weights.is_file():
-            raise BenchError(f"no fine-tuned checkpoint {weights}: fine-tune {unit.backbone} on {dataset.adapter} "
-                             f"for protocol {unit.protocol}, fold {unit.fold} first (`bench train`)")
-    guard = source_overlap(backbone, manifest, ctx)
-    model = export_onnx(backbone, weights, home=ctx.home)
+        checkpoint = Checkpoint(paths.finetuned_checkpoint(ctx.home, dataset.adapter, unit.backbone, unit.protocol,
+                                                           unit.fold))
+        if not checkpoint.path.is_file():
+            raise BenchError(f"no fine-tuned checkpoint {checkpoint.path}: fine-tune {unit.backbone} on "
+                             f"{dataset.adapter} for protocol {unit.protocol}, fold {unit.fold} first (`bench train`)")
+    guard = source_overlap(backbone.name, source, manifest)
+    model = export_onnx(backbone, checkpoint, home=ctx.home)
     key = unit.set_key
     # a fine-tuned set carries its checkpoint's record of the fold it trained on: evaluation checks it
-    record = read_checkpoint(weights).get("meta", {}).get("fold_record") if unit.fold is not None else None
+    record = checkpoint.meta.get("fold_record") if unit.fold is not None else None
     attrs = {
         "model_sha256": model.sha256,
         "preprocessing": model.preprocessing.to_dict(),
@@ -253,7 +257,7 @@ def prepare(unit: Extract, ctx: Context) -> Extraction:
         "backbone": unit.backbone,
         "key": key,
         "tta": unit.tta or "none",
-        "weights": str(weights) if weights else "initial weights",
+        "weights": str(checkpoint.path) if checkpoint else "initial weights",
         "dataset_options": dataset.options,
         "bench_version": bench.__version__,
         **({"fold_record": record} if unit.fold is not None else {}),

@@ -11,15 +11,6 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from bench.errors import BenchError
-
-VIEWS = {"dihedral": 8}  # each TTA and its views per image
-
-
-def check(tta: str | None) -> str | None:
-    if tta is not None and tta not in VIEWS:
-        raise BenchError(f"--tta {tta!r} is not known; choose one of: {', '.join(VIEWS)}")
-    return tta
 
 
 def dihedral_views(images: np.ndarray) -> Iterator[np.ndarray]:

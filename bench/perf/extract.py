@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from bench import plugins
-from bench.extract.tta import VIEWS
+from featurestore.keys import TTA_VIEWS
 from bench.backbone import Preprocessing
 from bench.context import Context
 from bench.extract.pipeline import BATCH_SIZE, SESSION_OPTIONS, Extraction, create_session, prepare
@@ -85,7 +85,7 @@ def measure(backbone_name: str, dataset_name: str, root: Path | None, *, limit: 
         "cpus": os.cpu_count(),
         "threads": thread_count(),
         "load_average_1min_before": round(load, 2),
-        **(_tta_figures(VIEWS[tta] * len(files), min(seconds["tta"]), pipeline) if tta else {}),
+        **(_tta_figures(TTA_VIEWS[tta] * len(files), min(seconds["tta"]), pipeline) if tta else {}),
     }
 
 

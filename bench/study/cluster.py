@@ -26,7 +26,7 @@ from featurestore.errors import StoreError
 from protocols.errors import ProtocolError
 
 if TYPE_CHECKING:
-    from bench.extract.export import ExportedModel
+    from bench.extract.model_cache import ExportedModel
     from bench.extract.pipeline import Extraction
 
 INSTALL = "pip install 'bench[ray]'"

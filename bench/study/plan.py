@@ -1,18 +1,25 @@
 """What a study runs: its data (manifests, folds, content fingerprints) and the units of work (`bench.work`) it
-expands to, each planned once however many evaluations read it."""
+expands to, each planned once however many evaluations read it; and, for a confirmatory study, what confirms which
+candidates and the fingerprint of each candidate as it was chosen."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable
 
 from bench import paths
 from bench.context import Context
 from bench.errors import BenchError
 from bench.evaluate.features import parse
-from bench.study.schema import Study, stored_backbones
+from bench.study.schema import EvaluationSpec, Study, stored_backbones
 from bench.work import (EXTERNAL, DatasetRef, Evaluate, Extract, FineTune, Report, TrainSource, Work, source_key,
                         trunk_pass)
+
+# what a unit ran on rather than what was chosen for it: a candidate keeps its fingerprint on other data
+DATA_FIELDS = {"dataset", "train_dataset", "split", "folds", "fold", "seed", "reference", "keep_duplicate_folds"}
+PICK_RULE = "per fold, the highest validation AUC on the training part; a tie to the candidate listed first"
 
 
 # --- the study's data ------------------------------------------------------------------------------------------
@@ -98,13 +105,7 @@ def plan(study: Study, fold_keys: dict[int, list[str]], ctx: Context) -> list[Wo
         train = study.datasets[spec.train] if spec.train else None
         folds = () if spec.split == EXTERNAL else tuple(fold_keys[i])
         common = dict(split=spec.split, folds=folds, seed=study.seed, reference=spec.reference)
-        common |= {"train_dataset": train} if train else {}
-        for features in spec.frozen:  # e.g. `A@448+B [tta dihedral, power]`: each member's set, then its SVM
-            backbone, tta, power = parse(features)
-            extracts = tuple(add(Extract(member, data, tta=tta, deps=_weights_stage(study, member)))
-                             for member in stored_backbones(backbone) for data in (train, dataset) if data)
-            evaluations += [Evaluate(backbone, dataset, protocol, tta=tta, power=power, deps=extracts, **common)
-                            for protocol in spec.protocols]
+        evaluations += _frozen(study, spec, train, common, add)
         for backbone in spec.finetuned:
             for protocol in spec.protocols:
                 extracts = []
@@ -117,10 +118,32 @@ def plan(study: Study, fold_keys: dict[int, list[str]], ctx: Context) -> list[Wo
                                                 deps=trained)))
                 evaluations.append(Evaluate(backbone, dataset, protocol, finetuned=True, deps=tuple(extracts),
                                             **common))
+    for c in confirmations(study):  # the same candidates on data they were not chosen on
+        spec = study.evaluations[c.evaluation]
+        train = study.datasets[c.train] if c.train else None
+        common = dict(split=EXTERNAL, folds=(), seed=c.seed) if train else \
+            dict(split="5x2", folds=tuple(fold_keys[c.evaluation]), seed=c.seed)
+        evaluations += _frozen(study, spec, train, common, add)
     for work in evaluations:
         add(work)
     add(Report(study.name, study.bootstrap_draws, deps=tuple(e.key for e in evaluations)))
     return list(units.values())
+
+
+def _frozen(study: Study, spec: EvaluationSpec, train: DatasetRef | None, common: dict[str, Any],
+            add: Callable[[Work], str]) -> list[Evaluate]:
+    """The evaluations of `spec`'s frozen features (e.g. `A@448+B [tta dihedral, power]`: each member's set, then
+    its SVM), on `spec`'s dataset with the SVM also learning on `train` when given."""
+    dataset = study.datasets[spec.dataset]
+    common = common | ({"train_dataset": train} if train else {})
+    evaluations = []
+    for features in spec.frozen:
+        backbone, tta, power = parse(features)
+        extracts = tuple(add(Extract(member, data, tta=tta, deps=_weights_stage(study, member)))
+                         for member in stored_backbones(backbone) for data in (train, dataset) if data)
+        evaluations += [Evaluate(backbone, dataset, protocol, tta=tta, power=power, deps=extracts, **common)
+                        for protocol in spec.protocols]
+    return evaluations
 
 
 def _weights_stage(study: Study, backbone: str) -> tuple[str, ...]:
@@ -139,3 +162,103 @@ def _train_source(study: Study, backbone: str, ctx: Context) -> TrainSource:
     start = source_start(study, backbone, ctx)
     return TrainSource(backbone, start, study.datasets[study.source_dataset(backbone)], study.recipe_for(start),
                        study.seed, deps=_weights_stage(study, start))
+
+
+# --- confirmation -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Confirmation:
+    """Data that confirms evaluation `evaluation`'s frozen candidates: a fresh 5x2 partition of its dataset (`seed`),
+    or (`train`) all of its dataset scored by an SVM trained on all of that dataset of the study's."""
+
+    evaluation: int
+    seed: int
+    train: str | None = None
+
+
+def confirmations(study: Study) -> list[Confirmation]:
+    """What the study's [confirm] table confirms: every 5x2 evaluation on each seed's partitions, and every
+    evaluation of dataset B on each external pair A -> B. Refused where it would confirm nothing, repeat development
+    data, or meet fine-tuned candidates (their checkpoints and sets are keyed by fold, not by partition)."""
+    spec = study.confirm
+    if spec is None:
+        return []
+    found = []
+    for i, evaluation in enumerate(study.evaluations):
+        if evaluation.split == EXTERNAL:
+            continue
+        mine = [Confirmation(i, seed) for seed in spec.seeds if evaluation.split == "5x2"]
+        mine += [Confirmation(i, study.seed, pair.train) for pair in spec.external
+                 if pair.dataset == evaluation.dataset]
+        if mine and evaluation.finetuned:
+            raise BenchError(f"{study.path}: confirm: evaluate[{i}] lists fine-tuned candidates, which cannot be "
+                             "confirmed yet (fine-tuned sets are keyed by fold, not by partition): move them to a "
+                             "study without [confirm]")
+        found += mine
+    if spec.seeds and not any(c.train is None for c in found):
+        raise BenchError(f"{study.path}: confirm.seeds: no [[evaluate]] uses split \"5x2\", the split a seed draws "
+                         "afresh: drop seeds or add a 5x2 evaluation")
+    for k, (train, dataset) in enumerate((pair.train, pair.dataset) for pair in spec.external):
+        if train == dataset:
+            raise BenchError(f"{study.path}: confirm.external[{k}]: train and dataset are both {train!r}; an external "
+                             "pair scores one dataset with an SVM trained on another")
+        if any(e.train == train and e.dataset == dataset for e in study.evaluations):
+            raise BenchError(f"{study.path}: confirm.external[{k}]: an [[evaluate]] already scores {train} -> "
+                             f"{dataset} in development; confirm on a pair the candidates were not chosen on")
+        if not any(c.train == train and study.evaluations[c.evaluation].dataset == dataset for c in found):
+            raise BenchError(f"{study.path}: confirm.external[{k}].dataset: no [[evaluate]] on {dataset!r} lists "
+                             "candidates to confirm: add one, or name a dataset that has one")
+    return found
+
+
+def candidate_name(dataset: str, protocol: str, features: str) -> str:
+    """A development candidate as the ledger names it: the study's dataset name, the design, the features."""
+    return f"{dataset}/{protocol}/{features}"
+
+
+def candidates(study: Study, units: list[Work]) -> dict[str, Any]:
+    """The candidate list of a confirmatory study with the fingerprint of every choice: per development candidate
+    its configuration and everything upstream that trains or extracts it (recipes, source stages, the study's own
+    backbone definitions), not the data it ran on; and the rule that picks and tests among them."""
+    confirmed = {study.evaluations[c.evaluation].dataset for c in confirmations(study)}
+    by_key = {u.key: u for u in units}
+    found = {}
+    for unit in units:
+        if isinstance(unit, Evaluate) and not unit.train_dataset and unit.seed == study.seed \
+                and unit.dataset.name in confirmed:
+            found[candidate_name(unit.dataset.name, unit.protocol, unit.features)] = _choices(study, unit, by_key)
+    return {"rule": {"pick": PICK_RULE, "baseline": study.baseline}, "candidates": found}
+
+
+def _choices(study: Study, unit: Work, by_key: dict[str, Work]) -> str:
+    chain, todo = {}, [unit]
+    while todo:
+        work = todo.pop()
+        chain[work.key] = work
+        todo += [by_key[d] for d in work.deps if d not in chain]
+    choices = sorted(json.dumps([w.kind, {k: v for k, v in w.params.items()  # a source stage's dataset is a choice
+                                          if w.kind == "source" or k not in DATA_FIELDS}], sort_keys=True, default=str)
+                     for w in chain.values())
+    defined = _definitions(study, [getattr(w, name, "") for w in chain.values() for name in ("backbone", "start")])
+    payload = {"choices": choices, "defined": defined, "recipe": study.recipe.to_dict() if defined else None}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _definitions(study: Study, names: list[str]) -> dict[str, Any]:
+    """The study's own backbones that `names` are or start from (they run at the recipe's image size)."""
+    found, todo = {}, [n.partition("@")[0] for n in names]
+    while todo:
+        spec = study.backbones.get(todo.pop())
+        if spec and spec.name not in found:
+            found[spec.name] = asdict(spec)
+            todo.append(spec.like)
+    return found
+
+
+def changed_since(started: dict[str, Any], now: dict[str, Any]) -> dict[str, str]:
+    """Candidates whose choice is not the one recorded when confirmation started, each with why."""
+    if started["rule"] != now["rule"]:
+        return dict.fromkeys(now["candidates"], "baseline or pick rule changed after confirmation started")
+    before = started["candidates"]
+    return {name: "added after confirmation started" if name not in before else "changed after confirmation started"
+            for name, fingerprint in now["candidates"].items() if before.get(name) != fingerprint}

@@ -2,11 +2,14 @@
 beside ours, bootstrap intervals, the paired test behind each "A beats B" claim, and the ROC curves.
 
 The tables, statistics and curves come from `bench.evaluate.leaderboard` and `protocols.stats`; this module only chooses
-which rows answer which of the paper's questions.
+which rows answer which of the paper's questions. In a confirmatory study (a `[confirm]` table) the levers and claims
+are tested on the confirmation rows only (fresh partitions, external pairs), and the development ones are labelled so;
+without one, the report says its claims are exploratory.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -17,6 +20,8 @@ from bench import atomic
 from bench.evaluate.leaderboard import render, summarise
 from bench.evaluate.results import matching, read_tables
 from bench.evaluate.select import Selection, select as choose
+from bench.study.plan import candidate_name, confirmations
+from bench.work import EXTERNAL
 from protocols import stats
 from protocols.designs import DESIGNS
 from protocols.splits import lesion_note
@@ -67,20 +72,41 @@ TESTS_NOTE = ("bootstrap p: two-sided, from a paired bootstrap over test lesions
               "crossed zero), which holds each fold's trained SVM fixed; F / t p: a test that also counts the variance "
               "of training, Alpaydin's 5x2cv F-test (F) on a 5x2 split, Nadeau and Bengio's corrected resampled t-test "
               "(t) on other folds, none on a single fold. Holm p: Holm's adjustment of the larger of the two, over {family}.")
+EXPLORATORY = ("**Exploratory.** {what}, so its configurations were chosen on the folds they are reported on: the "
+               "levers and claims below are exploratory, not confirmed. A `[confirm]` table in the study file (fresh "
+               "5x2 partitions, `seeds`, or external pairs) makes them confirmatory.")
+DEVELOPMENT_NOTE = (" Development rows: the candidates were chosen on these folds, so these tests are not "
+                    "confirmatory; the confirmation tables below are.")
+CONFIRMATION_NOTE = (" Confirmation rows only: the candidates, the baseline and the pick rule were fixed on the "
+                     "development folds and recorded in `ledger.json` when confirmation started; the last row picks "
+                     "among the recorded candidates by this data's own validation AUCs. A candidate added or changed "
+                     "after that is flagged and is not confirmatory.")
 CLAIM_NOTE = ("AUC A − B: mean fold AUC difference with its 95% interval from the bootstrap. " + TESTS_NOTE +
               " Verdict: A beats B (or B beats A) when the Holm p is below 0.05; otherwise the difference may be "
               "chance, as the paper itself warns for some of its own; a single fold gives no verdict.")
 
 
-def write(study: Study, ws: Workspace, data: StudyData) -> str:
-    """Render `ws.leaderboard` (with its ROC PNGs) and `ws.report`; returns a digest of the report text."""
+@dataclass(frozen=True)
+class Scope:
+    """The rows one table is computed on: an evaluation's dataset on one partition, or scored by an SVM that learnt
+    on another dataset."""
+
+    dataset: str  # as its rows name it: `ph2`, or `ham10000 -> ph2`
+    seed: int
+    split: str
+    role: str = ""  # in the heading: development or which confirmation; empty in a study without confirmation
+    confirmation: bool = False
+
+
+def write(study: Study, ws: Workspace, data: StudyData, flags: dict[str, str]) -> str:
+    """Render `ws.leaderboard` (with its ROC PNGs) and `ws.report`; returns a digest of the report text. `flags`:
+    candidates added or changed after confirmation started (`bench.study.plan.changed_since`), with why."""
     import hashlib
 
     results, predictions = read_tables(ws.results, ws.predictions)
     note = _synthetic_note(study) if study.synthetic else ""
     render(results, ws.leaderboard, predictions, note=note)
-    report = Report(study, data, results, predictions)
-    text = report.markdown()
+    text = ReportPage(study, data, results, predictions, flags).markdown()
     atomic.write_text(ws.report, text)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -93,10 +119,14 @@ def _synthetic_note(study: Study) -> str:
             "melanoma screening. The paper's numbers are shown for layout only.")
 
 
-class Report:
-    def __init__(self, study: Study, data: StudyData, results: pd.DataFrame, predictions: pd.DataFrame):
+class ReportPage:
+    """The report's markdown, built from the study and its tables (the `Report` unit of work runs `write`)."""
+
+    def __init__(self, study: Study, data: StudyData, results: pd.DataFrame, predictions: pd.DataFrame,
+                 flags: dict[str, str]):
         self.study, self.data, self.results, self.predictions = study, data, results, predictions
         self.summary = summarise(results)
+        self.flags, self.confirmations = flags, confirmations(study)
 
     def markdown(self) -> str:
         study = self.study
@@ -104,16 +134,51 @@ class Report:
         lines += [f"> {_synthetic_note(study)}", ""] if study.synthetic else []
         lines += [study.description, ""] if study.description else []
         lines += self.setup()
+        lines += [EXPLORATORY.format(what="This study names no confirmation data"), ""] if not study.confirm else []
         for i, evaluation in enumerate(study.evaluations):
-            dataset = study.datasets[evaluation.dataset].adapter
-            lines += self.levers(i, dataset)
-            lines += self.table1(i, dataset) + self.claims(i, dataset) + self.table3(dataset)
-            lines += self.table4(i, dataset) + self.table2(i, dataset) + self.referral(i, dataset)
-            lines += self.curves(i, dataset)
+            scope, confirming = self.development(i), self.confirming(i)
+            if study.confirm and not confirming:
+                lines += [EXPLORATORY.format(what=f"No confirmation data covers `{scope.dataset}`"), ""]
+            lines += self.levers(i, scope)
+            for confirmation in confirming:
+                lines += self.levers(i, confirmation) + self.claims(i, confirmation)
+            lines += self.table1(i, scope) + ([] if confirming else self.claims(i, scope)) + self.table3(scope)
+            lines += self.table4(i, scope) + self.table2(i, scope) + self.referral(i, scope)
+            lines += self.curves(i, study.datasets[evaluation.dataset].adapter)
         lines += ["The full leaderboard (every evaluation, mAP/ACC/SE/SP, the commands that regenerate each row): "
                   "[leaderboard.md](leaderboard.md). Per-fold rows: `results.csv`; per-image scores: "
                   "`predictions.csv`.", ""]
         return "\n".join(lines).rstrip() + "\n"
+
+    # --- which rows
+
+    def development(self, i: int) -> Scope:
+        """Evaluation i's own rows: the folds its candidates were chosen on."""
+        evaluation = self.study.evaluations[i]
+        role = "development: chosen and reported on these folds" if self.confirming(i) else ""
+        return Scope(self._target(evaluation.train, evaluation.dataset), self.study.seed, evaluation.split, role)
+
+    def confirming(self, i: int) -> list[Scope]:
+        """The rows that confirm evaluation i's candidates: fresh partitions, external pairs."""
+        dataset = self.study.evaluations[i].dataset
+        scopes = []
+        for c in (c for c in self.confirmations if c.evaluation == i):
+            if c.train:
+                role = (f"confirmation: SVM trained on all of {self.study.datasets[c.train].adapter}, scored on all "
+                        f"of {self.study.datasets[dataset].adapter}")
+                scopes.append(Scope(self._target(c.train, dataset), c.seed, EXTERNAL, role, True))
+            else:
+                role = f"confirmation: fresh 5x2 partitions, seed {c.seed}"
+                scopes.append(Scope(self._target(None, dataset), c.seed, "5x2", role, True))
+        return scopes
+
+    def _target(self, train: str | None, dataset: str) -> str:
+        """How rows name a dataset of the study's: its adapter, `A -> B` when an SVM learnt on A."""
+        target = self.study.datasets[dataset].adapter
+        return f"{self.study.datasets[train].adapter} -> {target}" if train else target
+
+    def _claim_scopes(self, i: int) -> list[Scope]:
+        return self.confirming(i) or [self.development(i)]
 
     # --- parts
 
@@ -147,6 +212,12 @@ class Report:
                          f"{', '.join(folds)}: class-balanced linear SVM on L2-normalised features, C chosen on each "
                          "training fold by the mean AUC over 10 lesion-grouped validation folds."
                          + (f" **Note:** {note}." if note else ""))
+        if study.confirm:
+            confirmed = ", ".join(f"`{scope.dataset}` ({scope.role.removeprefix('confirmation: ')})"
+                                  for i in range(len(study.evaluations)) for scope in self.confirming(i))
+            lines.append(f"- Confirmation: the candidates were chosen on the development folds (seed {study.seed}) "
+                         f"and are tested on {confirmed}; the candidate list and a fingerprint of each choice "
+                         "were recorded in `ledger.json` when confirmation started.")
         if study.transfer:
             roles = ", ".join(f"{COLUMN_TITLES[c]} = `{b}`" for c, b in study.transfer.items())
             lines.append(f"- Transfer sources (Table 1 columns): {roles}.")
@@ -154,25 +225,26 @@ class Report:
                         "in brackets the paper's figure, which is another dataset and network (VGG-M on the "
                         "Interactive Atlas of Dermoscopy): a reference point, not a like-for-like comparison.", ""]
 
-    def row(self, dataset: str, protocol: str, backbone: str | None, finetuned: bool) -> pd.Series | None:
+    def row(self, scope: Scope, protocol: str, backbone: str | None, finetuned: bool) -> pd.Series | None:
         if backbone is None:
             return None
-        hit = matching(self.summary, dataset=dataset, protocol=protocol, backbone=backbone, finetuned=finetuned)
+        hit = matching(self.summary, dataset=scope.dataset, seed=scope.seed, protocol=protocol, backbone=backbone,
+                       finetuned=finetuned)
         return hit.iloc[0] if len(hit) else None
 
-    def table1(self, i: int, dataset: str) -> list[str]:
+    def table1(self, i: int, scope: Scope) -> list[str]:
         transfer = self.study.transfer
         evaluation = self.study.evaluations[i]
-        if not transfer or not any(self.row(dataset, p, transfer.get(c), ft) is not None
+        if not transfer or not any(self.row(scope, p, transfer.get(c), ft) is not None
                                    for p in evaluation.protocols for c, ft in COLUMNS):
             return []
         header = [f"{COLUMN_TITLES[c]} {'FT' if ft else 'no FT'}" for c, ft in COLUMNS]
-        lines = [f"## Table 1 · {dataset}: transfer source × fine-tuning (AUC %)", "",
+        lines = [f"## Table 1 · {scope.dataset}: transfer source × fine-tuning (AUC %)", "",
                  "| design | " + " | ".join(header) + " |", "|---|" + "---|" * len(COLUMNS)]
         for protocol in evaluation.protocols:
             cells = []
             for column, ft in COLUMNS:
-                r = self.row(dataset, protocol, transfer.get(column), ft)
+                r = self.row(scope, protocol, transfer.get(column), ft)
                 paper = PAPER_TABLE1.get(protocol, {}).get(f"{column} {'FT' if ft else 'no FT'}")
                 cells.append(_auc_cell(r, paper))
             lines.append(f"| {protocol} | " + " | ".join(cells) + " |")
@@ -180,47 +252,46 @@ class Report:
         return lines + ["", f"Backbones: {backbones}. The paper used VGG-M throughout. Empty: not run in this "
                         "study.", ""]
 
-    def claims(self, i: int, dataset: str) -> list[str]:
+    def claims(self, i: int, scope: Scope) -> list[str]:
         """The paired tests behind each of the paper's "A beats B" claims, per design."""
-        rows = [self._claim_row(*test, claim) for test, claim in self._claims(i, dataset)]
+        rows = [self._claim_row(*test, claim) for test, claim in self._claims(i, scope)]
         rows = [row for row in rows if row]
         if not rows:
             return []
-        return ["### The paper's claims, tested (paired, on the same folds and test images)", "",
+        role = f" · {scope.role}" if scope.role else ""
+        return [f"### The paper's claims, tested (paired, on the same folds and test images){role}", "",
                 CLAIM_HEADER, CLAIM_RULE, *rows, "",
                 CLAIM_NOTE.format(draws=self.study.bootstrap_draws, family="every test in this report"), ""]
 
-    def _claims(self, i: int, dataset: str) -> list[tuple[tuple, str]]:
+    def _claims(self, i: int, scope: Scope) -> list[tuple[tuple, str]]:
         transfer = self.study.transfer
-        return [((dataset, protocol, (transfer[a[0]], a[1]), (transfer[b[0]], b[1])), claim)
+        return [((scope, protocol, (transfer[a[0]], a[1]), (transfer[b[0]], b[1])), claim)
                 for protocol in self.study.evaluations[i].protocols for a, b, claim in CLAIMS
                 if a[0] in transfer and b[0] in transfer]
 
-    def _architecture_claims(self, dataset: str) -> list[tuple[tuple, str]]:
+    def _architecture_claims(self, scope: Scope) -> list[tuple[tuple, str]]:
         first, *others = self.study.architectures or [None]
-        return [((dataset, protocol, (other, True), (first, True)), f"{other} vs {first}")
-                for other in others for protocol in self._table3_protocols(dataset)]
+        return [((scope, protocol, (other, True), (first, True)), f"{other} vs {first}")
+                for other in others for protocol in self._table3_protocols(scope)]
 
     @cached_property
     def tests(self) -> dict[tuple, tuple[stats.Comparison, stats.PValue]]:
         """Every paired test this report makes, with its Holm-adjusted p-value: the family is the whole report, so
         the chance of any false "beats" verdict in it stays below ALPHA."""
-        keys = []
-        for i, evaluation in enumerate(self.study.evaluations):
-            dataset = self.study.datasets[evaluation.dataset].adapter
-            keys += [test for test, _ in self._claims(i, dataset) + self._architecture_claims(dataset)]
+        keys = [test for i in range(len(self.study.evaluations)) for scope in self._claim_scopes(i)
+                for test, _ in self._claims(i, scope) + self._architecture_claims(scope)]
         done = {}
-        for dataset, protocol, a, b in dict.fromkeys(keys):
-            pa, pb = self._predictions(dataset, protocol, *a), self._predictions(dataset, protocol, *b)
+        for scope, protocol, a, b in dict.fromkeys(keys):
+            pa, pb = self._predictions(scope, protocol, *a), self._predictions(scope, protocol, *b)
             if pa is not None and pb is not None:
-                done[dataset, protocol, a, b] = self._compare(pa, pb)
+                done[scope, protocol, a, b] = self._compare(pa, pb)
         adjusted = stats.holm([c.verdict_p for c in done.values()])
         return {key: (c, p) for (key, c), p in zip(done.items(), adjusted)}
 
-    def _claim_row(self, dataset: str, protocol: str, a: tuple[str, bool], b: tuple[str, bool], claim: str) -> str:
-        if (dataset, protocol, a, b) not in self.tests:
+    def _claim_row(self, scope: Scope, protocol: str, a: tuple[str, bool], b: tuple[str, bool], claim: str) -> str:
+        if (scope, protocol, a, b) not in self.tests:
             return ""
-        result, adjusted = self.tests[dataset, protocol, a, b]
+        result, adjusted = self.tests[scope, protocol, a, b]
         d = result.difference
         verdict = "no clear difference" if result.test else "one fold: no verdict"
         if adjusted.value < ALPHA:
@@ -231,26 +302,30 @@ class Report:
     def _compare(self, a: pd.DataFrame, b: pd.DataFrame) -> stats.Comparison:
         return stats.paired_comparison(a, b, n_boot=self.study.bootstrap_draws, seed=self.study.seed)
 
-    def _predictions(self, dataset: str, protocol: str, backbone: str, finetuned: bool) -> pd.DataFrame | None:
-        rows = matching(self.predictions, dataset=dataset, protocol=protocol, backbone=backbone, finetuned=finetuned)
+    def _predictions(self, scope: Scope, protocol: str, backbone: str, finetuned: bool) -> pd.DataFrame | None:
+        rows = matching(self.predictions, dataset=scope.dataset, seed=scope.seed, protocol=protocol, backbone=backbone,
+                        finetuned=finetuned)
         # one CSV holds every design: the 3-class score columns are empty on the binary designs' rows
         return rows.dropna(axis=1, how="all").reset_index(drop=True) if len(rows) else None
 
-    def levers(self, i: int, dataset: str) -> list[str]:
+    def levers(self, i: int, scope: Scope) -> list[str]:
         """Each frozen configuration against the study's baseline: AUC, its interval, the paired test (Holm-adjusted
         over the configurations of one design)."""
         baseline, evaluation = self.study.baseline, self.study.evaluations[i]
         if baseline is None:
             return []
-        lines = [f"## Levers · {dataset}: each configuration against frozen `{baseline}`", "",
+        role = f" ({scope.role})" if scope.role else ""
+        lines = [f"## Levers · {scope.dataset}{role}: each configuration against frozen `{baseline}`", "",
                  "| design | features | AUC % (mean ± sd over folds) | 95% CI | Δ AUC vs baseline (95% CI) | "
                  "bootstrap p | F / t p | Holm p |", "|---|---|---|---|---|---|---|---|"]
         for protocol in evaluation.protocols:
-            base = self._predictions(dataset, protocol, baseline, False)
-            rows = [(f, self.row(dataset, protocol, f, False)) for f in evaluation.frozen]
+            base = self._predictions(scope, protocol, baseline, False)
+            rows = [(f, self.row(scope, protocol, f, False)) for f in evaluation.frozen]
             rows = [(f, r) for f, r in rows if r is not None]
-            scores = {f: self._predictions(dataset, protocol, f, False) for f, _ in rows}
-            chosen = self._chosen(dataset, protocol, evaluation.split, [f for f, _ in rows])
+            scores = {f: self._predictions(scope, protocol, f, False) for f, _ in rows}
+            flags = {f: why for f, _ in rows if scope.confirmation
+                     and (why := self.flags.get(candidate_name(evaluation.dataset, protocol, f)))}
+            chosen = self._chosen(scope, protocol, [f for f, _ in rows if f not in flags])
             if chosen is not None:  # the honest "best configuration": picked inside each fold
                 rows.append((CHOSEN, summarise(chosen.results).iloc[0]))
                 scores[CHOSEN] = chosen.predictions
@@ -261,6 +336,7 @@ class Report:
                 versus = f"{_difference(test.difference)} | {_tests(test, adjusted[features])}" if test else \
                     "baseline | | | "
                 name = _picks(chosen) if features == CHOSEN else f"`{features}`"
+                name += f" ({flags[features]}: not confirmatory)" if features in flags else ""
                 lines.append(f"| {protocol} | {name} | {stats.format_mean_sd(r['auc'], r['auc_sd'])} | "
                              f"{100 * r['auc_ci_low']:.1f}–{100 * r['auc_ci_high']:.1f} | {versus} |")
         return lines + ["", "Paired tests on the same folds and test images. " + TESTS_NOTE.format(
@@ -268,24 +344,24 @@ class Report:
                             "in one design") + " The best row by test AUC is "
                         "an optimistic estimate (the maximum of noisy figures, chosen on the images it is reported "
                         "on); the last row is not: in each fold it takes the configuration with the highest "
-                        "validation AUC on that fold's training part (`bench select`) and scores its test part.",
-                        ""]
+                        "validation AUC on that fold's training part (`bench select`) and scores its test part."
+                        + (CONFIRMATION_NOTE if scope.confirmation else DEVELOPMENT_NOTE if scope.role else ""), ""]
 
-    def _chosen(self, dataset: str, protocol: str, split: str, candidates: list[str]) -> Selection | None:
+    def _chosen(self, scope: Scope, protocol: str, candidates: list[str]) -> Selection | None:
         """The configuration picked per fold by validation AUC, where there is a choice and it was recorded."""
-        rows = matching(self.results, dataset=dataset, protocol=protocol, finetuned=False)
+        rows = matching(self.results, dataset=scope.dataset, seed=scope.seed, protocol=protocol, finetuned=False)
         recorded = "validation_auc" in rows and rows["validation_auc"].notna().all()
         if len(candidates) < 2 or not recorded:
             return None
-        return choose(self.results, self.predictions, candidates, dataset=dataset, protocol=protocol, split=split)
+        return choose(self.results, self.predictions, candidates, dataset=scope.dataset, protocol=protocol,
+                      split=scope.split, seed=scope.seed)
 
-    def table2(self, i: int, dataset: str) -> list[str]:
+    def table2(self, i: int, scope: Scope) -> list[str]:
         """Every metric on an official train/test split (the paper's Table 2 is ISIC 2016's)."""
-        evaluation = self.study.evaluations[i]
-        if evaluation.split != "official":
+        if scope.split != "official":
             return []
-        s = self.summary[(self.summary["dataset"] == dataset) & (self.summary["split"] == "official")]
-        lines = [f"## Table 2 · {dataset}: official test split (%)", "",
+        s = matching(self.summary, dataset=scope.dataset, seed=scope.seed, split="official")
+        lines = [f"## Table 2 · {scope.dataset}: official test split (%)", "",
                  "| model | design | AUC | mAP | ACC | SE | SP |", "|---|---|---|---|---|---|---|"]
         for r in s.sort_values("auc", ascending=False).itertuples():
             cells = [f"{100 * getattr(r, m):.1f}" for m in ("auc", "map", "acc", "se", "sp")]
@@ -294,30 +370,30 @@ class Report:
             lines.append(f"| *{name}* | mela-vs-ben | " + " | ".join(f"*{v:.1f}*" for v in values) + " |")
         return lines + ["", f"Italic rows: the paper's Table 2 (ISIC 2016 test set), for reference. {TABLE2_NOTE}", ""]
 
-    def _table3_protocols(self, dataset: str) -> list[str]:
+    def _table3_protocols(self, scope: Scope) -> list[str]:
         first = next(iter(self.study.architectures), None)
-        return [p for p in DESIGNS if self.row(dataset, p, first, True) is not None]
+        return [p for p in DESIGNS if self.row(scope, p, first, True) is not None]
 
-    def table3(self, dataset: str) -> list[str]:
+    def table3(self, scope: Scope) -> list[str]:
         """Architectures compared, all with ImageNet transfer and fine-tuning."""
-        protocols = self._table3_protocols(dataset)
+        protocols = self._table3_protocols(scope)
         if len(self.study.architectures) < 2 or not protocols:
             return []
-        lines = [f"## Table 3 · {dataset}: architecture (ImageNet + FT, AUC %)", "",
+        lines = [f"## Table 3 · {scope.dataset}: architecture (ImageNet + FT, AUC %)", "",
                  "| architecture | " + " | ".join(protocols) + " |", "|---|" + "---|" * len(protocols)]
         for backbone in self.study.architectures:
-            cells = [_auc_cell(self.row(dataset, p, backbone, True), None) for p in protocols]
+            cells = [_auc_cell(self.row(scope, p, backbone, True), None) for p in protocols]
             lines.append(f"| {backbone} | " + " | ".join(cells) + " |")
         order = list(DESIGNS)
         for name, values in PAPER_TABLE3.items():
             lines.append(f"| *paper: {name}* | " + " | ".join(f"*{values[order.index(p)]:.1f}*" for p in protocols)
                          + " |")
-        tests = [row for test, claim in self._architecture_claims(dataset) if (row := self._claim_row(*test, claim))]
+        tests = [row for test, claim in self._architecture_claims(scope) if (row := self._claim_row(*test, claim))]
         if tests:
             lines += ["", CLAIM_HEADER.replace("claim", "comparison"), CLAIM_RULE, *tests]
         return lines + [""]
 
-    def table4(self, i: int, dataset: str) -> list[str]:
+    def table4(self, i: int, scope: Scope) -> list[str]:
         """AUC by the dataset's own difficulty grading, for ImageNet + FT (the paper's Table 4)."""
         manifest = self.data.manifests[self.study.evaluations[i].dataset]
         backbone = self.study.transfer.get("imagenet")
@@ -326,8 +402,8 @@ class Report:
         difficulty = manifest.set_index("image_id")["difficulty"].astype(str)
         rows = []
         for protocol in self.study.evaluations[i].protocols:
-            predictions = self._predictions(dataset, protocol, backbone, True)
-            r = self.row(dataset, protocol, backbone, True)
+            predictions = self._predictions(scope, protocol, backbone, True)
+            r = self.row(scope, protocol, backbone, True)
             if predictions is None or r is None:
                 continue
             by_level = stats.auc_by_difficulty(predictions, difficulty).set_index("difficulty")["auc"]
@@ -337,18 +413,18 @@ class Report:
             rows.append(f"| {protocol} | " + " | ".join(cells) + " |")
         if not rows:
             return []
-        return [f"## Table 4 · {dataset}: AUC by diagnostic difficulty ({_name(backbone, True)}, %)", "",
+        return [f"## Table 4 · {scope.dataset}: AUC by diagnostic difficulty ({_name(backbone, True)}, %)", "",
                 "| design | low | medium | high | all |", "|---|---|---|---|---|", *rows, "",
                 "Paper's figures (VGG-M, ImageNet + FT, Atlas) in brackets.", ""]
 
-    def referral(self, i: int, dataset: str) -> list[str]:
+    def referral(self, i: int, scope: Scope) -> list[str]:
         """The paper's conclusion, measured: refer the confident positives and the uncertain cases; how many
         positives (melanomas; in mal-vs-ben melanomas and carcinomas) are caught for a given share of cases
         referred (ImageNet + FT, the paper's best)."""
         backbone = self.study.transfer.get("imagenet")
         rows = []
         for protocol in self.study.evaluations[i].protocols:
-            predictions = self._predictions(dataset, protocol, backbone, True) if backbone else None
+            predictions = self._predictions(scope, protocol, backbone, True) if backbone else None
             if predictions is None:
                 continue
             table = stats.referral(predictions, DESIGNS[protocol].positive)
@@ -360,7 +436,8 @@ class Report:
             return []
         header = [f"SE, {100 * f:.0f}% referred" for f in stats.REFERRAL_FRACTIONS]
         header += [f"referred for SE {100 * t:.0f}%" for t in stats.REFERRAL_TARGETS]
-        return [f"## Referral · {dataset}: positives caught against cases referred ({_name(backbone, True)})", "",
+        title = f"## Referral · {scope.dataset}: positives caught against cases referred ({_name(backbone, True)})"
+        return [title, "",
                 "| design | " + " | ".join(header) + " |", "|---|" + "---|" * len(header), *rows, "",
                 "Cases are referred in order of decreasing positive-class score, which refers the confident positives "
                 "and the low-confidence cases first, as the paper's conclusion proposes. In %, averaged over folds.",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -13,10 +14,10 @@ from rich.console import Console
 
 from bench.context import Context
 from bench.study.executors import InProcess, RayStages
-from bench.study.plan import StudyData, plan
+from bench.study.plan import StudyData, candidates, changed_since, plan
 from bench.study.runner import Action, Ledger, execute
 from bench.study.schema import Study
-from bench.work import EXTERNAL, Evaluate, Extract, ExtractTrunk
+from bench.work import EXTERNAL, Evaluate, Extract, ExtractTrunk, Report, Work
 from bench.study.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -32,12 +33,22 @@ def reproduce(study: Study, out: Path, console: Console, executor: str = "local"
     ws.out.mkdir(parents=True, exist_ok=True)
     ctx = ws.context(study)
     data = StudyData.load(study, ctx)
-    units = plan(study, data.fold_keys, ctx)
+    ledger = Ledger(ws.ledger)
+    units = _flagged(study, plan(study, data.fold_keys, ctx), ledger)
     runner = RayStages(ctx, address) if executor == "ray" else InProcess(ctx)
-    counts = execute(units, Ledger(ws.ledger), actions(study, ws, data, ctx), data.identity, ws.log, console,
-                     runner)
+    counts = execute(units, ledger, actions(study, ws, data, ctx), data.identity, ws.log, console, runner)
     console.print(f"{counts['ran']} stage(s) run, {counts['skipped']} unchanged and skipped", highlight=False)
     return counts
+
+
+def _flagged(study: Study, units: list[Work], ledger: Ledger) -> list[Work]:
+    """The units, the report naming the candidates added or changed since confirmation started; the first run
+    that plans confirmation records the candidate list in the ledger, before any confirmation result exists."""
+    if study.confirm is None:
+        return units
+    now = candidates(study, units)
+    flagged = tuple(sorted(changed_since(ledger.start_confirmation(now), now).items()))
+    return [replace(u, flagged=flagged) if isinstance(u, Report) else u for u in units]
 
 
 def actions(study: Study, ws: Workspace, data: StudyData, ctx: Context) -> dict[str, Action]:
@@ -45,7 +56,6 @@ def actions(study: Study, ws: Workspace, data: StudyData, ctx: Context) -> dict[
     from bench.study import report
     from bench.evaluate.score import evaluate
     from bench.train.jobs import finetune, train_source
-
     from bench.train.trunk import set_key
 
     store = _StoreSnapshot(ws.store)
@@ -56,7 +66,8 @@ def actions(study: Study, ws: Workspace, data: StudyData, ctx: Context) -> dict[
         "extract": Action(_extract, present=lambda s: store.has(s.dataset.adapter, s.backbone, s.set_key)),
         "evaluate": Action(evaluate, present=lambda s: _has_results(ws, s),
                            keep=lambda s, done: _keep_evaluation(ws, done)),
-        "report": Action(lambda s, ctx: report.write(study, ws, data), present=lambda s: ws.report.is_file()),
+        "report": Action(lambda s, ctx: report.write(study, ws, data, dict(s.flagged)),
+                         present=lambda s: ws.report.is_file()),
     }
 
 
@@ -94,8 +105,6 @@ def _fill(prepare: Callable[[Any, Context], Extraction], unit: Extract | Extract
 
 def _prepared(prepare: Callable[[Any, Context], Extraction], unit: Extract | ExtractTrunk,
               ctx: Context) -> Extraction:
-    from dataclasses import replace
-
     from featurestore import StoreError
 
     try:  # a set this study began with the same model resumes where it stopped
@@ -125,7 +134,7 @@ def _has_results(ws: Workspace, unit: Evaluate) -> bool:
     if not (ws.results.is_file() and ws.predictions.is_file()):
         return False
     rows = matching(read_table(ws.results), dataset=unit.target, protocol=unit.protocol,
-                    backbone=unit.features, finetuned=unit.finetuned, split=unit.split)
+                    backbone=unit.features, finetuned=unit.finetuned, split=unit.split, seed=unit.seed)
     return set(rows["fold"]) == (set(unit.folds) if unit.split != EXTERNAL else {"all"})
 
 

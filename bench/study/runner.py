@@ -5,6 +5,8 @@ what its upstream stages produced (their digests: checkpoint hashes, model hashe
 (`DIR/ledger.json`, rewritten atomically after every stage) keeps each finished stage's fingerprint and digest; a
 stage whose fingerprint is unchanged and whose output is still there is skipped. So an interrupted study resumes
 where it stopped, an unchanged one finishes at once, and a changed setting reruns only the stages it reaches.
+A confirmatory study's ledger also keeps, under `confirmation`, its candidate list as it stood when confirmation
+started (`bench.study.plan.candidates`), which later runs are compared with.
 `DIR/log.jsonl` records what each run did, one JSON object per event. The live view shows progress per kind.
 """
 
@@ -38,15 +40,18 @@ KIND_TITLES = {"source": "source training", "trunk": "trunk activations", "finet
 
 
 class Ledger:
-    """Finished stages: key -> {fingerprint, digest, seconds, finished}. Rewritten atomically after each stage."""
+    """Finished stages: key -> {fingerprint, digest, seconds, finished}, and the candidate list recorded when
+    confirmation started. Rewritten atomically after each change."""
 
     def __init__(self, path: Path):
         self.path = path
         self.stages: dict[str, dict[str, Any]] = {}
+        self.confirmation: dict[str, Any] | None = None
         if path.is_file():
             try:
-                self.stages = json.loads(path.read_text())["stages"]
-            except (ValueError, KeyError, TypeError) as exc:
+                saved = json.loads(path.read_text())
+                self.stages, self.confirmation = saved["stages"], saved.get("confirmation")
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise BenchError(f"{path} is not a study ledger ({exc}); delete it to rerun every stage") from exc
 
     def entry(self, key: str) -> dict[str, Any] | None:
@@ -59,8 +64,21 @@ class Ledger:
     def record(self, key: str, fingerprint: str, digest: str, seconds: float) -> None:
         self.stages[key] = {"fingerprint": fingerprint, "digest": digest, "seconds": round(seconds, 2),
                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self._write()
+
+    def start_confirmation(self, candidates: dict[str, Any]) -> dict[str, Any]:
+        """The candidate list recorded when confirmation started: `candidates` (and their fingerprint) if that is
+        now, else the one recorded then, which later changes never overwrite."""
+        if self.confirmation is None:
+            digest = hashlib.sha256(json.dumps(candidates, sort_keys=True).encode()).hexdigest()
+            self.confirmation = {**candidates, "fingerprint": digest, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            self._write()
+        return self.confirmation
+
+    def _write(self) -> None:
+        saved = {"stages": self.stages} | ({"confirmation": self.confirmation} if self.confirmation else {})
         # a kill mid-write leaves the previous ledger, never a torn one
-        atomic.write_text(self.path, json.dumps({"stages": self.stages}, indent=1, sort_keys=True))
+        atomic.write_text(self.path, json.dumps(saved, indent=1, sort_keys=True))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """Study files: a whole benchmark (datasets, source training, fine-tunes, extractions, evaluations) in one small
-TOML file, checked with errors that name the file and the key (`bench.study.plan` expands it to stages).
+TOML file (`bench.study.plan` expands it to stages). Each table of the file is a pydantic model (`StudyFile`,
+`DatasetTable`, `BackboneTable`, `EvaluationSpec`): a new table is one more model and one more field of
+`StudyFile`. Every error is one line naming the file, the key and the fix (`bench.validation`).
 
 A study file (see `bench/studies/*.toml`, listed by `bench studies`):
 
@@ -47,6 +49,10 @@ A study file (see `bench/studies/*.toml`, listed by `bench studies`):
     frozen = ["retino", "efficientnet-lite0"]          # features of the backbone as it is (no FT)
     finetuned = ["scratch", "retino", "efficientnet-lite0", "lite0-double"]   # fine-tuned per fold (FT)
 
+    [confirm]                       # optional: data the candidates were not chosen on (see plan.confirmations)
+    seeds = [1]                     #   fresh 5x2 partitions of each 5x2 evaluation's dataset
+    external = [{ train = "skin", dataset = "ph2" }]   # the SVM learns on all of `train`, scored on all of `dataset`
+
 A training run that starts from random weights trains every layer, whatever the recipe's `train_last` says:
 freezing random layers would not be training from scratch.
 """
@@ -57,22 +63,21 @@ import tomllib
 from dataclasses import dataclass, fields
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, StrictInt, StrictStr, ValidationInfo, field_validator, model_validator
 
 from bench import plugins
 from bench.errors import BenchError
 from bench.evaluate.features import members, parse
 from bench.paths import check_name
 from bench.train.recipes import Recipe, get_recipe
+from bench.validation import Table, unknown_key, validate
 from bench.work import EXTERNAL, DatasetRef
+from featurestore.errors import StoreError
 from protocols.stats import TEST_DRAWS
 
 TRANSFER_COLUMNS = ("none", "retino", "imagenet", "double")
-TOP_KEYS = {"description", "recipe", "seed", "overrides", "from_scratch", "architectures", "datasets", "sources",
-            "backbones", "transfer", "evaluate", "baseline", "bootstrap_draws"}
-DATASET_KEYS = {"adapter", "root", "options", "limit"}
-BACKBONE_KEYS = {"like", "weights", "source"}
-EVALUATE_KEYS = {"dataset", "split", "folds", "protocols", "frozen", "finetuned", "reference", "train"}
 
 
 @dataclass(frozen=True)
@@ -84,20 +89,6 @@ class BackboneSpec:
     like: str
     random: bool
     source: str | None  # the name of one of the study's datasets
-
-
-@dataclass(frozen=True)
-class EvaluationSpec:
-    """An [[evaluate]] table: a target dataset (a name of the study's), its split and what is evaluated there."""
-
-    dataset: str
-    split: str
-    folds: tuple[str, ...] | None  # None: every fold of the split
-    protocols: tuple[str, ...]
-    frozen: tuple[str, ...]
-    finetuned: tuple[str, ...]
-    reference: Path | None  # fold files for split = "reference"
-    train: str | None = None  # external evaluation: the SVM also learns on all of this dataset of the study
 
 
 @dataclass(frozen=True)
@@ -115,6 +106,7 @@ class Study:
     evaluations: tuple[EvaluationSpec, ...]
     baseline: str | None = None  # the frozen evaluation every other one is tested against (a "levers" report)
     bootstrap_draws: int = TEST_DRAWS  # behind each paired test of the report: "< 2/B" must be able to pass Holm
+    confirm: ConfirmTable | None = None  # None: the report's claims are exploratory
     # the recipe of a run from random weights, where it differs: the whole network trains, at a size it can afford
     scratch_recipe: Recipe | None = None
 
@@ -153,6 +145,212 @@ class Study:
         return self.recipe
 
 
+# --- the tables of a study file ---------------------------------------------------------------------------------
+# A validator raises ValueError with the fix and pydantic puts the key in front (`evaluate[2].frozen[0]: ...`).
+# The validation context holds what names are checked against: the study's datasets and every backbone it may name.
+
+def _bench_error(check: Any, *args: Any) -> Any:
+    """`check(*args)`, with its BenchError (or the store's, for a set's key) raised as the ValueError pydantic
+    reports at the key."""
+    try:
+        return check(*args)
+    except (BenchError, StoreError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _name(what: str) -> AfterValidator:
+    """A plain name: it becomes a path component (a checkpoint, a feature set)."""
+    return AfterValidator(lambda value: _bench_error(check_name, what, value))
+
+
+def _study_dataset(value: str, info: ValidationInfo) -> str:
+    datasets = info.context["datasets"]
+    if value not in datasets:
+        raise ValueError(f"{value!r} is not a dataset of this study; it has {', '.join(datasets) or 'none'}")
+    return value
+
+
+def _features(value: str, info: ValidationInfo) -> str:
+    """A backbone, or evaluated features such as `A@448+B [tta dihedral, power]`, of backbones the study knows."""
+    unknown = [n for n in _bench_error(stored_backbones, value) if n.partition("@")[0] not in info.context["backbones"]]
+    if unknown:
+        raise ValueError(f"unknown backbone {unknown[0]!r}; {_available(info)}")
+    return value
+
+
+def _one_backbone(value: str, info: ValidationInfo) -> str:
+    """A backbone as it is fine-tuned: one, without fusion or TTA."""
+    if value != stored_backbones(value)[0]:
+        raise ValueError(f"a fine-tuned backbone is one backbone, no fusion or TTA: {value!r}; {_available(info)}")
+    return value
+
+
+def _available(info: ValidationInfo) -> str:
+    return (f"available: {', '.join(sorted(info.context['backbones']))} (see `bench backbones`; a study defines its "
+            "own under [backbones])")
+
+
+def _source_backbone(name: str) -> str:
+    installed = plugins.backbones()
+    if name not in installed or not installed[name].source_stages:
+        having = [b.name for b in installed.values() if b.source_stages]
+        raise ValueError(f"{name!r} is no installed backbone with a source stage (those are: "
+                         f"{', '.join(having) or 'none'}); define new ones under [backbones]")
+    return name
+
+
+def _new_backbone(name: str) -> str:
+    if name in plugins.backbones():
+        raise ValueError(f"an installed backbone is called {name!r}; name the study's own differently")
+    return name
+
+
+def _enough_draws(draws: int) -> int:
+    if draws < 100:
+        raise ValueError(f"{draws} draws cannot show a p-value below {2 / max(draws, 1):.2g}; use at least 100 "
+                         f"(default {TEST_DRAWS})")
+    return draws
+
+
+DatasetName = Annotated[StrictStr, AfterValidator(_study_dataset)]
+Features = Annotated[StrictStr, AfterValidator(_features)]
+FineTuned = Annotated[StrictStr, AfterValidator(_features), AfterValidator(_one_backbone)]
+
+
+class DatasetTable(Table):
+    """[datasets.NAME]: an adapter, where its files lie, its options and (a source dataset's) a row limit."""
+
+    adapter: Annotated[StrictStr, AfterValidator(lambda name: _bench_error(plugins.get_dataset, name) and name)] = (
+        Field(description="name a dataset adapter (see `bench datasets`)"))
+    root: StrictStr | None = None  # relative to where bench runs, like --root
+    options: dict[str, Any] = {}  # the adapter's options, e.g. { n = 240 }; it reads them as strings
+    limit: Annotated[StrictInt, Field(ge=1)] | None = None  # the first N manifest rows only
+
+
+class BackboneTable(Table):
+    """[backbones.NAME]: a backbone the study defines from an installed one (or one defined above it)."""
+
+    like: StrictStr = Field(description="name an installed backbone (see `bench backbones`) or one defined above")
+    weights: Literal["initial", "random"] = "initial"
+    source: DatasetName | None = None  # trained on this dataset of the study first (a source stage)
+
+    @model_validator(mode="after")
+    def _source_starts_from_like(self) -> BackboneTable:
+        if self.source is not None and self.weights == "random":
+            raise ValueError("a source stage starts from `like`'s weights: to train from random weights, define the "
+                             "random backbone first and name it as `like`")
+        return self
+
+
+class EvaluationSpec(Table):
+    """An [[evaluate]] table: a target dataset (a name of the study's), its split and what is evaluated there."""
+
+    dataset: DatasetName = Field(description="name the dataset of this study it scores")
+    train: DatasetName | None = None  # external evaluation: the SVM also learns on all of this dataset of the study
+    split: StrictStr = Field("", validate_default=True)  # default: 5x2, or external (with `train`)
+    folds: tuple[StrictStr, ...] | None = None  # None: every fold of the split
+    protocols: tuple[StrictStr, ...] = Field((), validate_default=True)
+    frozen: tuple[Features, ...] = ()  # features of backbones as they are (no FT)
+    finetuned: tuple[FineTuned, ...] = ()  # backbones fine-tuned per fold (FT)
+    reference: Path | None = Field(None, validate_default=True)  # fold files for split = "reference"
+
+    @field_validator("split")
+    @classmethod
+    def _known_split(cls, split: str, info: ValidationInfo) -> str:
+        from protocols.splits import SPLITS
+
+        external = info.data.get("train") is not None
+        allowed = (*SPLITS, EXTERNAL) if external else SPLITS
+        split = split or (EXTERNAL if external else "5x2")
+        if split not in allowed:
+            raise ValueError(f"unknown split {split!r}; available: {', '.join(allowed)}")
+        return split
+
+    @field_validator("folds")
+    @classmethod
+    def _some_folds(cls, folds: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return folds or None
+
+    @field_validator("protocols")
+    @classmethod
+    def _known_protocols(cls, protocols: tuple[str, ...]) -> tuple[str, ...]:
+        from protocols.designs import DESIGNS
+
+        if not protocols:
+            raise ValueError(f"missing: list protocols from {', '.join(DESIGNS)}")
+        unknown = [p for p in protocols if p not in DESIGNS]
+        if unknown:
+            raise ValueError(f"unknown protocol {unknown[0]!r}; available: {', '.join(DESIGNS)}")
+        return protocols
+
+    @field_validator("finetuned")
+    @classmethod
+    def _frozen_only_when_external(cls, finetuned: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if finetuned and info.data.get("train") is not None:
+            raise ValueError("an external evaluation (`train`) scores frozen features only")
+        return finetuned
+
+    @field_validator("reference")
+    @classmethod
+    def _reference_folds(cls, reference: Path | None, info: ValidationInfo) -> Path | None:
+        if info.data.get("split") == "reference" and not reference:
+            raise ValueError("split = 'reference' needs the folder of the paper's fold files")
+        return reference or None
+
+    @model_validator(mode="after")
+    def _evaluates_something(self) -> EvaluationSpec:
+        if not self.frozen and not self.finetuned:
+            raise ValueError("evaluates no backbone: list some under `frozen` and/or `finetuned`")
+        return self
+
+
+class ExternalPair(Table):
+    """A [confirm] external pair: the SVM learns on all of `train` and is scored on all of `dataset`."""
+
+    train: DatasetName = Field(description="name the dataset of this study the SVM learns on")
+    dataset: DatasetName = Field(description="name the dataset of this study it scores")
+
+
+class ConfirmTable(Table):
+    """[confirm]: data the development candidates were not chosen on (what it confirms: `plan.confirmations`)."""
+
+    seeds: tuple[Annotated[StrictInt, Field(ge=0)], ...] = ()  # fresh 5x2 partitions of the 5x2 evaluations
+    external: tuple[ExternalPair, ...] = ()
+
+    @model_validator(mode="after")
+    def _names_data(self) -> ConfirmTable:
+        if not self.seeds and not self.external:
+            raise ValueError("names no confirmation data: give seeds = [1] and/or external pairs")
+        return self
+
+
+class StudyFile(Table):
+    """The whole file: its top-level keys, then one field per table."""
+
+    description: StrictStr = ""
+    recipe: Annotated[StrictStr, AfterValidator(lambda name: _bench_error(get_recipe, name) and name)] = Field(
+        description="name the training recipe (see `bench recipes`)")
+    seed: Annotated[StrictInt, Field(ge=0)] = 0  # seeds the splits and every training run
+    bootstrap_draws: Annotated[StrictInt, AfterValidator(_enough_draws)] = TEST_DRAWS
+    overrides: dict[str, Any] = {}  # recipe fields changed for this study (checked by the recipe)
+    from_scratch: dict[str, Any] | None = None  # recipe fields changed again for runs from random weights
+    datasets: dict[Annotated[str, _name("dataset")], DatasetTable] = {}
+    sources: dict[Annotated[str, AfterValidator(_source_backbone)], DatasetName] = {}
+    backbones: dict[Annotated[str, _name("backbone"), AfterValidator(_new_backbone)], BackboneTable] = {}
+    transfer: dict[Literal[TRANSFER_COLUMNS], Features] = {}
+    architectures: tuple[Features, ...] = ()
+    evaluate: tuple[EvaluationSpec, ...] = Field((), validate_default=True)
+    baseline: Features | None = None
+    confirm: ConfirmTable | None = None
+
+    @field_validator("evaluate")
+    @classmethod
+    def _evaluates_something(cls, evaluate: tuple[EvaluationSpec, ...]) -> tuple[EvaluationSpec, ...]:
+        if not evaluate:
+            raise ValueError("the study evaluates nothing: add an [[evaluate]] table")
+        return evaluate
+
+
 # --- finding and reading study files --------------------------------------------------------------------------
 
 def builtin_studies() -> dict[str, Path]:
@@ -182,245 +380,100 @@ def load_study(spec: str | Path, roots: dict[str, Path] | None = None) -> Study:
         raw = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise BenchError(f"{path}: not a readable TOML study file: {exc}") from exc
-    return _Reader(path, roots or {}).study(raw)
+    check_name("study name (the file's stem)", path.stem, f"{path}: ")  # names its --out folder
+    context = {"datasets": _keys(raw, "datasets"), "backbones": {*plugins.backbones(), *_keys(raw, "backbones")}}
+    table = validate(StudyFile, raw, str(path), context)
+    roots = roots or {}
+    datasets = _datasets(path, table, roots)
+    _check_sources_needed(path, table)
+    if table.confirm and table.seed in table.confirm.seeds:
+        raise _fail(path, "confirm.seeds", f"seed {table.seed} draws the development partitions; confirm on others, "
+                    f"e.g. [{table.seed + 1}]")
+    limited = sorted(n for n in {e.dataset for e in table.evaluate} if datasets[n].limit)
+    if limited:
+        raise _fail(path, f"datasets.{limited[0]}.limit", "a target dataset is evaluated whole; `limit` is for "
+                    "source datasets (the first N rows their source stage trains on)")
+    recipe = _overridden(path, get_recipe(table.recipe), table.overrides, "overrides")
+    scratch = None if table.from_scratch is None else _overridden(path, recipe, table.from_scratch, "from_scratch")
+    return Study(
+        name=path.stem, path=path, description=table.description, recipe=recipe, seed=table.seed,
+        datasets=datasets, sources=dict(table.sources), backbones=_backbones(path, table),
+        transfer=dict(table.transfer), architectures=table.architectures, evaluations=table.evaluate,
+        baseline=table.baseline, bootstrap_draws=table.bootstrap_draws, confirm=table.confirm,
+        scratch_recipe=scratch,
+    )
 
 
-class _Reader:
-    """Turns the parsed TOML into a Study; every error names the file and the key."""
+# --- what the tables cannot check alone: one table against another, the command line, the disk -------------------
 
-    def __init__(self, path: Path, roots: dict[str, Path]):
-        self.path = path
-        self.roots = roots
+def _fail(path: Path, key: str, message: str) -> BenchError:
+    return BenchError(f"{path}: {key}: {message}")
 
-    def fail(self, key: str, message: str) -> BenchError:
-        return BenchError(f"{self.path}: {key}: {message}")
 
-    def study(self, raw: dict) -> Study:
-        self.check_keys(raw, TOP_KEYS, "top level")
-        check_name("study name (the file's stem)", self.path.stem, f"{self.path}: ")  # names its --out folder
-        recipe = self.recipe(raw)
-        datasets = {name: self.dataset(name, value) for name, value in self.table(raw, "datasets").items()}
-        adapters = [d.adapter for d in datasets.values()]
-        if len(set(adapters)) < len(adapters):
-            # the store and the fine-tuned checkpoints are keyed by adapter name, so two would overwrite each other
-            raise self.fail("datasets", "two datasets use the same adapter; a study can hold each adapter once")
-        unknown_roots = sorted(set(self.roots) - set(datasets))
-        if unknown_roots:
-            raise self.fail("--root", f"no dataset(s) {unknown_roots} in this study; it has {', '.join(datasets)}")
-        sources = {name: self.source(name, value, datasets) for name, value in self.table(raw, "sources").items()}
-        backbones: dict[str, BackboneSpec] = {}
-        for name, value in self.table(raw, "backbones").items():
-            backbones[name] = self.defined_backbone(name, value, datasets, backbones)
-        known = set(plugins.backbones()) | set(backbones)
-        evaluations = tuple(self.evaluation(i, value, datasets, known)
-                            for i, value in enumerate(self.array(raw, "evaluate")))
-        if not evaluations:
-            raise self.fail("evaluate", "the study evaluates nothing: add an [[evaluate]] table")
-        self.check_sources_needed(evaluations, sources)
-        targets = {e.dataset for e in evaluations}
-        limited = sorted(n for n in targets if datasets[n].limit)
-        if limited:
-            raise self.fail(f"datasets.{limited[0]}.limit", "a target dataset is evaluated whole; `limit` is for "
-                            "source datasets (the first N rows their source stage trains on)")
-        transfer = self.table(raw, "transfer")
-        self.check_keys(transfer, set(TRANSFER_COLUMNS), "transfer")
-        for column, backbone in transfer.items():
-            self.backbone(f"transfer.{column}", backbone, known)
-        architectures = tuple(self.backbone("architectures", b, known) for b in self.strings(raw, "architectures"))
-        baseline = self.backbone("baseline", raw["baseline"], known) if "baseline" in raw else None
-        return Study(
-            name=self.path.stem, path=self.path, description=str(raw.get("description", "")), recipe=recipe,
-            seed=self.integer(raw, "seed", 0), datasets=datasets, sources=sources, backbones=backbones,
-            transfer=dict(transfer),
-            architectures=architectures, evaluations=evaluations, baseline=baseline,
-            bootstrap_draws=self.draws(raw),
-            scratch_recipe=self.overridden(recipe, raw, "from_scratch") if "from_scratch" in raw else None,
-        )
+def _keys(raw: dict, table: str) -> list[str]:
+    """The names a table of the raw file defines (none where it is no table: validation says so)."""
+    value = raw.get(table)
+    return list(value) if isinstance(value, dict) else []
 
-    # --- sections
 
-    def recipe(self, raw: dict) -> Recipe:
-        if "recipe" not in raw:
-            raise self.fail("recipe", "missing: name the training recipe (see `bench recipes`)")
-        try:
-            recipe = get_recipe(str(raw["recipe"]))
-        except BenchError as exc:
-            raise self.fail("recipe", str(exc)) from None
-        return self.overridden(recipe, raw, "overrides")
+def _overridden(path: Path, recipe: Recipe, overrides: dict[str, Any], key: str) -> Recipe:
+    """`recipe` with the fields of the study's table `key` changed."""
+    allowed = [f.name for f in fields(Recipe) if f.name not in ("name", "description")]
+    unknown = [field for field in overrides if field not in allowed]
+    if unknown:
+        raise _fail(path, f"{key}.{unknown[0]}", unknown_key(unknown[0], allowed))
+    try:
+        return recipe.with_overrides(**overrides)
+    except BenchError as exc:
+        raise _fail(path, key, str(exc)) from None
 
-    def overridden(self, recipe: Recipe, raw: dict, key: str) -> Recipe:
-        """`recipe` with the fields table `key` changes."""
-        overrides = self.table(raw, key)
-        allowed = {f.name for f in fields(Recipe)} - {"name", "description"}
-        self.check_keys(overrides, allowed, key)
-        try:
-            return recipe.with_overrides(**overrides)
-        except BenchError as exc:
-            raise self.fail(key, str(exc)) from None
 
-    def dataset(self, name: str, value: Any) -> DatasetRef:
-        key = f"datasets.{name}"
-        check_name("dataset", name, f"{self.path}: datasets: ")
-        if not isinstance(value, dict):
-            raise self.fail(key, "must be a table with adapter, root, options, limit")
-        self.check_keys(value, DATASET_KEYS, key)
-        adapter_name = value.get("adapter")
-        if not isinstance(adapter_name, str):
-            raise self.fail(f"{key}.adapter", "missing: name a dataset adapter (see `bench datasets`)")
-        try:
-            adapter = plugins.get_dataset(adapter_name)
-        except BenchError as exc:
-            raise self.fail(f"{key}.adapter", str(exc)) from None
-        root = self.roots.get(name) or value.get("root") or None
-        if adapter.needs_root and not root:
-            raise self.fail(f"{key}.root", f"not set: the {adapter_name} adapter needs the folder holding its files. "
-                            f"Fill it in (copy the study with `bench studies {self.path.stem} > my-study.toml`) "
-                            f"or pass --root {name}=PATH")
-        if root and not Path(root).is_dir():
-            raise self.fail(f"{key}.root", f"{root} is not a folder (relative roots are read from {Path.cwd()})")
-        options = value.get("options", {})
-        if not isinstance(options, dict):
-            raise self.fail(f"{key}.options", "must be a table of adapter options, e.g. { n = 240 }")
-        limit = value.get("limit")
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-            raise self.fail(f"{key}.limit", "must be a positive whole number of manifest rows")
-        return DatasetRef(name, adapter_name, {k: str(v) for k, v in options.items()}, limit,
-                          Path(root) if root else None)
+def _datasets(path: Path, table: StudyFile, roots: dict[str, Path]) -> dict[str, DatasetRef]:
+    adapters = [d.adapter for d in table.datasets.values()]
+    if len(set(adapters)) < len(adapters):
+        # the store and the fine-tuned checkpoints are keyed by adapter name, so two would overwrite each other
+        raise _fail(path, "datasets", "two datasets use the same adapter; a study can hold each adapter once")
+    unknown_roots = sorted(set(roots) - set(table.datasets))
+    if unknown_roots:
+        raise _fail(path, "--root", f"no dataset(s) {unknown_roots} in this study; it has {', '.join(table.datasets)}")
+    return {name: _dataset(path, name, dataset, roots.get(name)) for name, dataset in table.datasets.items()}
 
-    def source(self, name: str, value: Any, datasets: dict[str, DatasetRef]) -> str:
-        backbones = plugins.backbones()
-        if name not in backbones or not backbones[name].source_stages:
-            having = [b.name for b in backbones.values() if b.source_stages]
-            raise self.fail(f"sources.{name}", f"{name!r} is no installed backbone with a source stage (those are: "
-                            f"{', '.join(having) or 'none'}); define new ones under [backbones]")
-        return self.dataset_ref(f"sources.{name}", value, datasets)
 
-    def defined_backbone(self, name: str, value: Any, datasets: dict[str, DatasetRef],
-                         defined: dict[str, BackboneSpec]) -> BackboneSpec:
-        key = f"backbones.{name}"
-        check_name("backbone", name, f"{self.path}: backbones: ")  # its checkpoints are files named after it
-        if not isinstance(value, dict):
-            raise self.fail(key, "must be a table with like (and weights, source)")
-        self.check_keys(value, BACKBONE_KEYS, key)
-        installed = plugins.backbones()
-        if name in installed:
-            raise self.fail(key, f"an installed backbone is called {name!r}; name the study's own differently")
-        like = value.get("like")
-        if like not in installed and like not in defined:
-            raise self.fail(f"{key}.like", f"unknown backbone {like!r}: name an installed one (see `bench "
-                            "backbones`) or one defined above in this file")
-        weights = value.get("weights", "initial")
-        if weights not in ("initial", "random"):
-            raise self.fail(f"{key}.weights", f"{weights!r}: use \"initial\" ({like}'s weights) or \"random\"")
-        source = value.get("source")
-        if source is not None:
-            self.dataset_ref(f"{key}.source", source, datasets)
-            if weights == "random":
-                raise self.fail(key, "a source stage starts from `like`'s weights: to train from random weights, "
-                                "define the random backbone first and name it as `like`")
-        return BackboneSpec(name, like, weights == "random", source)
+def _dataset(path: Path, name: str, dataset: DatasetTable, root_given: Path | None) -> DatasetRef:
+    root = root_given or dataset.root or None
+    if plugins.get_dataset(dataset.adapter).needs_root and not root:
+        raise _fail(path, f"datasets.{name}.root", f"not set: the {dataset.adapter} adapter needs the folder holding "
+                    f"its files. Fill it in (copy the study with `bench studies {path.stem} > my-study.toml`) "
+                    f"or pass --root {name}=PATH")
+    if root and not Path(root).is_dir():
+        raise _fail(path, f"datasets.{name}.root", f"{root} is not a folder (relative roots are read from "
+                    f"{Path.cwd()})")
+    return DatasetRef(name, dataset.adapter, {k: str(v) for k, v in dataset.options.items()}, dataset.limit,
+                      Path(root) if root else None)
 
-    def evaluation(self, index: int, value: Any, datasets: dict[str, DatasetRef], known: set[str]) -> EvaluationSpec:
-        from protocols.designs import DESIGNS
-        from protocols.splits import SPLITS
 
-        key = f"evaluate[{index}]"
-        if not isinstance(value, dict):
-            raise self.fail(key, "must be a table")
-        self.check_keys(value, EVALUATE_KEYS, key)
-        dataset = self.dataset_ref(f"{key}.dataset", value.get("dataset"), datasets)
-        train = self.dataset_ref(f"{key}.train", value["train"], datasets) if "train" in value else None
-        split = value.get("split", EXTERNAL if train else "5x2")
-        allowed = (*SPLITS, EXTERNAL) if train else SPLITS
-        if split not in allowed:
-            raise self.fail(f"{key}.split", f"unknown split {split!r}; available: {', '.join(allowed)}")
-        protocols = self.strings(value, "protocols", key)
-        if not protocols:
-            raise self.fail(f"{key}.protocols", f"missing: list protocols from {', '.join(DESIGNS)}")
-        for protocol in protocols:
-            if protocol not in DESIGNS:
-                raise self.fail(f"{key}.protocols", f"unknown protocol {protocol!r}; available: {', '.join(DESIGNS)}")
-        frozen = tuple(self.backbone(f"{key}.frozen", b, known) for b in self.strings(value, "frozen", key))
-        finetuned = tuple(self.backbone(f"{key}.finetuned", b, known, plain=True)
-                          for b in self.strings(value, "finetuned", key))
-        if not frozen and not finetuned:
-            raise self.fail(key, "evaluates no backbone: list some under `frozen` and/or `finetuned`")
-        if train and finetuned:
-            raise self.fail(f"{key}.finetuned", "an external evaluation (`train`) scores frozen features only")
-        folds = tuple(self.strings(value, "folds", key)) or None
-        reference = value.get("reference")
-        if split == "reference" and not reference:
-            raise self.fail(f"{key}.reference", "split = 'reference' needs the folder of the paper's fold files")
-        return EvaluationSpec(dataset, split, folds, tuple(protocols), frozen, finetuned,
-                              Path(reference) if reference else None, train)
+def _backbones(path: Path, table: StudyFile) -> dict[str, BackboneSpec]:
+    """The study's own backbones, in definition order: each `like` is installed or defined above."""
+    installed, defined = plugins.backbones(), {}
+    for name, backbone in table.backbones.items():
+        if backbone.like not in installed and backbone.like not in defined:
+            raise _fail(path, f"backbones.{name}.like", f"unknown backbone {backbone.like!r}: name an installed one "
+                        "(see `bench backbones`) or one defined above in this file")
+        defined[name] = BackboneSpec(name, backbone.like, backbone.weights == "random", backbone.source)
+    return defined
 
-    def check_sources_needed(self, evaluations: tuple[EvaluationSpec, ...], sources: dict[str, str]) -> None:
-        """A backbone whose weights come from a source task cannot run before the study trains it."""
-        backbones = plugins.backbones()
-        for i, evaluation in enumerate(evaluations):
-            for name in (m.partition("@")[0] for spec in (*evaluation.frozen, *evaluation.finetuned)
-                         for m in stored_backbones(spec)):
-                if name in backbones and backbones[name].source_stages and name not in sources:
-                    stage = backbones[name].source_stages[0]
-                    raise self.fail(f"evaluate[{i}]", f"backbone {name!r} is first trained on {stage.task} "
-                                    f"({stage.dataset}): name the study's dataset for it under [sources], e.g. "
-                                    f"{name} = \"{stage.dataset}\"")
 
-    # --- values
-
-    def dataset_ref(self, key: str, value: Any, datasets: dict[str, DatasetRef]) -> str:
-        if value not in datasets:
-            raise self.fail(key, f"{value!r} is not a dataset of this study; it has {', '.join(datasets) or 'none'}")
-        return value
-
-    def backbone(self, key: str, value: Any, known: set[str], plain: bool = False) -> str:
-        """A backbone, or (unless `plain`) evaluated features such as `A@448+B [tta dihedral, power]`."""
-        try:
-            names = stored_backbones(value)
-        except BenchError as exc:
-            raise self.fail(key, str(exc)) from None
-        unknown = [n for n in names if n.partition("@")[0] not in known]
-        if unknown or (plain and value != names[0]):
-            what = "unknown backbone" if unknown else "a fine-tuned backbone is one backbone, no fusion or TTA:"
-            raise self.fail(key, f"{what} {(unknown or [value])[0]!r}; available: {', '.join(sorted(known))} "
-                            "(see `bench backbones`; a study defines its own under [backbones])")
-        return value
-
-    def table(self, raw: dict, key: str) -> dict:
-        value = raw.get(key, {})
-        if not isinstance(value, dict):
-            raise self.fail(key, "must be a table")
-        return value
-
-    def array(self, raw: dict, key: str) -> list:
-        value = raw.get(key, [])
-        if not isinstance(value, list):
-            raise self.fail(key, f"must be an array of tables ([[{key}]])")
-        return value
-
-    def strings(self, raw: dict, key: str, where: str = "") -> list[str]:
-        value = raw.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise self.fail(f"{where}.{key}" if where else key, "must be a list of names")
-        return value
-
-    def draws(self, raw: dict) -> int:
-        draws = self.integer(raw, "bootstrap_draws", TEST_DRAWS)
-        if draws < 100:
-            raise self.fail("bootstrap_draws", f"{draws} draws cannot show a p-value below {2 / max(draws, 1):.2g}; "
-                            f"use at least 100 (default {TEST_DRAWS})")
-        return draws
-
-    def integer(self, raw: dict, key: str, default: int) -> int:
-        value = raw.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise self.fail(key, "must be a whole number >= 0")
-        return value
-
-    def check_keys(self, table: dict, allowed: set[str], where: str) -> None:
-        unknown = sorted(set(table) - allowed)
-        if unknown:
-            raise self.fail(where, f"unknown key(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+def _check_sources_needed(path: Path, table: StudyFile) -> None:
+    """A backbone whose weights come from a source task cannot run before the study trains it."""
+    backbones = plugins.backbones()
+    for i, evaluation in enumerate(table.evaluate):
+        for name in (m.partition("@")[0] for spec in (*evaluation.frozen, *evaluation.finetuned)
+                     for m in stored_backbones(spec)):
+            if name in backbones and backbones[name].source_stages and name not in table.sources:
+                stage = backbones[name].source_stages[0]
+                raise _fail(path, f"evaluate[{i}]", f"backbone {name!r} is first trained on {stage.task} "
+                            f"({stage.dataset}): name the study's dataset for it under [sources], e.g. "
+                            f"{name} = \"{stage.dataset}\"")
 
 
 def stored_backbones(spec: str) -> list[str]:

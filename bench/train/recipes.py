@@ -1,17 +1,24 @@
-"""Training recipes: named hyper-parameter sets kept as data in `recipes.toml`."""
+"""Training recipes: named hyper-parameter sets kept as data in `recipes.toml`.
+
+`Recipe` is a plain dataclass (the command line imports it at start-up), and its annotations are its checks:
+pydantic validates a recipe against them where one is read or changed, and is imported only then.
+"""
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from functools import cache
 from pathlib import Path
+from typing import Annotated, Literal
+
+from annotated_types import Ge, Gt
 
 from bench.errors import BenchError
 
 RECIPES_FILE = Path(__file__).with_name("recipes.toml")
-AUGMENT = ("minority", "all")
 ADDED_LATER = {"augment": "minority", "views": None}  # field -> its default
+Positive = Annotated[int, Gt(0)]
 
 
 @dataclass(frozen=True)
@@ -20,31 +27,39 @@ class Recipe:
 
     name: str
     description: str
-    epochs: int
-    lr: float
-    momentum: float
-    weight_decay: float
-    image_size: int
-    batch_size: int
-    train_last: int | None = None  # train only the last K parameterised layers of the feature net; None = all
+    epochs: Positive
+    lr: Annotated[float, Gt(0)]
+    momentum: Annotated[float, Gt(0)]
+    weight_decay: Annotated[float, Gt(0)]
+    image_size: Positive
+    batch_size: Positive
+    train_last: Positive | None = None  # train only the last K parameterised layers of the feature net; None = all
     # epochs that train the new head alone before the feature net (linear probing, then fine-tuning): a random
     # head's first gradients would otherwise distort the pretrained features (Kumar et al., ICLR 2022)
-    head_epochs: int = 0
+    head_epochs: Annotated[int, Ge(0)] = 0
     # which images are augmented: "minority", the paper's (only the copies that balance the classes), or "all" (every
     # image shown, so that the augmentation itself cannot tell the classes apart)
-    augment: str = "minority"
+    augment: Literal["minority", "all"] = "minority"
     # a pool of this many views per image (view 0 as it is, the others augmented, drawn once): the top (`train_last`)
     # trains from the frozen trunk's activations of the pool, computed once into the store (bench.train.top); None: the
-    # whole network runs every step, augmentations drawn afresh
-    views: int | None = None
+    # whole network runs every step, augmentations drawn afresh. View 0 is the image as it is: augmented images need
+    # at least one view more.
+    views: Annotated[int, Ge(2)] | None = None
+
+    __pydantic_config__ = {"extra": "forbid"}  # pydantic refuses a field the recipe does not have
 
     def with_overrides(self, **overrides: int | float | str | None) -> Recipe:
         """A copy with the given fields changed; `None` values leave a field as it is."""
+        from pydantic import TypeAdapter, ValidationError
+
+        from bench.validation import first, message
+
         changed = {k: v for k, v in overrides.items() if v is not None}
-        bad = [f"--{k.replace('_', '-')} must be {why}" for k, v in changed.items() if (why := invalid(k, v))]
-        if bad:
-            raise BenchError("; ".join(bad))
-        chosen = replace(self, **changed)
+        try:
+            chosen = TypeAdapter(Recipe).validate_python({**asdict(self), **changed})
+        except ValidationError as exc:  # the field named as the command line spells it
+            error = first(exc)
+            raise BenchError(f"--{str(error['loc'][0]).replace('_', '-')} {message(error, Recipe)}") from None
         if chosen.views and chosen.train_last is None:
             raise BenchError(f"--views needs a recipe that trains only the top (train_last); {self.name} trains "
                              "the whole network")
@@ -62,34 +77,19 @@ class Recipe:
         return {k: v for k, v in asdict(self).items() if ADDED_LATER.get(k, object()) != v}
 
 
-def invalid(field: str, value: object) -> str | None:
-    """What recipe field `field` must be, if `value` is not that; None when it is fine."""
-    if field == "augment":
-        return None if value in AUGMENT else f"one of {', '.join(AUGMENT)}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "a number"
-    if field == "head_epochs":
-        return None if value >= 0 else "zero or more"
-    if field == "views":  # view 0 is the image as it is: augmented images need at least one view more
-        return None if isinstance(value, int) and value >= 2 else "a whole number, 2 or more"
-    return None if value > 0 else "positive"
-
-
 @cache
 def recipes() -> dict[str, Recipe]:
     """Every recipe in `recipes.toml`, by name."""
+    from bench.validation import validate
+
     table = tomllib.loads(RECIPES_FILE.read_text())
-    known = {f.name for f in fields(Recipe)}
-    for name, values in table.items():
-        unknown = set(values) - known
-        if unknown:
-            raise BenchError(f"{RECIPES_FILE}: recipe {name!r} has unknown field(s) {sorted(unknown)}")
-        bad = [f"{k} must be {why}" for k, v in values.items() if k != "description" and (why := invalid(k, v))]
-        if "views" in values and "train_last" not in values:
-            bad.append("views needs train_last (only a top trains from cached trunk activations)")
-        if bad:
-            raise BenchError(f"{RECIPES_FILE}: recipe {name!r}: {'; '.join(bad)}")
-    return {name: Recipe(name=name, **values) for name, values in table.items()}
+    found = validate(dict[str, Recipe], {name: {"name": name, **values} for name, values in table.items()},
+                     str(RECIPES_FILE))
+    for name, recipe in found.items():
+        if recipe.views and recipe.train_last is None:
+            raise BenchError(f"{RECIPES_FILE}: {name}.views: needs train_last (only a top trains from cached trunk "
+                             "activations)")
+    return found
 
 
 def get_recipe(name: str) -> Recipe:

@@ -28,7 +28,8 @@ import bench
 from bench.backbone import Backbone, Preprocessing
 from bench.dataset import image_digests
 from bench.errors import BenchError
-from bench.extract.export import ExportedModel, export_module, state_dict_sha256
+from bench.extract.export import export_module
+from bench.extract.model_cache import ExportedModel, state_dict_sha256
 from bench.extract.pipeline import BATCH_SIZE, Batch, Extraction, chunk_rows, run_model
 from bench.train.loop import parameterised, transform
 from featurestore import FeatureStore, StoreError

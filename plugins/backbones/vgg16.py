@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.backbone import Backbone, Preprocessing, read_checkpoint
+from bench.backbone import Backbone, Preprocessing
 from bench.errors import BenchError
 
 if TYPE_CHECKING:  # torch is imported where a network is built: listing backbones does not pay for it
@@ -23,16 +23,12 @@ def build() -> nn.Module:
     return net
 
 
-def _load(net: nn.Module, state: dict[str, torch.Tensor], source: object) -> None:
+def load_state(net: nn.Module, state: dict[str, torch.Tensor], source: object) -> None:
     """Load torchvision's full state dict (its classifier is dropped) or a bench checkpoint of the feature net."""
     try:
         net.load_state_dict({k: v for k, v in state.items() if not k.startswith(HEAD)})
     except RuntimeError as exc:
         raise BenchError(f"{source} does not fit torchvision's VGG-16: {exc}") from exc
-
-
-def load_file(net: nn.Module, path: Path) -> None:
-    _load(net, read_checkpoint(path)["state_dict"], path)
 
 
 def load_imagenet(net: nn.Module) -> None:
@@ -47,7 +43,7 @@ def load_imagenet(net: nn.Module) -> None:
     except OSError as exc:  # urllib's errors when offline are OSErrors
         raise BenchError(f"VGG-16 ImageNet weights are not in the torch cache and cannot be downloaded ({exc}): "
                          f"put {weights.url} at {cached}, or pass --weights PATH") from exc
-    _load(net, state, cached)
+    load_state(net, state, cached)
 
 
 def backbone() -> Backbone:
@@ -60,5 +56,5 @@ def backbone() -> Backbone:
         initial_weights="ImageNet (torchvision, torch cache)",
         build=build,
         load_initial=load_imagenet,
-        load_file=load_file,
+        load_state=load_state,
     )

@@ -8,8 +8,7 @@ import pandas as pd
 
 from bench.dataset import attach_paths, find_file, few
 from bench.errors import BenchError
-from plugins.datasets.common import (as_bool, checked_options, finish, in_vocabulary, map_labels, optional_path,
-                                     read_csv)
+from plugins.datasets.common import checked_options, finish, in_vocabulary, map_labels, optional_path, read_csv
 
 DESCRIPTION = ("Interactive Atlas of Dermoscopy (derm7pt release): meta/meta.csv + images/; dermoscopic images "
                "only, acral lesions excluded as in the paper (options keep_acral=true, meta=)")
@@ -34,10 +33,10 @@ LABELS = in_vocabulary({
 
 
 @checked_options("atlas")
-def load(root: Path, keep_acral: str = "false", meta: str = "") -> pd.DataFrame:
+def load(root: Path, keep_acral: bool = False, meta: str = "") -> pd.DataFrame:
     path = find_file(root, META, optional_path(meta))
     table = read_csv(path, COLUMNS, "atlas")
-    if not as_bool(keep_acral, "keep_acral"):
+    if not keep_acral:
         table = table[table["location"].str.lower() != "acral"]
     # image ids are the lower-cased file stems, the names the paper's reference fold files use (e.g. `aal002`)
     image_id = table["derm"].map(lambda derm: Path(derm).stem.lower())

@@ -1,5 +1,6 @@
-"""What the built-in adapters share: option checking, CSV reading and label mapping that fail with one clear
-error, and the cache folder for the images bench writes itself (synthetic sets, DermaMNIST)."""
+"""What the built-in adapters share: option checking (typed by each `load`'s signature), CSV reading and label
+mapping that fail with one clear error, and the cache folder for the images bench writes itself (synthetic sets,
+DermaMNIST)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import typing
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -23,7 +25,9 @@ MANIFEST_FILE = "manifest.csv"
 
 
 def checked_options(name: str) -> Callable[[Callable[..., pd.DataFrame]], Callable[..., pd.DataFrame]]:
-    """Turn an unknown `--option key=value` into a BenchError naming the options the adapter has."""
+    """Check `--option key=value` (a string) against `load`'s signature: an unknown key, or a value that is not of
+    its parameter's type (`bool`, or `int` with bounds such as `Annotated[int, Ge(20)]`), is one BenchError naming
+    the option and what it must be; `load` gets the values converted to those types."""
 
     def decorate(load: Callable[..., pd.DataFrame]) -> Callable[..., pd.DataFrame]:
         known = [p for p in inspect.signature(load).parameters if p != "root"]
@@ -33,30 +37,37 @@ def checked_options(name: str) -> Callable[[Callable[..., pd.DataFrame]], Callab
             unknown = sorted(set(options) - set(known))
             if unknown:
                 raise BenchError(f"{name}: unknown option(s) {unknown}; it takes: {', '.join(known) or 'none'}")
-            return load(root, **options)
+            return load(root, **typed_options(name, load, options))
 
         return wrapper
 
     return decorate
 
 
-def as_int(value: object, option: str, minimum: int = 1) -> int:
+def typed_options(name: str, load: Callable[..., pd.DataFrame], options: dict[str, str]) -> dict[str, object]:
+    """The options converted to the types of `load`'s parameters, checked by pydantic (imported only here: listing
+    the adapters does not pay for it)."""
+    from pydantic import ValidationError
+
+    from bench.validation import first, message
+
     try:
-        number = int(str(value))
-    except ValueError:
-        raise BenchError(f"option {option}={value!r} must be a whole number") from None
-    if number < minimum:
-        raise BenchError(f"option {option}={number} must be at least {minimum}")
-    return number
+        return dict(_options_model(load).model_validate(options))
+    except ValidationError as exc:
+        error = first(exc)
+        key = error["loc"][0]
+        raise BenchError(f"{name}: option {key}={options.get(key)} {message(error)}") from None
 
 
-def as_bool(value: object, option: str) -> bool:
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise BenchError(f"option {option}={value!r} must be true or false")
+@functools.cache
+def _options_model(load: Callable[..., pd.DataFrame]) -> type:
+    """A pydantic model whose fields are `load`'s parameters after `root`, with their types and defaults."""
+    from pydantic import create_model
+
+    hints = typing.get_type_hints(load, include_extras=True)
+    fields = {p.name: (hints.get(p.name, str), p.default)
+              for p in inspect.signature(load).parameters.values() if p.name != "root"}
+    return create_model(f"{load.__module__}.options", **fields)
 
 
 def optional_path(value: str | Path | None) -> Path | None:

@@ -18,7 +18,7 @@ from PIL import Image
 from bench import paths
 from bench.dataset import find_file
 from bench.errors import BenchError
-from plugins.datasets.common import as_int, checked_options, finish, generated, optional_path
+from plugins.datasets.common import checked_options, finish, generated, optional_path
 
 DESCRIPTION = ("DermaMNIST (MedMNIST v2/v3): dermamnist[_64|_128|_224].npz under --root, or downloaded once by "
                "the optional medmnist package when online; official split, val merged into train "
@@ -31,16 +31,15 @@ PARTS = {"train": "train", "val": "train", "test": "test"}  # MedMNIST part -> m
 
 
 @checked_options("dermamnist")
-def load(root: Path | None = None, size: str = "28", npz: str = "") -> pd.DataFrame:
-    pixels = as_int(size, "size")
-    if pixels not in SIZES:
-        raise BenchError(f"dermamnist: size={pixels} is not one MedMNIST makes; choose one of {SIZES}")
-    name = "dermamnist.npz" if pixels == 28 else f"dermamnist_{pixels}.npz"
-    source = find_file(root, name, optional_path(npz)) if root or npz else _downloaded(name, pixels)
+def load(root: Path | None = None, size: int = 28, npz: str = "") -> pd.DataFrame:
+    if size not in SIZES:
+        raise BenchError(f"dermamnist: size={size} is not one MedMNIST makes; choose one of {SIZES}")
+    name = "dermamnist.npz" if size == 28 else f"dermamnist_{size}.npz"
+    source = find_file(root, name, optional_path(npz)) if root or npz else _downloaded(name, size)
     arrays = _read(source)  # checked before anything is written
     with open(source, "rb") as file:
         digest = hashlib.file_digest(file, "sha256").hexdigest()
-    return finish(generated(f"dermamnist-{pixels}", {"npz_sha256": digest}, lambda folder: _write(folder, arrays)))
+    return finish(generated(f"dermamnist-{size}", {"npz_sha256": digest}, lambda folder: _write(folder, arrays)))
 
 
 def _downloaded(name: str, size: int) -> Path:

@@ -14,12 +14,14 @@ is the same lesion at another position, scale and rotation on another patch of s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
+from annotated_types import Ge
 from PIL import Image, ImageDraw, ImageFilter
 
-from plugins.datasets.common import as_int, checked_options, finish, generated
+from plugins.datasets.common import checked_options, finish, generated
 from plugins.datasets.drawing import Colour, Placement, branching_line, dots, downsample, jitter, outline, to_pixels
 
 VERSION = 2  # part of the cache key: bump when the drawing changes
@@ -38,11 +40,10 @@ DESCRIPTION = ("SYNTHETIC lesion-like images (not real data), drawn and cached o
 
 
 @checked_options("synthetic")
-def load(root: Path | None = None, n: str = "240", size: str = "128", seed: str = "0") -> pd.DataFrame:
-    params = {"version": VERSION, "n": as_int(n, "n", minimum=20), "size": as_int(size, "size", minimum=32),
-              "seed": as_int(seed, "seed", minimum=0)}
-    return finish(generated("synthetic", params, lambda folder: _write(folder, params["n"], params["size"],
-                                                                       params["seed"])))
+def load(root: Path | None = None, n: Annotated[int, Ge(20)] = 240, size: Annotated[int, Ge(32)] = 128,
+         seed: Annotated[int, Ge(0)] = 0) -> pd.DataFrame:
+    params = {"version": VERSION, "n": n, "size": size, "seed": seed}
+    return finish(generated("synthetic", params, lambda folder: _write(folder, n, size, seed)))
 
 
 def _write(folder: Path, n: int, size: int, seed: int) -> pd.DataFrame:
