@@ -176,7 +176,7 @@ def test_a_view_pool_goes_with_a_top_and_leaves_earlier_fingerprints_alone():
     assert "views" not in RECIPE.to_dict() and TOP.to_dict()["views"] == 3
     with pytest.raises(BenchError, match="--views needs a recipe that trains only the top"):
         dataclasses.replace(RECIPE, train_last=None).with_overrides(views=4)
-    with pytest.raises(BenchError, match="--views must be a whole number, 2 or more"):
+    with pytest.raises(BenchError, match="--views must be at least 2"):
         TOP.with_overrides(views=1)
     assert TOP.starting_from(random_init=True).views is None  # from scratch: the whole network, no cache
 
@@ -251,6 +251,8 @@ def test_a_study_plans_the_trunk_pass_before_the_fine_tunes_and_trains_random_st
     assert scratch.deps == () and scratch.recipe.views is None and scratch.recipe.train_last is None
     assert (scratch.recipe.image_size, scratch.recipe.epochs) == (48, 2)  # from_scratch, the whole network
     assert not units["extract skin/random/ft-mela-vs-ben-r0f1"].from_trunk
+    with pytest.raises(BenchError, match="from_scratch.epoch"):
+        load_study(write_study(tmp_path, text.replace("epochs = 2 }", "epoch = 2 }"), "views"))
 
 
 def test_bench_extract_trunk_builds_the_unit_and_refuses_a_recipe_without_a_pool(tiny_cut, tmp_path):
