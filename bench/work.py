@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 EXTERNAL = "external"  # the split of an evaluation scored on all of its dataset, trained on another
 HOW = {"how": True}  # not part of the unit's identity
 LATER = {"later": True}  # part of its identity only when not at its default
+# `weights` (a file the user names with --weights) is LATER, not HOW: the store does check a set against the ONNX
+# digest its weights make, but a study's runner skips a unit by its fingerprint before any export, so two units
+# differing only in their weights file must not share one; like every path it counts as its text
 
 
 def identity(value: Any) -> Any:
@@ -95,9 +98,11 @@ class TrainSource(Work):
     dataset: DatasetRef
     recipe: Recipe
     seed: int = 0
+    weights: Path | None = field(default=None, metadata=LATER)  # `start`'s weights, instead of its initial ones
 
     @classmethod
-    def of(cls, ctx: Context, backbone: str, dataset: DatasetRef, recipe: Recipe, seed: int = 0) -> TrainSource:
+    def of(cls, ctx: Context, backbone: str, dataset: DatasetRef, recipe: Recipe, seed: int = 0,
+           weights: Path | None = None) -> TrainSource:
         """The source stage the backbone declares for `dataset` (as `bench train` without --fold asks for it)."""
         stages = ctx.registry.backbone(backbone).source_stages
         stage = next((s for s in stages if s.dataset == dataset.adapter), None)
@@ -107,7 +112,7 @@ class TrainSource(Work):
         if stage is None:
             raise BenchError(f"{backbone} has no source stage; to fine-tune it on {dataset.adapter} give "
                              "--protocol P --fold K")
-        return cls(backbone, stage.start, dataset, recipe, seed)
+        return cls(backbone, stage.start, dataset, recipe, seed, weights)
 
     @property
     def key(self) -> str:
@@ -132,6 +137,7 @@ class FineTune(Work):
     seed: int = 0
     reference: Path | None = None  # fingerprinted as its text, like every path
     limit: int | None = field(default=None, metadata=LATER)  # the first N training rows only
+    weights: Path | None = field(default=None, metadata=LATER)  # start from this file, not the initial weights
 
     @property
     def key(self) -> str:
@@ -152,6 +158,7 @@ class Extract(Work):
     protocol: str | None = None
     fold: str | None = None
     tta: str | None = field(default=None, metadata=LATER)  # test-time augmentation (bench.extract.tta)
+    weights: Path | None = field(default=None, metadata=LATER)  # the frozen model's weights, not its initial ones
     batch_size: int = field(default=32, metadata=HOW)
     skip_bad: bool = field(default=False, metadata=HOW)  # leave unreadable images out instead of failing
     overwrite: bool = field(default=False, metadata=HOW)  # replace a set made by another model or images
@@ -248,6 +255,14 @@ class Report(Work):
     @property
     def key(self) -> str:
         return "report"
+
+
+def weights_file(weights: Path | None) -> Path | None:
+    """`weights` where it is a file; one line naming it and the fix where it is not (checked before any work)."""
+    if weights is not None and not Path(weights).is_file():
+        raise BenchError(f"weights file not found: {weights}. Pass an existing file (a safetensors file or a torch "
+                         "state dict) with --weights PATH")
+    return weights
 
 
 def source_key(backbone: str) -> str:
