@@ -255,5 +255,5 @@ def test_a_study_names_library_models_like_installed_ones(tmp_path):
     units = {u.key for u in plan(study, {0: ["r0f0"]}, Workspace(tmp_path).context(study))}
     assert {"extract skin/timm:resnet10t@64/frozen", "extract skin/resnet-random/frozen"} <= units
     (tmp_path / "typo.toml").write_text(STUDY.replace('"timm:resnet10t@64"', '"timm:resnet_10t"'))
-    with pytest.raises(BenchError, match=r"evaluate\[0\].frozen: timm has no model 'resnet_10t'"):
+    with pytest.raises(BenchError, match=r"evaluate\[0\].frozen\[0\]: timm has no model 'resnet_10t'"):
         load_study(tmp_path / "typo.toml")
