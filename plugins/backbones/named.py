@@ -51,13 +51,13 @@ def local_weights(name: str) -> Path:
 
 def _placed(name: str) -> Path | None:
     """The weights file the user put under $BENCH_HOME/weights/ for `name`, in any of WEIGHT_SUFFIXES."""
-    stem = local_weights(name).with_suffix("")
-    return next((p for p in (stem.with_suffix(s) for s in WEIGHT_SUFFIXES) if p.is_file()), None)
+    folder = paths.weights_dir(paths.home())
+    return next((p for p in (folder / f"{path_part(name)}{s}" for s in WEIGHT_SUFFIXES) if p.is_file()), None)
 
 
 def _missing(name: str, where: str, exc: Exception | None) -> BenchError:
     """One line: why there are no weights, where to get them and where to put them."""
-    why = f"they cannot be fetched ({_first_sentence(exc)})" if exc else "the library names none"
+    why = f"they cannot be fetched ({_first_sentence(exc)})" if exc else "the library publishes none"
     return BenchError(f"no weights for {name}: {why}. Get them from {where} and pass --weights PATH, or put the "
                       f"file at {local_weights(name)}")
 
@@ -151,12 +151,15 @@ def timm_backbone(name: str, model: str, size: int | None = None) -> Backbone:
     # a model whose layers depend on the input size (a ViT's position embedding) is built for the size asked for
     kwargs = {"img_size": size} if size and meta.pretrained_cfg.get("fixed_input_size") else {}
     classifier = meta.pretrained_cfg.get("classifier") or ()
+    published = any(meta.pretrained_cfg.get(k) for k in ("hf_hub_id", "url", "file"))
     drop = tuple(f"{c}." for c in ((classifier,) if isinstance(classifier, str) else classifier))
 
     def load_state(net: nn.Module, state: object, source: Path) -> None:  # a file's classifier is not the net's
         load_state_dict(net, state, source, drop)
 
     def fetch() -> dict:
+        if not published:  # timm would warn and carry on with random weights
+            raise _missing(name, "the model's authors", None)
         return timm_module().create_model(model, pretrained=True, num_classes=0, **kwargs).state_dict()
 
     return Backbone(
