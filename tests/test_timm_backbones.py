@@ -257,3 +257,16 @@ def test_a_study_names_library_models_like_installed_ones(tmp_path):
     (tmp_path / "typo.toml").write_text(STUDY.replace('"timm:resnet10t@64"', '"timm:resnet_10t"'))
     with pytest.raises(BenchError, match=r"evaluate\[0\].frozen\[0\]: timm has no model 'resnet_10t'"):
         load_study(tmp_path / "typo.toml")
+
+
+def test_a_library_model_fine_tunes_from_its_weights_file_and_extracts_its_fold(tmp_path):
+    sized = f"timm:resnet10t@{SIZE}"
+    weights = random_weights(sized, tmp_path / "w.safetensors")
+    fold = ["--protocol", "mela-vs-ben", "--fold", "r0f0"]
+    out = cli("train", "--backbone", sized, "--weights", str(weights), *DATA, *fold, "--recipe", "cpu",
+              "--epochs", "1", "--limit", "40")
+    assert out.exit_code == 0, out.output
+    out = cli("extract", "--backbone", sized, *DATA, *fold, "--store", str(tmp_path / "store"))
+    assert out.exit_code == 0, out.output
+    tuned = FeatureStore(tmp_path / "store").read("synthetic", sized, "ft-mela-vs-ben-r0f0")
+    assert tuned.attrs["preprocessing"]["resize_mode"] == "shorter-side"  # trained and extracted on the same crops
