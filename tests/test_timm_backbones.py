@@ -270,3 +270,13 @@ def test_a_library_model_fine_tunes_from_its_weights_file_and_extracts_its_fold(
     assert out.exit_code == 0, out.output
     tuned = FeatureStore(tmp_path / "store").read("synthetic", sized, "ft-mela-vs-ben-r0f0")
     assert tuned.attrs["preprocessing"]["resize_mode"] == "shorter-side"  # trained and extracted on the same crops
+
+
+@SLOW
+def test_an_open_clip_tag_without_its_weights_says_where_to_get_them(bench_home):
+    pytest.importorskip("open_clip", reason="the clip extra is not installed")
+    with pytest.raises(BenchError) as error:
+        plugins.get_backbone("open_clip:ViT-B-32/openai").create()
+    said = str(error.value)
+    assert "\n" not in said and "https://huggingface.co/timm/vit_base_patch32_clip_224.openai" in said
+    assert str(bench_home / "weights" / "open_clip~ViT-B-32--openai.safetensors") in said

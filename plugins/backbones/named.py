@@ -13,7 +13,7 @@ library's own loader and cache (downloading when online). The libraries are impo
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the libraries load when a prefixed name is resolved, never 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 CLIP_EXTRA = "pip install 'bench[clip]'"
 TIMM_CROP = "center"  # the one crop_mode of timm's eval transform bench reproduces (`Preprocessing.load`)
+HUB = "hf-hub"  # an open_clip:hf-hub: name's weights are its hub repo's, not a tag's
 CLIP_RESIZE = {"shortest": "shorter-side", "squash": "square"}  # open_clip's resize_mode -> bench's
 
 
@@ -215,16 +216,13 @@ def _clip_meta(arch: str, quick_gelu: bool) -> nn.Module:
                          "run once online so that it is cached") from exc
 
 
-class ImageTower:
-    """Builds the image tower of an open_clip model: its forward is the image embedding (`encode_image`)."""
-
-    def __init__(self, arch: str, quick_gelu: bool, size: int | None):
-        self.arch, self.quick_gelu, self.size = arch, quick_gelu, size
-
-    def __call__(self, pretrained: str | None = None) -> nn.Module:
-        model = clip_module().create_model(self.arch, pretrained=pretrained, force_quick_gelu=self.quick_gelu,
-                                           force_image_size=self.size)
-        return model.visual
+def image_tower(arch: str, quick_gelu: bool, size: int | None, weights: str | None = None) -> nn.Module:
+    """The image tower of an open_clip model (its forward is the image embedding, `encode_image`) built for `size`
+    (None: its own), with the weights of pretrained tag `weights` (HUB: an hf-hub: name's own), else none."""
+    model = clip_module().create_model(arch, pretrained=None if weights == HUB else weights,
+                                       load_weights=weights is not None, force_quick_gelu=quick_gelu,
+                                       force_image_size=size)
+    return model.visual
 
 
 def load_tower_state(net: nn.Module, state: object, source: Path) -> None:
@@ -247,11 +245,11 @@ def clip_backbone(name: str, rest: str, size: int | None = None) -> Backbone:
                          f"{', '.join(CLIP_RESIZE)})")
     preprocessing = Preprocessing(size=int(seen["size"][0]), mean=tuple(seen["mean"]), std=tuple(seen["std"]),
                                   resize_mode=CLIP_RESIZE[seen["resize_mode"]], interpolation=seen["interpolation"])
-    tower = ImageTower(arch, bool(cfg.get("quick_gelu", False)), size)
+    tower = partial(image_tower, arch, bool(cfg.get("quick_gelu", False)), size)
     where = (f"https://huggingface.co/{arch.removeprefix('hf-hub:')}" if hub else
              f"https://huggingface.co/{cfg['hf_hub'].rstrip('/')}" if cfg.get("hf_hub") else cfg.get("url"))
     if hub or tag:
-        load_initial = _initial(name, where, lambda: tower(None if hub else tag).state_dict(), load_tower_state)
+        load_initial = _initial(name, where, lambda: tower(HUB if hub else tag).state_dict(), load_tower_state)
     else:
         load_initial = _initial(name, f"open_clip's tags for {arch} (name one: open_clip:{arch}/TAG)",
                                 _no_tag(name, arch), load_tower_state)
