@@ -153,7 +153,8 @@ def test_missing_weights_fail_in_one_line_before_any_work(bench_home, tmp_path):
                  "--store", str(store))
     assert "W.safetensors" in said and "--weights PATH" in said
     said = error("extract", "--backbone", "timm:resnet10t", *DATA, "--store", str(store))  # offline, none placed
-    assert "huggingface.co/timm/resnet10t" in said and str(bench_home / "weights" / "timm~resnet10t.safetensors") in said
+    assert "huggingface.co/timm/resnet10t" in said
+    assert str(bench_home / "weights" / "timm~resnet10t.safetensors") in said
     assert not store.exists()
     said = error("train", "--backbone", "timm:resnet10t", "--weights", str(tmp_path / "W.pt"), *DATA,
                  "--protocol", "mela-vs-ben", "--fold", "r0f0", "--recipe", "cpu")

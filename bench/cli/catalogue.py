@@ -22,8 +22,9 @@ app.add_typer(datasets_app, name="datasets")
 def backbones(
     as_json: JsonOption = False,
     search: Annotated[Optional[str], typer.Option(
-        "--search", help="List instead the timm and open_clip models matching PATTERN (a word, or a shell pattern "
-                         "like 'convnext_*'): every name works as --backbone, e.g. timm:convnext_atto.d2_in1k.")] = None,
+        "--search", help="List instead the timm and open_clip models matching PATTERN (a word, or a shell "
+                         "pattern like 'convnext_*'): each name works as --backbone, e.g. "
+                         "timm:convnext_atto.d2_in1k.")] = None,
 ) -> None:
     """List every backbone the installed plugins provide, or with --search the timm / open_clip models matching a
     pattern, from the installed registries (no network)."""

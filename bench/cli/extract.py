@@ -70,9 +70,10 @@ def extract(
         from bench.train.recipes import get_recipe
 
         b = ctx.registry.backbone(backbone)
-        trunk_pass(b, b.create(weights_file(weights) or ctx.source_weights(b)), get_recipe(trunk).starting_from(b.random_init), dataset,
-                   root, seed=seed, store=ctx.store, options=parse_pairs(option), batch_size=batch_size,
-                   overwrite=overwrite, executor=executor)
+        net = b.create(weights_file(weights) or ctx.source_weights(b))
+        trunk_pass(b, net, get_recipe(trunk).starting_from(b.random_init), dataset, root, seed=seed,
+                   store=ctx.store, options=parse_pairs(option), batch_size=batch_size, overwrite=overwrite,
+                   executor=executor)
         return
     if from_trunk and (fold is None or tta or executor != "local"):
         raise BenchError("--from-trunk writes a fine-tuned set here: give --protocol and --fold, without --tta or "
