@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Literal
@@ -12,6 +12,7 @@ import numpy as np
 from bench.atomic import atomic_path
 from bench import paths
 from bench.errors import BenchError
+from bench.images import load_image
 
 if TYPE_CHECKING:  # torch is imported where a network is built or read: listing backbones does not pay for it
     from torch import nn
@@ -24,8 +25,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Preprocessing:
     """How a decoded RGB uint8 image becomes the network's input.
 
-    Images are resized to `size` x `size` ignoring the aspect ratio (as the paper did), put in `channel_order`,
-    scaled to [0, value_range], then `(x - mean) / std` per channel (mean/std in that order and range).
+    Images are resized to `size` x `size` ignoring the aspect ratio (as the paper did; `resize_mode` "square"),
+    or, with "shorter-side", their shorter side to size / crop_pct and the centre size x size cropped (timm's and
+    open_clip's evaluation transform), with `interpolation`; put in `channel_order`, scaled to [0, value_range],
+    then `(x - mean) / std` per channel (mean/std in that order and range).
     """
 
     size: int = 224
@@ -33,6 +36,16 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     channel_order: Literal["RGB", "BGR"] = "RGB"
     value_range: float = 1.0
+    # added later: `to_dict` leaves them out at their defaults, so the models and feature sets of every backbone
+    # that does not set them keep their identity (cache keys, store provenance)
+    resize_mode: Literal["square", "shorter-side"] = "square"
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"  # a name in bench.images.INTERPOLATIONS
+
+    def load(self, path: str | Path) -> np.ndarray:
+        """The image at `path` decoded and resized as this preprocessing says: uint8 (size, size, 3)."""
+        return load_image(path, self.size, resize_mode=self.resize_mode, crop_pct=self.crop_pct,
+                          interpolation=self.interpolation)
 
     def normalise(self, images: np.ndarray) -> np.ndarray:
         """uint8 RGB images (N, H, W, 3), already resized, -> float32 network input (N, 3, H, W)."""
@@ -56,7 +69,12 @@ class Preprocessing:
         return replace(self, size=size)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        saved = asdict(self)
+        return {f.name: saved[f.name] for f in fields(self)
+                if f.name not in RESIZE_FIELDS or saved[f.name] != f.default}
+
+
+RESIZE_FIELDS = ("resize_mode", "crop_pct", "interpolation")  # added later: recorded only where not at the default
 
 
 @dataclass(frozen=True)
@@ -86,11 +104,16 @@ def read_checkpoint(path: Path) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise BenchError(f"weights file not found: {path}")
+        raise BenchError(f"weights file not found: {path}. Pass an existing file (a safetensors file or a torch "
+                         "state dict) with --weights PATH")
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return {"state_dict": load_file(path)}
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise BenchError(f"cannot read weights file {path}: {exc}") from exc
+    except Exception as exc:  # torch and safetensors raise many types for a bad file
+        raise BenchError(f"cannot read weights file {path}: {str(exc).splitlines()[0]}") from exc
     if not isinstance(obj, dict):
         raise BenchError(f"{path} holds no state dict")
     return obj if "state_dict" in obj else {"state_dict": obj}
@@ -121,10 +144,12 @@ class Checkpoint:
         return Preprocessing.from_dict(saved) if saved else default
 
 
-def load_state_dict(net: nn.Module, state: object, source: Path) -> None:
-    """Load the state dict read from `source` (a bench checkpoint's, or a plain `torch.save`d one) into `net`."""
+def load_state_dict(net: nn.Module, state: object, source: Path, drop: tuple[str, ...] = ()) -> None:
+    """Load the state dict read from `source` (a bench checkpoint's, a plain `torch.save`d one or a safetensors
+    file's) into `net`; entries under the prefixes `drop` (a classifier the feature net does not have) are left out."""
     if not isinstance(state, dict):
         raise BenchError(f"{source} holds no state dict")
+    state = {k: v for k, v in state.items() if not k.startswith(drop)} if drop else state
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
@@ -163,12 +188,16 @@ class Backbone:
     # cut points, where a frozen trunk ends and its output can be cached (bench.train.trunk); None: not cut, ever
     chain: Callable[[nn.Module], list[tuple[str, nn.Module]]] | None = None
     size_fixed: bool = False  # the input size was asked for (`name@SIZE`): it beats the size a checkpoint was trained at
+    # the backbone built for `size` x `size` input, for a network whose layers depend on it (a ViT's position
+    # embedding); None: the same network takes any size
+    at_size: Callable[[int], Backbone] | None = field(default=None, compare=False)
     plugin: str = field(default="", compare=False)  # filled in by the plugin manager
 
     def resized(self, size: int) -> Backbone:
         """The same network fed `size` x `size` images, as its own backbone `name@size` (its own feature sets)."""
-        return replace(self, name=f"{self.name}@{size}", preprocessing=self.preprocessing.with_size(size),
-                       size_fixed=True)
+        built = self.at_size(size) if self.at_size else self
+        return replace(built, name=f"{self.name}@{size}", preprocessing=self.preprocessing.with_size(size),
+                       size_fixed=True, plugin=self.plugin)
 
     def create(self, weights: Path | Checkpoint | None = None) -> nn.Module:
         """The network with `weights` (a file, or a checkpoint already read) or, without it, the backbone's initial

@@ -22,3 +22,10 @@ def bench_register_backbones(register: Callable[[Backbone], None]) -> None:
 @hookspec
 def bench_register_datasets(register: Callable[[DatasetAdapter], None]) -> None:
     """Call `register(DatasetAdapter(...))` once per dataset adapter the plugin provides."""
+
+
+@hookspec(firstresult=True)
+def bench_backbone_named(name: str) -> Backbone | None:
+    """The backbone a prefixed name `PREFIX:REST` stands for (e.g. `timm:convnext_atto`), or None when the prefix
+    is not this plugin's. Called only for names no plugin registers, when one is asked for; the first answer wins.
+    Raise BenchError (one line, saying the fix) when the prefix is yours but the name is not."""

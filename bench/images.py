@@ -13,17 +13,46 @@ IMAGES_VERSION = 2
 ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
-def load_image(path: str | Path, size: int) -> np.ndarray:
-    """RGB uint8 array (size, size, 3), resized ignoring the aspect ratio as the paper did."""
+RESIZE_MODES = ("square", "shorter-side")
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+                  "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+
+
+def load_image(path: str | Path, size: int, *, resize_mode: str = "square", crop_pct: float = 1.0,
+               interpolation: str = "bilinear") -> np.ndarray:
+    """RGB uint8 array (size, size, 3). `square` (the default): resized ignoring the aspect ratio, as the paper
+    did. `shorter-side`: the shorter side resized to size / crop_pct keeping the aspect ratio, then the centre
+    size x size cropped, as timm's and open_clip's evaluation transforms do."""
+    resample = INTERPOLATIONS[interpolation]
+    scaled = int(size / crop_pct)  # timm's own rounding (math.floor) of its eval transform's scale size
     try:
         with Image.open(path) as image:
-            image.draft("RGB", (size, size))  # lets JPEG decode at a reduced scale when the file is much larger
-            return np.asarray(to_rgb(image, path).resize((size, size), Image.BILINEAR))
+            # lets JPEG decode at a reduced scale when the file is much larger (never below the size asked for)
+            image.draft("RGB", (scaled, scaled) if resize_mode == "shorter-side" else (size, size))
+            rgb = to_rgb(image, path)
+            if resize_mode == "square":
+                return np.asarray(rgb.resize((size, size), resample))
+            return np.asarray(_centre_crop(_shorter_side(rgb, scaled, resample), size))
     except Image.DecompressionBombError as exc:  # PIL refuses to allocate a huge image: a deliberate bomb or a scan
         raise BenchError(f"cannot decode image {path}: {exc} Downscale or remove the file (or pass --skip-bad)") \
             from None
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise BenchError(f"cannot decode image {path}: {exc}. Replace or remove the file (or pass --skip-bad)") from exc
+
+
+def _shorter_side(image: Image.Image, side: int, resample: int) -> Image.Image:
+    """The image with its shorter side `side` pixels, its aspect ratio kept (torchvision's Resize(int))."""
+    width, height = image.size
+    if width <= height:
+        return image.resize((side, int(side * height / width)), resample)
+    return image.resize((int(side * width / height), side), resample)
+
+
+def _centre_crop(image: Image.Image, size: int) -> Image.Image:
+    """The centre size x size (torchvision's CenterCrop rounding)."""
+    width, height = image.size
+    left, top = int(round((width - size) / 2.0)), int(round((height - size) / 2.0))
+    return image.crop((left, top, left + size, top + size))
 
 
 def to_rgb(image: Image.Image, path: str | Path) -> Image.Image:

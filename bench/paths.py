@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 
 from bench.errors import BenchError
-from featurestore.keys import NAME_RULE, feature_key, is_name
+from featurestore.keys import NAME_RULE, PREFIXED_RULE, feature_key, is_backbone_name, is_name, path_part
 
 
 def home() -> Path:
@@ -45,9 +45,17 @@ DEFAULT_LEADERBOARD = Path("leaderboard/README.md")  # `bench leaderboard`'s mar
 
 def finetuned_checkpoint(home: Path, dataset: str, backbone: str, protocol: str, fold: str) -> Path:
     """Where `bench train --protocol P --fold K` leaves its checkpoint and `bench extract --fold K` finds it."""
-    for what, value in {"dataset": dataset, "backbone": backbone, "protocol": protocol, "fold": fold}.items():
+    for what, value in {"dataset": dataset, "protocol": protocol, "fold": fold}.items():
         check_name(what, value)
-    return models_dir(home) / dataset / backbone / f"{feature_key(protocol, fold)}.pt"
+    return models_dir(home) / dataset / backbone_part(backbone) / f"{feature_key(protocol, fold)}.pt"
+
+
+def backbone_part(name: str) -> str:
+    """A backbone name as one path component of bench's folders (`timm:resnet18` -> `timm~resnet18`), or a
+    BenchError when it is no backbone name."""
+    if not is_backbone_name(name):
+        raise BenchError(f"backbone {name!r} is not a name: names are {NAME_RULE}, or {PREFIXED_RULE}")
+    return path_part(name)
 
 
 def check_name(what: str, value: str, where: str = "") -> str:

@@ -13,7 +13,7 @@ import pluggy
 
 from bench import hookspecs
 from bench.errors import BenchError
-from featurestore.keys import NAME_RULE, is_name
+from featurestore.keys import NAME_RULE, PREFIXED_RULE, is_name, is_prefixed
 
 if TYPE_CHECKING:  # the plugins are imported when first asked for, so a CLI that never asks starts at once
     from bench.backbone import Backbone
@@ -94,15 +94,31 @@ def _get(items: dict[str, T], name: str, kind: str, command: str) -> T:
 
 
 def get_backbone(name: str, own: Mapping[str, Backbone] | None = None) -> Backbone:
-    """A backbone by name, installed or one of `own` (a study's); `name@SIZE` is it fed SIZE x SIZE images (e.g.
+    """A backbone by name, installed or one of `own` (a study's), or named by a library's prefix (`timm:resnet18`,
+    resolved by the `bench_backbone_named` hook); `name@SIZE` is it fed SIZE x SIZE images (e.g.
     `efficientnet-lite1@448` for large images)."""
     base, at, size = name.partition("@")
-    backbone = _get({**backbones(), **(own or {})}, base, "backbone", "backbones")
+    known = {**backbones(), **(own or {})}
+    backbone = named_backbone(base) if ":" in base and base not in known else _get(known, base, "backbone",
+                                                                                  "backbones")
     if not at:
         return backbone
     if not size.isdigit() or not 32 <= int(size) <= 2048:
         raise BenchError(f"backbone {name!r}: the size after @ must be a whole number of pixels, 32 to 2048")
     return backbone.resized(int(size))
+
+
+@cache
+def named_backbone(name: str) -> Backbone:
+    """The backbone a prefixed name stands for, from the first plugin that knows its prefix (cached: resolving
+    imports the library and reads the model's config)."""
+    if not is_prefixed(name):
+        raise BenchError(f"backbone {name!r}: a name with a prefix is {PREFIXED_RULE}")
+    found = plugin_manager().hook.bench_backbone_named(name=name)
+    if found is None:
+        raise BenchError(f"no installed plugin knows the prefix of backbone {name!r}: bench knows timm:, hf-hub: and "
+                         "open_clip: (see `bench backbones --search PATTERN`)")
+    return dataclasses.replace(found, name=name, plugin=found.plugin or BUILTIN)
 
 
 def get_dataset(name: str) -> DatasetAdapter:

@@ -77,11 +77,13 @@ def _check_layer_order(backbone: Backbone, net: nn.Module, x: np.ndarray) -> Non
     layers = parameterised(net)
     ran: list[nn.Module] = []  # in the order of their first call (a layer may run twice)
 
-    def record(module: nn.Module, inputs: object, output: object) -> None:
+    def record(module: nn.Module, inputs: object) -> None:
         if module not in ran:
             ran.append(module)
 
-    hooks = [m.register_forward_hook(record) for m in layers]
+    # on entry, not on return: a layer holding parameters of its own and sublayers (a ConvNeXt block's layer scale)
+    # is registered before them and runs before them, but returns after them
+    hooks = [m.register_forward_pre_hook(record) for m in layers]
     try:
         with torch.no_grad():
             net(torch.from_numpy(x[:1]))

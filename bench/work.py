@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 EXTERNAL = "external"  # the split of an evaluation scored on all of its dataset, trained on another
 HOW = {"how": True}  # not part of the unit's identity
 LATER = {"later": True}  # part of its identity only when not at its default
+# `weights` (a file the user names with --weights) is LATER, not HOW: the store does check a set against the ONNX
+# digest its weights make, but a study's runner skips a unit by its fingerprint before any export, so two units
+# differing only in their weights file must not share one; like every path it counts as its text
 
 
 def identity(value: Any) -> Any:
@@ -96,9 +99,11 @@ class TrainSource(Work):
     dataset: DatasetRef
     recipe: Recipe
     seed: int = 0
+    weights: Path | None = field(default=None, metadata=LATER)  # `start`'s weights, instead of its initial ones
 
     @classmethod
-    def of(cls, ctx: Context, backbone: str, dataset: DatasetRef, recipe: Recipe, seed: int = 0) -> TrainSource:
+    def of(cls, ctx: Context, backbone: str, dataset: DatasetRef, recipe: Recipe, seed: int = 0,
+           weights: Path | None = None) -> TrainSource:
         """The source stage the backbone declares for `dataset` (as `bench train` without --fold asks for it)."""
         stages = ctx.registry.backbone(backbone).source_stages
         stage = next((s for s in stages if s.dataset == dataset.adapter), None)
@@ -108,7 +113,7 @@ class TrainSource(Work):
         if stage is None:
             raise BenchError(f"{backbone} has no source stage; to fine-tune it on {dataset.adapter} give "
                              "--protocol P --fold K")
-        return cls(backbone, stage.start, dataset, recipe, seed)
+        return cls(backbone, stage.start, dataset, recipe, seed, weights)
 
     @property
     def key(self) -> str:
@@ -133,6 +138,7 @@ class FineTune(Work):
     seed: int = 0
     reference: Path | None = None  # fingerprinted as its text, like every path
     limit: int | None = field(default=None, metadata=LATER)  # the first N training rows only
+    weights: Path | None = field(default=None, metadata=LATER)  # start from this file, not the initial weights
 
     @property
     def key(self) -> str:
@@ -156,6 +162,7 @@ class Extract(Work):
     # a fine-tune of a recipe with a view pool: its top on view 0 of the stored trunk activations, no image read
     # (equal to the model's features within float16's precision of those activations)
     from_trunk: bool = field(default=False, metadata=LATER)
+    weights: Path | None = field(default=None, metadata=LATER)  # the frozen model's weights, not its initial ones
     batch_size: int = field(default=32, metadata=HOW)
     skip_bad: bool = field(default=False, metadata=HOW)  # leave unreadable images out instead of failing
     overwrite: bool = field(default=False, metadata=HOW)  # replace a set made by another model or images
@@ -186,16 +193,18 @@ class ExtractTrunk(Work):
     image_size: int
     views: int
     seed: int = 0
+    weights: Path | None = None  # the weights the fine-tunes start from, instead of the backbone's initial ones
     batch_size: int = field(default=32, metadata=HOW)
     overwrite: bool = field(default=False, metadata=HOW)  # replace a set made by another model or for other images
 
     @classmethod
-    def of(cls, backbone: str, dataset: DatasetRef, recipe: Recipe, seed: int = 0, **how: Any) -> ExtractTrunk:
+    def of(cls, backbone: str, dataset: DatasetRef, recipe: Recipe, seed: int = 0, weights: Path | None = None,
+           **how: Any) -> ExtractTrunk:
         """The trunk pass the fine-tunes of `recipe` (one with a view pool) read."""
         if not recipe.views or recipe.train_last is None:
             raise BenchError(f"recipe {recipe.name} trains {backbone} without a view pool (`views`, and "
                              "`train_last`): it has no trunk activations to store; give a recipe with both")
-        return cls(backbone, dataset, recipe.train_last, recipe.image_size, recipe.views, seed, **how)
+        return cls(backbone, dataset, recipe.train_last, recipe.image_size, recipe.views, seed, weights, **how)
 
     @property
     def key(self) -> str:
@@ -288,10 +297,19 @@ class Report(Work):
 
 def trunk_pass(unit: TrainSource | FineTune, ctx: Context) -> ExtractTrunk | None:
     """The trunk pass a training unit reads, None where it trains the whole network: over its dataset, through the
-    backbone it starts from (a source stage's start, else its own), with its recipe's cut, size and view pool."""
+    backbone it starts from (a source stage's start, else its own) with the weights it starts from, with its
+    recipe's cut, size and view pool."""
     start = unit.start if isinstance(unit, TrainSource) else unit.backbone
     recipe = unit.recipe.starting_from(ctx.registry.backbone(start).random_init)
-    return ExtractTrunk.of(start, unit.dataset, recipe, unit.seed) if recipe.views else None
+    return ExtractTrunk.of(start, unit.dataset, recipe, unit.seed, unit.weights) if recipe.views else None
+
+
+def weights_file(weights: Path | None) -> Path | None:
+    """`weights` where it is a file; one line naming it and the fix where it is not (checked before any work)."""
+    if weights is not None and not Path(weights).is_file():
+        raise BenchError(f"weights file not found: {weights}. Pass an existing file (a safetensors file or a torch "
+                         "state dict) with --weights PATH")
+    return weights
 
 
 def source_key(backbone: str) -> str:

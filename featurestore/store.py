@@ -41,7 +41,7 @@ from zarr.errors import GroupNotFoundError
 
 from featurestore import lease
 from featurestore.errors import StoreError
-from featurestore.keys import NAME_RULE, is_name, parse_key
+from featurestore.keys import NAME_RULE, PREFIXED_RULE, is_backbone_name, is_name, name_of, parse_key, path_part
 
 # A set made with another value of any of these (or for other image ids) holds stale features.
 IDENTITY = ("model_sha256", "preprocessing")
@@ -208,21 +208,21 @@ class FeatureStore:
         if root is None:
             return []
         return [
-            _info(group, dataset, backbone, key)
+            _info(group, dataset, name_of(part), key)
             for dataset, dataset_group in sorted(root.groups()) if dataset != lease.LEASES
-            for backbone, backbone_group in sorted(dataset_group.groups())
+            for part, backbone_group in sorted(dataset_group.groups())
             for key, group in sorted(backbone_group.groups())
             if group.attrs.get("layout") == LAYOUT
         ]
 
     def remove(self, dataset: str, backbone: str, key: str) -> None:
         self._set(dataset, backbone, key)  # a clear error when there is nothing to remove
-        path = f"{dataset}/{backbone}/{key}"
+        path = _path(dataset, backbone, key)
         held = self._lease(path)  # never pull a set from under its writer
         try:
             root = self._open("a")
             del root[path]
-            for parent in (f"{dataset}/{backbone}", dataset):  # no empty shells left behind in `ls` of the folder
+            for parent in (path.rsplit("/", 1)[0], dataset):  # no empty shells left behind in `ls` of the folder
                 if not list(root[parent].members()):
                     del root[parent]
         finally:
@@ -253,10 +253,11 @@ class FeatureStore:
         missing = [k for k in IDENTITY if k not in attrs]
         if missing:
             raise ValueError(f"provenance attributes lack {missing}")
-        bad = [name for name in (dataset, backbone, key) if not is_name(name)]
-        if bad:
-            raise StoreError(f"{bad[0]!r} cannot name a feature set: names are {NAME_RULE}")
-        path = f"{dataset}/{backbone}/{key}"
+        bad = [name for name in (dataset, key) if not is_name(name)]
+        if bad or not is_backbone_name(backbone):
+            rule = NAME_RULE if bad else f"{NAME_RULE}; a backbone may also be {PREFIXED_RULE}"
+            raise StoreError(f"{(bad or [backbone])[0]!r} cannot name a feature set: names are {rule}")
+        path = _path(dataset, backbone, key)
         image_ids = np.asarray(image_ids, dtype=str)
         image_digests = np.asarray(image_digests, dtype=str)
         if image_digests.shape != image_ids.shape:
@@ -312,7 +313,8 @@ class FeatureStore:
                     group.create_array("image_sha256", shape=(len(image_ids),), dtype=str)[:] = ""
                 group.attrs.update({k: v for k, v in attrs.items() if k not in IDENTITY})  # e.g. today's labels
                 return SetWriter(group, self._where(path), held)
-            dataset, backbone, key = path.split("/")
+            dataset, part, key = path.split("/")
+            backbone = name_of(part)
             raise StoreError(
                 f"feature set {path} in {self.path} was made differently: {'; '.join(differences)}. Its features "
                 f"would be stale, so they are not reused: remove it with `bench store rm {dataset} {backbone} {key} "
@@ -354,7 +356,7 @@ class FeatureStore:
 
     def _set(self, dataset: str, backbone: str, key: str) -> zarr.Group:
         root = self._root()
-        path = f"{dataset}/{backbone}/{key}"
+        path = _path(dataset, backbone, key) if is_backbone_name(backbone) else f"{dataset}/{backbone}/{key}"
         if root is None or path not in root or root[path].attrs.get("layout") != LAYOUT:
             raise StoreError(
                 f"no feature set {path} in {self.path}: make it with `{self.extract_command(dataset, backbone, key)}`"
@@ -436,6 +438,11 @@ def _differences(group: zarr.Group, attrs: dict, image_ids: np.ndarray) -> list[
     elif not np.array_equal(stored_ids, image_ids):
         differences.append("other images (the same number, other ids or order)")
     return differences
+
+
+def _path(dataset: str, backbone: str, key: str) -> str:
+    """Where a set lies in the store: a prefixed backbone name (`timm:resnet18`) as one component (`timm~resnet18`)."""
+    return f"{dataset}/{path_part(backbone)}/{key}"
 
 
 def _strings(array: zarr.Array) -> np.ndarray:

@@ -106,7 +106,7 @@ def test_extract_stores_every_image_with_its_provenance(images, store, small_chu
 
 def test_a_finished_extraction_reruns_as_a_no_op(images, store, monkeypatch):
     run_extract(images, store, "--limit", 10)
-    monkeypatch.setattr(extract, "load_image", lambda *a: pytest.fail("decoded an image again"))
+    monkeypatch.setattr(Preprocessing, "load", lambda *a: pytest.fail("decoded an image again"))
     out = run_extract(images, store, "--limit", 10)
     assert "already complete (10 images): nothing to do" in out.output
 
@@ -117,9 +117,10 @@ def test_a_killed_extraction_resumes_to_the_same_bytes(tmp_path, images, store, 
     export_onnx(tiny.backbone())  # the subprocess finds the model in the cache
     script = (
         "import sys, time; sys.path.insert(0, sys.argv[1]); import tiny_extraction as tiny; tiny.register()\n"
-        "from bench import extract; from bench.cli import main\n"
-        f"extract.CHUNK_BYTES = {extract.CHUNK_BYTES}; real = extract.load_image\n"
-        "extract.load_image = lambda p, s: time.sleep(0.2) or real(p, s)  # slow enough to be killed mid-way\n"
+        "from bench.extract import pipeline as extract; from bench.backbone import Preprocessing\n"
+        "from bench.cli import main\n"
+        f"extract.CHUNK_BYTES = {extract.CHUNK_BYTES}; real = Preprocessing.load\n"
+        "Preprocessing.load = lambda self, p: time.sleep(0.2) or real(self, p)  # slow enough to be killed mid-way\n"
         "sys.argv = ['bench'] + sys.argv[2:]; main()\n"
     )
     command = [sys.executable, "-c", script, str(Path(__file__).parent), "extract", "--backbone", tiny.NAME,

@@ -118,8 +118,8 @@ def _same(a: dict, b: dict) -> bool:
 
 def test_fine_tune_reads_only_the_training_part_of_its_fold(monkeypatch):
     read: list[str] = []
-    real_load = loop.load_image
-    monkeypatch.setattr(loop, "load_image", lambda path, size: read.append(Path(path).stem) or real_load(path, size))
+    real_load = Preprocessing.load
+    monkeypatch.setattr(Preprocessing, "load", lambda self, path: read.append(Path(path).stem) or real_load(self, path))
     job = _job()
     loop.fit(job)
 
@@ -317,7 +317,7 @@ def test_a_backbone_whose_source_is_a_dataset_is_refused_on_it(tmp_path):
 
 
 def test_missing_starting_weights_fail_before_any_image_is_read(monkeypatch):
-    monkeypatch.setattr(loop, "load_image", lambda *args: pytest.fail("an image was decoded"))
+    monkeypatch.setattr(Preprocessing, "load", lambda *args: pytest.fail("an image was decoded"))
     job = _source_job(TINY_DOUBLE)
     with pytest.raises(BenchError, match="import it first"):
         loop.fit(job)

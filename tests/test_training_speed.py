@@ -31,16 +31,17 @@ def test_images_are_decoded_once_per_list_and_size_until_a_file_changes(files, m
     first = loop.decode(files, 16, torch.device("cpu"))
     assert first.shape == (3, 3, 16, 16) and first.dtype == torch.uint8
     decoded = []
-    monkeypatch.setattr(loop, "load_image",
-                        lambda path, size: decoded.append(path) or np.zeros((size, size, 3), np.uint8))
+    monkeypatch.setattr(Preprocessing, "load",
+                        lambda self, path: decoded.append(path) or np.zeros((self.size, self.size, 3), np.uint8))
     assert torch.equal(loop.decode(files, 16, torch.device("cpu")), first) and not decoded
 
     loop.decode(files, 8, torch.device("cpu"))  # another size
     loop.decode(files[:2], 16, torch.device("cpu"))  # another list
+    loop.decode(files, 16, torch.device("cpu"), Preprocessing(resize_mode="shorter-side"))  # another resize
     stat = os.stat(files[2])
     os.utime(files[2], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: the same pixels
     loop.decode(files, 16, torch.device("cpu"))
-    assert decoded == files + files[:2]
+    assert decoded == files + files[:2] + files
 
 
 def test_a_missing_image_is_named(files):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Optional
+
 import typer
 from rich.progress import Progress
 
@@ -17,8 +19,25 @@ app.add_typer(datasets_app, name="datasets")
 
 
 @app.command()
-def backbones(as_json: JsonOption = False) -> None:
-    """List every backbone the installed plugins provide."""
+def backbones(
+    as_json: JsonOption = False,
+    search: Annotated[Optional[str], typer.Option(
+        "--search", help="List instead the timm and open_clip models matching PATTERN (a word, or a shell "
+                         "pattern like 'convnext_*'): each name works as --backbone, e.g. "
+                         "timm:convnext_atto.d2_in1k.")] = None,
+) -> None:
+    """List every backbone the installed plugins provide, or with --search the timm / open_clip models matching a
+    pattern, from the installed registries (no network)."""
+    if search is not None:
+        from plugins.backbones.named import search as find  # imports timm (and open_clip): only when asked
+
+        rows = find(search)
+        if rows or as_json:
+            _show(rows, f"Backbones matching {search!r}", as_json, right=("dim",))
+        else:
+            console.print(f"no timm or open_clip model matches {search!r} (open_clip's only with "
+                          "`pip install 'bench[clip]'`)", highlight=False, markup=False)
+        return
     rows = [{"name": b.name, "architecture": b.architecture, "input": f"{b.preprocessing.size}x{b.preprocessing.size}",
              "feature": b.feature_layer, "dim": b.feature_dim, "initial weights": b.initial_weights,
              "source stages": "; ".join(f"{s.task} on {s.dataset} (from {s.start})" for s in b.source_stages)

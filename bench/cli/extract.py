@@ -10,7 +10,7 @@ import typer
 
 from bench.cli.app import app
 from bench.cli.options import (AddressOption, DatasetOptions, DesignName, ExecutorOption, RootOption, StoreOption,
-                               TTAOption, parse_pairs)
+                               TTAOption, WeightsOption, parse_pairs)
 from bench.cli.output import console
 from bench.progress import progress
 from bench.errors import BenchError
@@ -30,6 +30,7 @@ def extract(
         help="With --fold: use the model fine-tuned for this label design.")] = None,
     fold: Annotated[Optional[str], typer.Option(help="With --protocol: the fold (e.g. r0f1) whose fine-tune to use.")] = None,
     store: StoreOption = None,
+    weights: WeightsOption = None,
     batch_size: Annotated[int, typer.Option(help="Images per inference batch.")] = 32,
     limit: Annotated[Optional[int], typer.Option(help="Keep only the first N manifest rows (quick runs).")] = None,
     skip_bad: Annotated[bool, typer.Option(help="Leave unreadable images out (listed) instead of failing.")] = False,
@@ -52,7 +53,7 @@ def extract(
     """
     from bench.context import Context
     from bench.extract.pipeline import prepare  # torch and onnxruntime load only when a command needs them
-    from bench.work import DatasetRef, Extract
+    from bench.work import DatasetRef, Extract, weights_file
 
     if executor == "ray":  # before any work: a missing Ray or an unreachable cluster is said at once
         from bench.study.cluster import connect
@@ -66,14 +67,15 @@ def extract(
         from bench.train.recipes import get_recipe
         from bench.work import ExtractTrunk
 
-        fill_trunk(ExtractTrunk.of(backbone, DatasetRef.of(dataset, root, parse_pairs(option)), get_recipe(trunk), seed,
-                                   batch_size=batch_size, overwrite=overwrite), ctx, executor)
+        unit = ExtractTrunk.of(backbone, DatasetRef.of(dataset, root, parse_pairs(option)), get_recipe(trunk), seed,
+                               weights_file(weights), batch_size=batch_size, overwrite=overwrite)
+        fill_trunk(unit, ctx, executor)
         return
     if from_trunk and (fold is None or tta or executor != "local"):
         raise BenchError("--from-trunk writes a fine-tuned set here: give --protocol and --fold, without --tta or "
                          "--executor ray")
     unit = Extract(backbone, DatasetRef.of(dataset, root, parse_pairs(option), limit), protocol, fold, tta=tta,
-                   batch_size=batch_size, skip_bad=skip_bad, overwrite=overwrite)
+                   weights=weights, batch_size=batch_size, skip_bad=skip_bad, overwrite=overwrite)
     job = prepare(unit, ctx)
     try:
         if from_trunk:

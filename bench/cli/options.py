@@ -19,6 +19,10 @@ DatasetOptions = Annotated[list[str], typer.Option("--option", "-o", help="Adapt
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables (for scripts).")]
 ExecutorOption = Annotated[Literal["local", "ray"], typer.Option(
     help="local: this process; ray: Ray tasks on a cluster (needs `pip install 'bench\\[ray]'`).")]
+WeightsOption = Annotated[Optional[Path], typer.Option(
+    "--weights", help="The backbone's weights from this file (safetensors, or a torch state dict such as "
+                      "torchvision's vgg16-397923af.pth) instead of its initial ones; their digest is the model's "
+                      "identity in the store.")]
 AddressOption = Annotated[Optional[str], typer.Option(
     help="With --executor ray: the cluster (e.g. head:6379 or ray://head:10001); default $RAY_ADDRESS, else a "
          "Ray instance started on this machine.")]

@@ -9,8 +9,9 @@ import typer
 from bench.cli.app import perf_app
 
 from bench.cli.options import (AddressOption, DatasetOptions, ExecutorOption, JsonOption, RootOption, TTAOption,
-                               parse_pairs)
+                               WeightsOption, parse_pairs)
 from bench.cli.output import console, print_json, table
+from bench.errors import BenchError
 
 
 @perf_app.command("extract")
@@ -28,12 +29,15 @@ def perf_extract(
     address: AddressOption = None,
     sweep: Annotated[bool, typer.Option(help="Also measure the ceiling under other onnxruntime settings.")] = False,
     tta: TTAOption = None,
+    weights: WeightsOption = None,
 ) -> None:
     """Measure extraction: naive torch loop vs onnxruntime alone (the ceiling) vs the `bench extract` pipeline;
     with --executor ray, the pipeline here vs on Ray with 1..N workers."""
     from bench.perf.extract import measure, measure_on_ray
 
     if executor == "ray":
+        if weights:
+            raise BenchError("--weights is measured here only: drop --executor ray")
         figures = measure_on_ray(backbone, dataset, root, workers=workers, limit=limit, batch_size=batch_size,
                                  repeat=repeat, options=parse_pairs(option), address=address)
         if as_json:
@@ -42,7 +46,7 @@ def perf_extract(
             print_ray(figures, dataset, backbone)
         return
     figures = measure(backbone, dataset, root, limit=limit, batch_size=batch_size, repeat=repeat,
-                      options=parse_pairs(option), sweep=sweep, tta=tta)
+                      options=parse_pairs(option), sweep=sweep, tta=tta, weights=weights)
     if as_json:
         print_json(figures)
         return

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from bench.cli.app import app
-from bench.cli.options import DatasetOptions, DesignName, JsonOption, RootOption, SplitName, StoreOption, parse_pairs
+from bench.cli.options import (DatasetOptions, DesignName, JsonOption, RootOption, SplitName, StoreOption,
+                               WeightsOption, parse_pairs)
 from bench.cli.output import console, print_json, table
 from bench.errors import BenchError
 from bench.train.recipes import Recipe, get_recipe, recipes as all_recipes
@@ -56,6 +57,7 @@ def train(
     views: Annotated[Optional[int], typer.Option(
         help="Override the recipe's view pool: a top-only recipe then trains from cached trunk activations.")] = None,
     store: StoreOption = None,
+    weights: WeightsOption = None,
     limit: Annotated[Optional[int], typer.Option(help="Train on the first N training rows only.")] = None,
     seed: Annotated[int, typer.Option(help="Seeds the folds, the validation split and training.")] = 0,
     option: DatasetOptions = [],  # noqa: B006 (typer reads it)
@@ -76,11 +78,11 @@ def train(
                                                views=views)
     ctx, options = Context.for_user(store), parse_pairs(option)
     if fold is None:
-        unit = TrainSource.of(ctx, backbone, DatasetRef.of(dataset, root, options, limit), chosen, seed)
+        unit = TrainSource.of(ctx, backbone, DatasetRef.of(dataset, root, options, limit), chosen, seed, weights)
         job = source_stage_job(unit, ctx)
     else:
         unit = FineTune(backbone, DatasetRef.of(dataset, root, options), protocol, split, fold, chosen, seed,
-                        reference_dir, limit)
+                        reference_dir, limit, weights)
         job = finetune_job(unit, ctx)
     console.print(f"[bold]{backbone}[/bold] on {dataset}: {len(job.data.labels)} training images, classes "
                   f"{', '.join(job.data.classes)}; recipe {chosen.name} ({chosen.epochs} epochs at "

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench import atomic
+from bench import atomic, paths
 from bench.backbone import Backbone, Preprocessing
 from bench.digests import file_digest
 from bench.extract.graph_cache import OPSET
@@ -34,7 +34,7 @@ def model_path(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing,
     """The file in `cache` that holds `net` exported for `backbone` with `preprocessing`."""
     identity = [backbone.name, state_dict_sha256(net), preprocessing.to_dict(), OPSET]
     key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()
-    return cache / f"{backbone.name}-{key[:16]}.onnx"
+    return cache / f"{paths.backbone_part(backbone.name)}-{key[:16]}.onnx"
 
 
 def find(path: Path, backbone: Backbone, preprocessing: Preprocessing) -> ExportedModel | None:

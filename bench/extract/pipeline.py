@@ -25,10 +25,9 @@ from bench.dataset import image_digests, label_fingerprint
 from bench.errors import BenchError
 from bench.extract.export import export_onnx
 from bench.extract.model_cache import ExportedModel
-from bench.images import load_image
 from bench.overlap import ID_ONLY, SOURCE_OVERLAP, TRAINED_ON, find_overlap
 from bench.threads import count as thread_count
-from bench.work import Extract
+from bench.work import Extract, weights_file
 from featurestore import FeatureStore, SetWriter
 from featurestore.keys import check_tta
 
@@ -127,7 +126,7 @@ def load_batch(chunk: int, rows: np.ndarray, files: np.ndarray, preprocessing: P
     images, errors, readable = [], [], np.ones(len(files), bool)
     for i, path in enumerate(files):
         try:
-            images.append(load_image(path, preprocessing.size))
+            images.append(preprocessing.load(path))
         except BenchError as exc:
             readable[i] = False
             errors.append(str(exc))
@@ -228,14 +227,15 @@ def prepare(unit: Extract, ctx: Context) -> Extraction:
     if (unit.protocol is None) != (unit.fold is None):
         raise BenchError("a fine-tuned feature set needs both --protocol and --fold")
     check_tta(unit.tta)
+    if unit.weights is not None and unit.fold is not None:
+        raise BenchError("--weights is the frozen model's; a fine-tuned set's model is its fold's checkpoint: drop "
+                         "--weights or --protocol/--fold")
     backbone = ctx.registry.backbone(unit.backbone)
     features = FeatureStore(ctx.store)
     features.exists()  # an unusable store URL fails now, not after the export
-    manifest = dataset.manifest(ctx)
-    if limit is not None:
-        manifest = manifest.head(limit)
-    # each checkpoint is read once, whatever asks for its parts: the overlap guard, the export, the fold record
-    source_weights = ctx.source_weights(backbone)
+    # each checkpoint is read once, whatever asks for its parts: the overlap guard, the export, the fold record;
+    # --weights stand in for a source stage's weights (a bench checkpoint among them keeps its record)
+    source_weights = weights_file(unit.weights) or ctx.source_weights(backbone)
     source = Checkpoint(source_weights) if source_weights else None
     checkpoint = source
     if unit.fold is not None:
@@ -244,8 +244,12 @@ def prepare(unit: Extract, ctx: Context) -> Extraction:
         if not checkpoint.path.is_file():
             raise BenchError(f"no fine-tuned checkpoint {checkpoint.path}: fine-tune {unit.backbone} on "
                              f"{dataset.adapter} for protocol {unit.protocol}, fold {unit.fold} first (`bench train`)")
-    guard = source_overlap(backbone.name, source, manifest)
+    # the model first: weights that are missing or cannot be fetched fail before the dataset is read
     model = export_onnx(backbone, checkpoint, home=ctx.home)
+    manifest = dataset.manifest(ctx)
+    if limit is not None:
+        manifest = manifest.head(limit)
+    guard = source_overlap(backbone.name, source, manifest)
     key = unit.set_key
     # a fine-tuned set carries its checkpoint's record of the fold it trained on: evaluation checks it
     record = checkpoint.meta.get("fold_record") if unit.fold is not None else None

@@ -13,7 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import bench
-from bench import atomic
+from bench import atomic, paths
 from bench.backbone import Backbone, Preprocessing
 from bench.digests import file_digest
 from bench.extract.graph_cache import OPSET
@@ -30,7 +30,7 @@ def memo_path(backbone: Backbone, weights: Path, preprocessing: Preprocessing | 
                 backbone.plugin, plugin_version, bench.__version__, file_digest(weights),
                 preprocessing.to_dict() if preprocessing else None, OPSET]
     key = hashlib.sha256(json.dumps(identity, default=str).encode()).hexdigest()
-    return cache / "memo" / f"{backbone.name}-{key[:16]}.json"
+    return cache / "memo" / f"{paths.backbone_part(backbone.name)}-{key[:16]}.json"
 
 
 def remembered(memo: Path, backbone: Backbone) -> ExportedModel | None:

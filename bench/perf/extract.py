@@ -18,7 +18,6 @@ from featurestore.keys import TTA_VIEWS
 from bench.backbone import Preprocessing
 from bench.context import Context
 from bench.extract.pipeline import BATCH_SIZE, SESSION_OPTIONS, Extraction, create_session, prepare
-from bench.images import load_image
 from bench.threads import count as thread_count
 from bench.work import DatasetRef, Extract
 
@@ -34,28 +33,30 @@ SWEEP = {
 
 def measure(backbone_name: str, dataset_name: str, root: Path | None, *, limit: int | None = 500,
             batch_size: int = BATCH_SIZE, repeat: int = 3, options: dict[str, str] | None = None,
-            sweep: bool = False, tta: str | None = None) -> dict:
+            sweep: bool = False, tta: str | None = None, weights: Path | None = None) -> dict:
     """images/s, on the same images in one process, of (a) torch eager one image at a time decoding in the loop,
     (b) onnxruntime alone on pre-decoded batches, the ceiling, (c) `bench extract`'s run into a temporary store.
     With `sweep`, also the ceiling under each onnxruntime setting of SWEEP and on one thread.
 
     The runs take turns `repeat` times and each keeps its best round, so a burst of load from other processes
     on a shared machine skews one round rather than the comparison. With `tta`, (d) the pipeline with test-time
-    augmentation takes its turn too, counted in views/s (8 model inputs per image for `dihedral`).
+    augmentation takes its turn too, counted in views/s (8 model inputs per image for `dihedral`). `weights`:
+    the model's weights file instead of its initial weights (`bench extract --weights`).
     """
     load = os.getloadavg()[0]
     dataset = DatasetRef.of(dataset_name, root, options, limit)
 
     def job(store: Path, tta: str | None = None) -> Extraction:
-        return prepare(Extract(backbone_name, dataset, tta=tta, batch_size=batch_size), Context.for_user(str(store)))
+        return prepare(Extract(backbone_name, dataset, tta=tta, weights=weights, batch_size=batch_size),
+                       Context.for_user(str(store)))
 
     with tempfile.TemporaryDirectory(prefix="bench-perf-") as tmp:
         start = time.perf_counter()
         first = job(Path(tmp) / "0")
         startup = time.perf_counter() - start  # manifest, model (from the ONNX cache), store set: once per run
         files, model = first.manifest["path"].tolist(), first.model
-        decoded = [load_image(f, model.preprocessing.size) for f in files]  # also puts the files in the page cache
-        net = plugins.get_backbone(backbone_name).create()  # initial weights, as the exported model has
+        decoded = [model.preprocessing.load(f) for f in files]  # also puts the files in the page cache
+        net = plugins.get_backbone(backbone_name).create(weights)  # the weights the exported model has
         variants = {"chosen": (0, SESSION_OPTIONS)}
         if sweep:
             variants |= {name: (0, {**SESSION_OPTIONS, **change}) for name, change in SWEEP.items()}
@@ -113,7 +114,7 @@ def _naive(net: torch.nn.Module, files: list[str], preprocessing: Preprocessing)
     """What one writes first: decode, normalise and run one image at a time in torch."""
     with torch.inference_mode():
         for f in files:
-            net(torch.from_numpy(preprocessing.normalise(load_image(f, preprocessing.size)[None])))
+            net(torch.from_numpy(preprocessing.normalise(preprocessing.load(f)[None])))
 
 
 # --- `--executor ray` -----------------------------------------------------------------------------------------

@@ -172,10 +172,20 @@ def _study_dataset(value: str, info: ValidationInfo) -> str:
 
 def _features(value: str, info: ValidationInfo) -> str:
     """A backbone, or evaluated features such as `A@448+B [tta dihedral, power]`, of backbones the study knows."""
-    unknown = [n for n in _bench_error(stored_backbones, value) if n.partition("@")[0] not in info.context["backbones"]]
+    unknown = [n for n in _bench_error(stored_backbones, value)
+               if n.partition("@")[0] not in info.context["backbones"] and not _library_model(n)]
     if unknown:
         raise ValueError(f"unknown backbone {unknown[0]!r}; {_available(info)}")
     return value
+
+
+def _library_model(name: str) -> bool:
+    """Whether `name` is a library's model (`timm:convnext_atto`), resolved as the file is read so that a typo or a
+    missing library fails now, not in the middle of the study."""
+    if ":" not in name:
+        return False
+    _bench_error(plugins.get_backbone, name)
+    return True
 
 
 def _one_backbone(value: str, info: ValidationInfo) -> str:
@@ -456,7 +466,11 @@ def _backbones(path: Path, table: StudyFile) -> dict[str, BackboneSpec]:
     """The study's own backbones, in definition order: each `like` is installed or defined above."""
     installed, defined = plugins.backbones(), {}
     for name, backbone in table.backbones.items():
-        if backbone.like not in installed and backbone.like not in defined:
+        try:
+            library = _library_model(backbone.like)
+        except ValueError as exc:
+            raise _fail(path, f"backbones.{name}.like", str(exc)) from None
+        if backbone.like not in installed and backbone.like not in defined and not library:
             raise _fail(path, f"backbones.{name}.like", f"unknown backbone {backbone.like!r}: name an installed one "
                         "(see `bench backbones`) or one defined above in this file")
         defined[name] = BackboneSpec(name, backbone.like, backbone.weights == "random", backbone.source)

@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.atomic import atomic_path
-from bench.backbone import Backbone, Preprocessing, read_checkpoint, save_checkpoint
+from bench.backbone import RESIZE_FIELDS, Backbone, Preprocessing, read_checkpoint, save_checkpoint
 from bench.digests import file_digests
 from bench.errors import BenchError
-from bench.images import IMAGES_VERSION, load_image
+from bench.images import IMAGES_VERSION
 from bench.paths import home
 from bench.progress import progress
 from bench.train.recipes import Recipe
@@ -122,7 +122,7 @@ def whole_network(job: TrainingJob, device: torch.device, generator: torch.Gener
     # the network before the images: missing starting weights fail before the long decoding
     trainer = Trainer(nn.Sequential(job.start(), nn.Linear(job.feature_dim, len(job.data.classes))).to(device),
                       job.recipe, job.preprocessing, generator)
-    return trainer, decode(job.data.paths, job.preprocessing.size, device)
+    return trainer, decode(job.data.paths, job.preprocessing.size, device, job.preprocessing)
 
 
 class Trainer:
@@ -212,17 +212,20 @@ def validation_split(data: LabelledImages, seed: int) -> tuple[np.ndarray, np.nd
     return np.flatnonzero(~val), np.flatnonzero(val)
 
 
-def decode(paths: list[str], size: int, device: torch.device) -> torch.Tensor:
-    """Every image decoded and resized once: uint8 (N, 3, size, size) on `device` (PIL releases the GIL).
+def decode(paths: list[str], size: int, device: torch.device, preprocessing: Preprocessing | None = None
+           ) -> torch.Tensor:
+    """Every image decoded and resized once: uint8 (N, 3, size, size) on `device` (PIL releases the GIL), resized
+    as `preprocessing` says (default: to a square), so a fine-tune sees the pixels its extraction will.
 
     The array is kept under `$BENCH_HOME/decoded`, keyed by the files' content (`bench.digests`) and the size, so
     the runs that train on the same images (a study's fine-tunes of one fold, its source stages) decode them once;
     a changed or replaced file makes another key."""
-    cache = decoded_cache(paths, size)
+    resize = (preprocessing or Preprocessing()).with_size(size)
+    cache = decoded_cache(paths, resize)
     try:
         images = np.load(cache)
     except (OSError, ValueError):  # not there yet, or damaged: decoded again
-        images = _decode(paths, size)
+        images = _decode(paths, resize)
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
@@ -231,17 +234,20 @@ def decode(paths: list[str], size: int, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
 
 
-def decoded_cache(paths: list[str], size: int) -> Path:
-    # keyed by content: a file replaced by other pixels of the same size (its mtime set back) makes another key
-    key = hashlib.sha256(json.dumps([IMAGES_VERSION, size, file_digests(paths).tolist()]).encode()).hexdigest()[:24]
+def decoded_cache(paths: list[str], resize: Preprocessing) -> Path:
+    # keyed by content: a file replaced by other pixels of the same size (its mtime set back) makes another key;
+    # a resize other than the square one is part of the key (the square one is not: earlier caches stay valid)
+    size, how = resize.size, {k: v for k, v in resize.to_dict().items() if k in RESIZE_FIELDS}
+    identity = [IMAGES_VERSION, size, file_digests(paths).tolist()] + ([how] if how else [])
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
     return home() / "decoded" / f"{key}-{len(paths)}x{size}px.npy"
 
 
-def _decode(paths: list[str], size: int) -> np.ndarray:
+def _decode(paths: list[str], resize: Preprocessing) -> np.ndarray:
     with ThreadPoolExecutor(max_workers=thread_count()) as pool, \
-            progress(f"decoding {len(paths)} images at {size} px", len(paths)) as shown:
+            progress(f"decoding {len(paths)} images at {resize.size} px", len(paths)) as shown:
         images = []
-        for image in pool.map(lambda p: load_image(p, size), paths):
+        for image in pool.map(resize.load, paths):
             images.append(image)
             shown.advance()
     return np.stack(images)

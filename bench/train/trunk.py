@@ -32,11 +32,11 @@ from bench.extract.export import export_module
 from bench.extract.model_cache import ExportedModel, state_dict_sha256
 from bench.extract.pipeline import BATCH_SIZE, Batch, Extraction, chunk_rows, run_model
 from bench.train.loop import parameterised, transform
+from bench.work import ExtractTrunk, weights_file
 from featurestore import FeatureStore, StoreError
 
 if TYPE_CHECKING:
     from bench.context import Context
-    from bench.work import ExtractTrunk
 
 STORAGE = "float16"
 
@@ -138,7 +138,7 @@ def _trunk_of(unit: ExtractTrunk, ctx: Context) -> tuple[Backbone, Split, Prepro
     if backbone.random_init:  # a random start trains every layer (Recipe.starting_from): nothing is frozen
         raise BenchError(f"{backbone.name} starts from random weights, so its fine-tunes train the whole network "
                          "and read no trunk activations: store none for it")
-    cut = split(backbone, backbone.create(ctx.source_weights(backbone)), unit.train_last)
+    cut = split(backbone, backbone.create(weights_file(unit.weights) or ctx.source_weights(backbone)), unit.train_last)
     return backbone, cut, backbone.preprocessing.with_size(unit.image_size)
 
 

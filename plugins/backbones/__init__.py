@@ -1,10 +1,12 @@
-"""The built-in backbones, registered through the same hook as a third-party plugin's."""
+"""The built-in backbones, registered through the same hooks as a third-party plugin's: the named ones, and
+any timm / Hugging Face / open_clip model by its prefix (`bench_backbone_named`, in `named`)."""
 
 from typing import Callable
 
 from bench.backbone import Backbone
 from bench.hookspecs import hookimpl
 from plugins.backbones import efficientnet, vgg16, vggm
+from plugins.backbones.named import bench_backbone_named  # noqa: F401 (the hook this plugin implements)
 
 
 @hookimpl
