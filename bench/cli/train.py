@@ -58,7 +58,7 @@ def train(
     views: Annotated[Optional[int], typer.Option(
         help="Override the recipe's view pool: a top-only recipe then trains from cached trunk activations.")] = None,
     keep: Annotated[Optional[str], typer.Option(
-        help="Override which epoch is kept: 'loss' (lowest validation loss) or 'auc' (highest validation AUC).")] = None,
+        help="Override which epoch is kept: 'loss' (lowest validation loss) or 'auc' (best validation AUC).")] = None,
     store: StoreOption = None,
     weights: WeightsOption = None,
     limit: Annotated[Optional[int], typer.Option(help="Train on the first N training rows only.")] = None,
