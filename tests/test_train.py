@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -188,6 +189,56 @@ def test_the_epoch_with_the_lowest_validation_loss_is_kept(monkeypatch):
     saved = read_checkpoint(job.out)
     assert state.best_epoch == 2 and saved["meta"]["best_epoch"] == 2 and saved["meta"]["epochs_run"] == 3
     assert _same(saved["state_dict"], states[1]) and not _same(saved["state_dict"], states[2])
+
+
+def test_with_keep_auc_the_epoch_with_the_best_validation_auc_is_kept(monkeypatch):
+    """Validation loss and AUC disagree here (the loss is lowest at epoch 1, the AUC highest at epoch 3): the
+    recipe's `keep = "auc"` keeps epoch 3, whatever the loss says."""
+    losses, aucs, states = iter([0.4, 0.6, 0.9, 0.8]), iter([0.70, 0.75, 0.90, 0.85]), []
+
+    def forced_loss(model, *args):
+        states.append({k: v.clone() for k, v in model[0].state_dict().items()})
+        return next(losses)
+
+    monkeypatch.setattr(loop, "validation_loss", forced_loss)
+    monkeypatch.setattr(loop, "validation_auc", lambda *args: next(aucs))
+    job = _job(recipe=RECIPE.with_overrides(epochs=4, keep="auc"))
+    state = loop.fit(job)
+    saved = read_checkpoint(job.out)
+    assert state.best_epoch == 3 and saved["meta"]["best_epoch"] == 3
+    assert saved["meta"]["val_auc"] == 0.90 and saved["meta"]["val_loss"] == 0.9  # the kept epoch's, both
+    assert [h["val_auc"] for h in saved["meta"]["history"]] == [0.70, 0.75, 0.90, 0.85]
+    assert _same(saved["state_dict"], states[2]) and not _same(saved["state_dict"], states[3])
+    assert saved["meta"]["recipe"]["keep"] == "auc"
+
+
+def test_the_default_keep_never_computes_the_validation_auc(monkeypatch):
+    def refuse(*args):
+        raise AssertionError("validation AUC computed under keep = 'loss'")
+
+    monkeypatch.setattr(loop, "validation_auc", refuse)
+    job = _job()
+    state = loop.fit(job)
+    assert "val_auc" not in state.history[0] and "val_auc" not in read_checkpoint(job.out)["meta"]
+
+
+def test_the_validation_auc_is_the_classifiers_own():
+    from sklearn.metrics import roc_auc_score
+
+    amp = contextlib.nullcontext
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 2, generator=generator)
+    labels = torch.tensor([0, 1] * 20)
+    auc = loop.validation_auc(nn.Identity(), lambda x: x, logits, labels, 8, amp)
+    assert auc == pytest.approx(roc_auc_score(labels.numpy(), torch.softmax(logits, 1)[:, 1].numpy()))
+    three = torch.randn(60, 3, generator=generator)
+    labels3 = torch.tensor([0, 1, 2] * 20)
+    macro = roc_auc_score(labels3.numpy(), torch.softmax(three, 1).numpy(), multi_class="ovr", average="macro")
+    assert loop.validation_auc(nn.Identity(), lambda x: x, three, labels3, 7, amp) == pytest.approx(macro)
+    perfect = torch.stack([-labels.float(), labels.float()], 1)
+    assert loop.validation_auc(nn.Identity(), lambda x: x, perfect, labels, 8, amp) == 1.0
+    with pytest.raises(BenchError, match="every class"):
+        loop.validation_auc(nn.Identity(), lambda x: x, three, torch.tensor([0, 1] * 30), 8, amp)
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(monkeypatch, tmp_path):
@@ -394,6 +445,23 @@ def test_a_field_added_later_leaves_earlier_fingerprints_alone_at_its_default():
     paper = get_recipe("paper")
     assert "augment" not in paper.to_dict()  # as fingerprinted before the field existed
     assert paper.with_overrides(augment="all").to_dict()["augment"] == "all"
+
+
+def test_keep_leaves_every_recipes_fingerprint_alone_at_its_default():
+    """`keep` came after runs were fingerprinted: at its default ("loss", what the loop always did) it is not in
+    a recipe's fields as fingerprints see them, so no committed ledger changes."""
+    assert all("keep" not in r.to_dict() and r.keep == "loss" for r in recipes().values())
+    assert get_recipe("cpu224").to_dict() == {
+        "name": "cpu224", "description": "Lite0's last block + head at 224 px from 4 cached views an image, on a "
+        "2-core CPU (lab notes)", "epochs": 5, "lr": 1e-2, "momentum": 0.9, "weight_decay": 5e-4, "image_size": 224,
+        "batch_size": 32, "train_last": 8, "head_epochs": 1, "augment": "all", "views": 4}
+    assert get_recipe("paper").to_dict() == {
+        "name": "paper", "description": "the paper's (Menegola et al. 2017, section 2), momentum as printed",
+        "epochs": 60, "lr": 1e-3, "momentum": 0.1, "weight_decay": 5e-3, "image_size": 224, "batch_size": 32,
+        "train_last": None, "head_epochs": 0}
+    assert get_recipe("cpu224").with_overrides(keep="auc").to_dict()["keep"] == "auc"
+    with pytest.raises(BenchError, match="--keep"):
+        get_recipe("cpu224").with_overrides(keep="accuracy")
 
 
 def test_a_fine_tune_made_with_another_seed_is_refused_end_to_end(tiny_plugin, tmp_path):

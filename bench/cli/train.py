@@ -37,7 +37,8 @@ def recipes(as_json: JsonOption = False) -> None:
 def _trains(recipe: Recipe) -> str:
     layers = "whole network" if recipe.train_last is None else f"last {recipe.train_last} layers"
     layers += f" from a pool of {recipe.views} cached views" if recipe.views else ""
-    return layers + (f" after {recipe.head_epochs} head-only epoch(s)" if recipe.head_epochs else "")
+    layers += f" after {recipe.head_epochs} head-only epoch(s)" if recipe.head_epochs else ""
+    return layers + ("; the epoch of best validation AUC kept" if recipe.keep == "auc" else "")
 
 
 @app.command()
@@ -56,6 +57,8 @@ def train(
     lr: Annotated[Optional[float], typer.Option(help="Override the recipe's learning rate.")] = None,
     views: Annotated[Optional[int], typer.Option(
         help="Override the recipe's view pool: a top-only recipe then trains from cached trunk activations.")] = None,
+    keep: Annotated[Optional[str], typer.Option(
+        help="Override which epoch is kept: 'loss' (lowest validation loss) or 'auc' (best validation AUC).")] = None,
     store: StoreOption = None,
     weights: WeightsOption = None,
     limit: Annotated[Optional[int], typer.Option(help="Train on the first N training rows only.")] = None,
@@ -75,7 +78,7 @@ def train(
     if (protocol is None) != (fold is None):
         raise BenchError("fine-tuning needs both --protocol P and --fold K (a source stage takes neither)")
     chosen = get_recipe(recipe).with_overrides(epochs=epochs, image_size=image_size, batch_size=batch_size, lr=lr,
-                                               views=views)
+                                               views=views, keep=keep)
     ctx, options = Context.for_user(store), parse_pairs(option)
     if fold is None:
         unit = TrainSource.of(ctx, backbone, DatasetRef.of(dataset, root, options, limit), chosen, seed, weights)
@@ -94,7 +97,8 @@ def train(
 
         fill_trunk(trunk, ctx)
     state = fit(job)
-    console.print(f"best epoch {state.best_epoch}/{state.epoch} (validation loss {state.best_val_loss:.4f}), "
+    auc = f", AUC {state.best_val_auc:.4f}" if chosen.keep == "auc" else ""
+    console.print(f"best epoch {state.best_epoch}/{state.epoch} (validation loss {state.best_val_loss:.4f}{auc}), "
                   f"{time.perf_counter() - started:.0f} s -> {job.out}")
     if fold is not None:
         root_arg = f" --root {root}" if root else ""

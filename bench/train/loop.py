@@ -78,7 +78,8 @@ class RunState:
 
     epoch: int = 0
     best_epoch: int = 0
-    best_val_loss: float = math.inf
+    best_val_loss: float = math.inf  # the kept epoch's
+    best_val_auc: float = -math.inf  # the kept epoch's, with `keep = "auc"`
     history: list[dict] = field(default_factory=list)
 
 
@@ -86,7 +87,8 @@ Setup = Callable[[TrainingJob, torch.device, torch.Generator], tuple["Trainer", 
 
 
 def fit(job: TrainingJob, device: torch.device | None = None, setup: Setup | None = None) -> RunState:
-    """Train, keep the epoch with the lowest validation loss, save it to `job.out`; resumes from `job.run_dir`.
+    """Train, keep the epoch with the lowest validation loss (with the recipe's `keep = "auc"`: the highest
+    validation AUC), save it to `job.out`; resumes from `job.run_dir`.
     `setup` makes the trainer and the training data (default: the whole network on decoded images)."""
     if job.recipe.views and setup is None:
         raise BenchError(f"recipe {job.recipe.name} trains the top from cached trunk activations: run it with "
@@ -110,9 +112,13 @@ def fit(job: TrainingJob, device: torch.device | None = None, setup: Setup | Non
                                        head_only=epoch < job.recipe.head_epochs)
             val_loss = validation_loss(trainer.model, trainer.inputs, images[val_idx], labels[val_idx],
                                        job.recipe.batch_size, trainer.amp)
-            _end_epoch(job, state, trainer, loss, val_loss, rate)
-            shown.update(status=f"loss {loss:.4f}  val {val_loss:.4f} (best {state.best_val_loss:.4f} "
-                                         f"@ {state.best_epoch})  {rate:.1f} img/s")
+            val_auc = (validation_auc(trainer.model, trainer.inputs, images[val_idx], labels[val_idx],
+                                      job.recipe.batch_size, trainer.amp) if job.recipe.keep == "auc" else None)
+            _end_epoch(job, state, trainer, loss, val_loss, rate, val_auc)
+            best = (f"auc {state.best_val_auc:.4f}" if val_auc is not None else f"{state.best_val_loss:.4f}")
+            shown.update(status=f"loss {loss:.4f}  val {val_loss:.4f}"
+                                + (f" auc {val_auc:.4f}" if val_auc is not None else "")
+                                + f" (best {best} @ {state.best_epoch})  {rate:.1f} img/s")
     _save_best(job, trainer.net, state)
     return state
 
@@ -182,12 +188,18 @@ class Trainer:
         return loss.item()
 
 
-def _end_epoch(job: TrainingJob, state: RunState, trainer: Trainer, loss: float, val_loss: float, rate: float) -> None:
-    """Record the epoch, keep its weights if they are the best so far, and save the resumable state."""
+def _end_epoch(job: TrainingJob, state: RunState, trainer: Trainer, loss: float, val_loss: float, rate: float,
+               val_auc: float | None = None) -> None:
+    """Record the epoch, keep its weights if they are the best so far (by the recipe's `keep`), and save the
+    resumable state."""
     state.epoch += 1
-    state.history.append({"epoch": state.epoch, "loss": loss, "val_loss": val_loss, "images_per_s": rate})
-    if val_loss < state.best_val_loss:
+    state.history.append({"epoch": state.epoch, "loss": loss, "val_loss": val_loss, "images_per_s": rate,
+                          **({} if val_auc is None else {"val_auc": val_auc})})
+    better = val_auc > state.best_val_auc if job.recipe.keep == "auc" else val_loss < state.best_val_loss
+    if better:
         state.best_epoch, state.best_val_loss = state.epoch, val_loss
+        if val_auc is not None:
+            state.best_val_auc = val_auc
         save_checkpoint(job.run_dir / "best.pt", trainer.net, job.backbone, job.preprocessing)
     _save_state(job.run_dir / "last.pt", state, trainer.model, trainer.optimizer, trainer.generator)
 
@@ -358,6 +370,27 @@ def validation_loss(model: nn.Module, inputs: Callable[[torch.Tensor], torch.Ten
     return total / len(images)
 
 
+@torch.no_grad()
+def validation_auc(model: nn.Module, inputs: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+                   labels: torch.Tensor, batch_size: int, amp: Callable) -> float:
+    """The AUC of the model's own classifier over the validation images, as they are: of the second class's
+    probability for two classes, one-vs-rest macro for more."""
+    from sklearn.metrics import roc_auc_score
+
+    model.eval()
+    probabilities = []
+    for start in range(0, len(images), batch_size):
+        with amp():
+            logits = model(inputs(images[start:start + batch_size]))
+        probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
+    p, y = torch.cat(probabilities).numpy(), labels.cpu().numpy()
+    if len(np.unique(y)) < p.shape[1]:
+        raise BenchError(f"keep = \"auc\" needs every class in the validation split; it holds {len(np.unique(y))} "
+                         f"of {p.shape[1]}: use keep = \"loss\"")
+    return float(roc_auc_score(y, p[:, 1]) if p.shape[1] == 2 else
+                 roc_auc_score(y, p, multi_class="ovr", average="macro"))
+
+
 def resume(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator) -> RunState:
     """The state of an interrupted run of the same job (model, optimiser, RNGs restored), or a fresh one."""
     path = run_dir / "last.pt"
@@ -391,6 +424,7 @@ def _save_best(job: TrainingJob, net: nn.Module, state: RunState) -> None:
     save_checkpoint(job.out, net, job.backbone, job.preprocessing, **job.meta, recipe=job.recipe.to_dict(),
                     seed=job.seed, classes=list(job.data.classes), train_images=len(job.data.labels),
                     epochs_run=state.epoch, best_epoch=state.best_epoch, val_loss=state.best_val_loss,
+                    **({"val_auc": state.best_val_auc} if job.recipe.keep == "auc" else {}),
                     history=state.history)
     shutil.rmtree(job.run_dir)
 

@@ -17,7 +17,7 @@ from annotated_types import Ge, Gt
 from bench.errors import BenchError
 
 RECIPES_FILE = Path(__file__).with_name("recipes.toml")
-ADDED_LATER = {"augment": "minority", "views": None}  # field -> its default
+ADDED_LATER = {"augment": "minority", "views": None, "keep": "loss"}  # field -> its default
 Positive = Annotated[int, Gt(0)]
 
 
@@ -45,6 +45,10 @@ class Recipe:
     # whole network runs every step, augmentations drawn afresh. View 0 is the image as it is: augmented images need
     # at least one view more.
     views: Annotated[int, Ge(2)] | None = None
+    # which epoch is kept: "loss", the one with the lowest validation loss, or "auc", the one whose own classifier
+    # (the new head) has the highest validation AUC (one-vs-rest macro for more than two classes). Validation loss
+    # rises with over-confidence while the ranking a class-balanced AUC scores may still improve.
+    keep: Literal["loss", "auc"] = "loss"
 
     __pydantic_config__ = {"extra": "forbid"}  # pydantic refuses a field the recipe does not have
 
