@@ -13,9 +13,10 @@ library's own loader and cache (downloading when online). The libraries are impo
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import cache, partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from bench import paths
 from bench.backbone import Backbone, Preprocessing, load_state_dict, read_checkpoint
@@ -79,7 +80,8 @@ def _initial(name: str, where: str, fetch: Callable[[], dict],
             load_state(net, read_checkpoint(placed)["state_dict"], placed)
             return
         try:
-            state = fetch()
+            with _cache_only_when_offline():
+                state = fetch()
         except BenchError:
             raise
         except Exception as exc:  # noqa: BLE001 (offline, a missing file, a hub error: the libraries raise many types)
@@ -87,6 +89,27 @@ def _initial(name: str, where: str, fetch: Callable[[], dict],
         net.load_state_dict(state)
 
     return load
+
+
+@contextmanager
+def _cache_only_when_offline() -> Iterator[None]:
+    """Where the hub's host does not even resolve, the libraries read their cache at once: left alone, they retry
+    every file for most of a minute, a warning a line, before falling back to it or failing."""
+    import socket
+    from unittest import mock
+
+    try:
+        socket.getaddrinfo("huggingface.co", 443)
+        offline = False
+    except OSError:
+        offline = True
+    if not offline:
+        yield
+        return
+    from huggingface_hub import constants
+
+    with mock.patch.object(constants, "HF_HUB_OFFLINE", True):
+        yield
 
 
 # --- timm -------------------------------------------------------------------------------------------------------
