@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from bench.cli import app
@@ -54,12 +55,15 @@ def test_markdown_tables_sorted_by_auc_with_pivot_and_commands(tmp_path):
     assert "![ROC" not in text  # no predictions, no curves
 
 
-def test_roc_curves_are_drawn_next_to_the_markdown_and_linked(tmp_path):
+@pytest.mark.parametrize("dataset, png", [("ham10000", "roc-ham10000-mela-vs-ben.png"),
+                                          ("ham10000 -> ph2", "roc-ham10000-to-ph2-mela-vs-ben.png")])
+def test_roc_curves_are_drawn_next_to_the_markdown_and_linked(tmp_path, dataset, png):
+    """An external target's figure is named without its space and arrow, so the markdown link resolves."""
     rng = np.random.default_rng(0)
-    results = fold_rows("efficientnet-lite0", [0.85, 0.86])
+    results = fold_rows("efficientnet-lite0", [0.85, 0.86]).assign(dataset=dataset)
     labels = (np.arange(200) % 5 == 0).astype(int)
     predictions = pd.concat([pd.DataFrame({
-        "dataset": "ham10000", "protocol": "mela-vs-ben", "backbone": "efficientnet-lite0", "finetuned": False,
+        "dataset": dataset, "protocol": "mela-vs-ben", "backbone": "efficientnet-lite0", "finetuned": False,
         "split": "5x2", "fold": fold, "image_id": [f"i{i}" for i in range(200)], "label": labels,
         "score": labels + rng.normal(size=200)}) for fold in ("r0f0", "r0f1")], ignore_index=True)
     (tmp_path / "results.csv").write_text(results.to_csv(index=False))
@@ -68,8 +72,8 @@ def test_roc_curves_are_drawn_next_to_the_markdown_and_linked(tmp_path):
                               str(tmp_path / "pred.csv"), "--out", str(tmp_path / "board" / "README.md")])
     assert out.exit_code == 0, out.output
     text = (tmp_path / "board" / "README.md").read_text()
-    assert "![ROC curves, ham10000 mela-vs-ben](roc-ham10000-mela-vs-ben.png)" in text
-    assert (tmp_path / "board" / "roc-ham10000-mela-vs-ben.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"![ROC curves, {dataset} mela-vs-ben]({png})" in text
+    assert (tmp_path / "board" / png).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_leaderboard_without_results_says_how_to_make_them(tmp_path):

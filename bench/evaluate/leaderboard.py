@@ -134,11 +134,17 @@ def _roc_png(dataset: str, protocol: str, summary: pd.DataFrame, predictions: pd
            title=f"{dataset} · {protocol} ({design.classes[design.positive]} vs. rest)",
            xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="lower right", fontsize="small")
-    path = folder / f"roc-{dataset}-{protocol}.png"
+    path = folder / roc_file(dataset, protocol)
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def roc_file(dataset: str, protocol: str) -> str:
+    """The ROC figure's file name; an external target `A -> B` is written `A-to-B`, so the name holds no space or
+    `>` and a markdown link to it works."""
+    return f"roc-{dataset.replace(' -> ', '-to-')}-{protocol}.png"
 
 
 def _mean_roc(rows: pd.DataFrame) -> np.ndarray:

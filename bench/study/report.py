@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from bench import atomic
-from bench.evaluate.leaderboard import render, summarise
+from bench.evaluate.leaderboard import render, roc_file, summarise
 from bench.evaluate.results import matching, read_tables
 from bench.evaluate.select import Selection, select as choose
 from bench.study.plan import candidate_name, confirmations
@@ -446,8 +446,7 @@ class ReportPage:
     def curves(self, i: int, dataset: str) -> list[str]:
         lines = []
         for protocol in self.study.evaluations[i].protocols:
-            png = f"roc-{dataset}-{protocol}.png"
-            lines += [f"![ROC curves, {dataset} {protocol}]({png})", ""]
+            lines += [f"![ROC curves, {dataset} {protocol}]({roc_file(dataset, protocol)})", ""]
         return ([f"## ROC curves · {dataset} (melanoma vs. rest, averaged over folds)", ""] + lines) if lines else []
 
 
