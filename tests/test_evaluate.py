@@ -480,8 +480,10 @@ def test_an_external_evaluation_fits_on_one_dataset_and_scores_all_of_another(tm
     again = tmp_path / "again.csv"  # the stored command regenerates the row
     assert cli(*row["command"].split()[1:], "--results", str(again)).exit_code == 0
     assert read_table(again)["auc"].tolist() == [row["auc"]]
-    summary = json.loads(external(store, root, "--results", str(again), "--json").stdout)
+    text = external(store, root, "--results", str(again), "--json").stdout
+    summary = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON (jq refuses it)"))
     assert summary[0]["dataset"] == "synthetic -> folder"
+    assert summary[0]["auc_sd"] is None  # one row has no spread: null, not NaN
 
 
 def test_an_external_evaluation_with_folds_adds_the_training_set_to_each_folds_training_part(tmp_path):

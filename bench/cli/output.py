@@ -8,6 +8,7 @@ than end in an ellipsis.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, Iterable
 
@@ -35,5 +36,16 @@ def table(title: str, columns: Iterable[str], right: Iterable[str] = (), **optio
 
 
 def print_json(data: Any) -> None:
-    """One JSON document on stdout, plain (no colour or wrapping), for `--json`."""
-    print(json.dumps(data, indent=2, default=str))
+    """One JSON document on stdout, plain (no colour or wrapping), for `--json`. A missing number (a single fold's
+    sd, a metric a design lacks) is `null`: Python's `NaN` is not JSON, and `jq` or a browser refuse it."""
+    print(json.dumps(_finite(data), indent=2, default=str, allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
