@@ -447,10 +447,11 @@ def test_a_field_added_later_leaves_earlier_fingerprints_alone_at_its_default():
     assert paper.with_overrides(augment="all").to_dict()["augment"] == "all"
 
 
-def test_keep_leaves_every_recipes_fingerprint_alone_at_its_default():
-    """`keep` came after runs were fingerprinted: at its default ("loss", what the loop always did) it is not in
-    a recipe's fields as fingerprints see them, so no committed ledger changes."""
+def test_keep_and_cpu_precision_leave_every_recipes_fingerprint_alone_at_their_defaults():
+    """`keep` and `cpu_precision` came after runs were fingerprinted: at their defaults ("loss", float32: what the
+    loop always did) they are not in a recipe's fields as fingerprints see them, so no committed ledger changes."""
     assert all("keep" not in r.to_dict() and r.keep == "loss" for r in recipes().values())
+    assert all("cpu_precision" not in r.to_dict() for r in recipes().values() if r.cpu_precision == "float32")
     assert get_recipe("cpu224").to_dict() == {
         "name": "cpu224", "description": "Lite0's last block + head at 224 px from 4 cached views an image, on a "
         "2-core CPU (lab notes)", "epochs": 5, "lr": 1e-2, "momentum": 0.9, "weight_decay": 5e-4, "image_size": 224,
@@ -462,6 +463,29 @@ def test_keep_leaves_every_recipes_fingerprint_alone_at_its_default():
     assert get_recipe("cpu224").with_overrides(keep="auc").to_dict()["keep"] == "auc"
     with pytest.raises(BenchError, match="--keep"):
         get_recipe("cpu224").with_overrides(keep="accuracy")
+    assert get_recipe("cpu224").with_overrides(cpu_precision="bfloat16").to_dict()["cpu_precision"] == "bfloat16"
+    with pytest.raises(BenchError, match="--cpu-precision"):
+        get_recipe("cpu224").with_overrides(cpu_precision="float16")
+
+
+@pytest.mark.parametrize("precision, computes_in", [("float32", torch.float32), ("bfloat16", torch.bfloat16)])
+def test_cpu_precision_sets_the_arithmetic_of_a_cpu_run_and_never_the_weights(precision, computes_in):
+    """A bfloat16 recipe autocasts the network's layers on the CPU (the step, and the validation loss that keeps the
+    epoch, alike); what is optimised and saved stays float32."""
+    seen: set[torch.dtype] = set()
+    plain = _job(recipe=RECIPE.with_overrides(cpu_precision=precision))
+
+    def start() -> nn.Module:
+        net = plain.start()
+        for layer in net.modules():
+            if isinstance(layer, nn.Conv2d):
+                layer.register_forward_hook(lambda module, args, out: seen.add(out.dtype))
+        return net
+
+    job = dataclasses.replace(plain, start=start)
+    loop.fit(job, torch.device("cpu"))
+    assert seen == {computes_in}
+    assert {v.dtype for v in _weights(job.out).values() if v.is_floating_point()} == {torch.float32}
 
 
 def test_a_fine_tune_made_with_another_seed_is_refused_end_to_end(tiny_plugin, tmp_path):

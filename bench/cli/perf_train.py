@@ -23,6 +23,8 @@ def perf_train(
     views: Annotated[Optional[int], typer.Option(
         help="Override the recipe's view pool: also time the top's loop on cached trunk activations and the trunk "
              "pass.")] = None,
+    cpu_precision: Annotated[Optional[str], typer.Option(
+        help="Override the recipe's arithmetic on the CPU: 'float32' or 'bfloat16' autocast.")] = None,
     steps: Annotated[int, typer.Option(help="Timed batches per figure (after two warm-up batches).")] = 10,
     repeat: Annotated[int, typer.Option(help="Rounds; each figure is its best round (robust to others' load).")] = 1,
     as_json: JsonOption = False,
@@ -31,7 +33,8 @@ def perf_train(
     the network's forward and forward+backward passes on batches already in memory."""
     from bench.perf.train import measure
 
-    chosen = get_recipe(recipe).with_overrides(image_size=image_size, batch_size=batch_size, views=views)
+    chosen = get_recipe(recipe).with_overrides(image_size=image_size, batch_size=batch_size, views=views,
+                                                 cpu_precision=cpu_precision)
     b = plugins.get_backbone(backbone)
     figures = measure(b.build(), b.feature_dim, b.preprocessing.with_size(chosen.image_size), chosen, steps=steps,
                       repeat=repeat, backbone=b)

@@ -51,7 +51,7 @@ def measure(net: nn.Module, feature_dim: int, preprocessing: Preprocessing, reci
             return trainer.epoch(images, labels, index[warm:], augmented[warm:], head_only=head_only)[1]
 
     runs = {
-        "forward_ips": lambda: _rate(lambda: _forward(trainer.model, x), batch, steps),
+        "forward_ips": lambda: _rate(lambda: _forward(trainer, x), batch, steps),
         "loop_head_ips": lambda: loop(head_only=True),
         "forward_backward_ips": lambda: _rate(lambda: _forward_backward(trainer, x, labels), batch, steps),
         "loop_ips": lambda: loop(head_only=False),
@@ -66,7 +66,7 @@ def measure(net: nn.Module, feature_dim: int, preprocessing: Preprocessing, reci
     return {"device": _device_name(device), **{k: round(v, 1) for k, v in figures.items()},
             "peak_memory_mib": round(_peak_memory(device), 1), "image_size": size, "batch_size": batch,
             "steps": steps, "repeat": repeat, "threads": torch.get_num_threads(),
-            "load_average_1min_before": round(load, 2), "views": recipe.views}
+            "load_average_1min_before": round(load, 2), "views": recipe.views, "cpu_precision": recipe.cpu_precision}
 
 
 def _cached(backbone: Backbone, net: nn.Module, feature_dim: int, preprocessing: Preprocessing, recipe: Recipe,
@@ -107,15 +107,16 @@ def _rate(step: Callable[[], None], batch: int, steps: int) -> float:
     return batch * steps / (time.perf_counter() - start)
 
 
-def _forward(model: nn.Module, x: torch.Tensor) -> None:
-    model.eval()
-    with torch.inference_mode():
-        model(x).sum().item()
+def _forward(trainer: Trainer, x: torch.Tensor) -> None:
+    trainer.model.eval()
+    with torch.inference_mode(), trainer.amp():  # in the recipe's arithmetic, as the loop runs it
+        trainer.model(x).sum().item()
 
 
 def _forward_backward(trainer: Trainer, x: torch.Tensor, labels: torch.Tensor) -> None:
     trainer.train_mode(head_only=False)
-    loss = F.cross_entropy(trainer.model(x), labels)
+    with trainer.amp():
+        loss = F.cross_entropy(trainer.model(x).float(), labels)
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     trainer.optimizer.step()

@@ -141,7 +141,7 @@ class Trainer:
         self.frozen = freeze(model[0], recipe.train_last)
         self.body = [p for p in model[0].parameters() if p.requires_grad]
         self.optimizer = make_optimizer(model, recipe)
-        self.amp, self.scaler = mixed_precision(next(model.parameters()).device)
+        self.amp, self.scaler = mixed_precision(next(model.parameters()).device, recipe.cpu_precision)
 
     def epoch(self, images: torch.Tensor, labels: torch.Tensor, index: np.ndarray, augmented: np.ndarray,
               on_step: Callable[[str], None] = lambda status: None, head_only: bool = False) -> tuple[float, float]:
@@ -292,13 +292,15 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=True)
 
 
-def mixed_precision(device: torch.device) -> tuple[Callable[[], contextlib.AbstractContextManager],
-                                                  torch.amp.GradScaler]:
-    """Autocast (bf16 where the GPU has it, else fp16 with loss scaling) on CUDA; plain float32 on the CPU."""
+def mixed_precision(device: torch.device, cpu_precision: str = "float32"
+                    ) -> tuple[Callable[[], contextlib.AbstractContextManager], torch.amp.GradScaler]:
+    """Autocast on CUDA (bf16 where the GPU has it, else fp16 with loss scaling); on the CPU, bf16 autocast where
+    the recipe asks for it (`cpu_precision`), else plain float32."""
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if not cuda or torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler(device.type, enabled=cuda and dtype == torch.float16)
-    return (lambda: torch.autocast(device.type, dtype=dtype, enabled=cuda)), scaler
+    enabled = cuda or cpu_precision == "bfloat16"
+    return (lambda: torch.autocast(device.type, dtype=dtype, enabled=enabled)), scaler
 
 
 def balanced_size(labels: np.ndarray) -> int:

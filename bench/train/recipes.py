@@ -17,7 +17,7 @@ from annotated_types import Ge, Gt
 from bench.errors import BenchError
 
 RECIPES_FILE = Path(__file__).with_name("recipes.toml")
-ADDED_LATER = {"augment": "minority", "views": None, "keep": "loss"}  # field -> its default
+ADDED_LATER = {"augment": "minority", "views": None, "keep": "loss", "cpu_precision": "float32"}  # field -> its default
 Positive = Annotated[int, Gt(0)]
 
 
@@ -49,6 +49,10 @@ class Recipe:
     # (the new head) has the highest validation AUC (one-vs-rest macro for more than two classes). Validation loss
     # rises with over-confidence while the ranking a class-balanced AUC scores may still improve.
     keep: Literal["loss", "auc"] = "loss"
+    # arithmetic of a run on the CPU: "float32", or "bfloat16" autocast (weights and optimiser stay float32), about
+    # twice as fast where the CPU has bfloat16 instructions (AVX512-BF16, AMX) and slower where it has not. A run on
+    # a GPU always autocasts (bfloat16, else float16 with loss scaling), whatever this says.
+    cpu_precision: Literal["float32", "bfloat16"] = "float32"
 
     __pydantic_config__ = {"extra": "forbid"}  # pydantic refuses a field the recipe does not have
 
