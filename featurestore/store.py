@@ -196,6 +196,8 @@ class FeatureStore:
         ids = _strings(group["image_ids"])
         digests = _strings(group["image_sha256"]) if "image_sha256" in group else np.full(len(ids), "")
         attrs = {**group.attrs.asdict(), "skipped": ids[skipped].tolist()}
+        if not skipped.any():  # no copy: a trunk set's features are gigabytes
+            return FeatureSet(image_ids=ids, features=features, digests=digests, attrs=attrs)
         return FeatureSet(image_ids=ids[~skipped], features=features[~skipped], digests=digests[~skipped],
                           attrs=attrs)
 

@@ -163,4 +163,6 @@ def read_pool(store: str, dataset: str, backbone: str, key: str, image_ids: np.n
         raise BenchError(f"trunk set {dataset}/{backbone}/{key} in {store} lacks {len(missing)} training image(s) "
                          f"(e.g. {missing[0]}, unreadable when it was made): replace them and make it again")
     shape = (stored.attrs["views"], *stored.attrs["activation_shape"])
-    return stored.features[[rows[i] for i in image_ids]].reshape(len(image_ids), *shape)
+    same_order = np.array_equal(stored.image_ids, image_ids)  # a whole manifest's set: no gigabyte copy
+    features = stored.features if same_order else stored.features[[rows[i] for i in image_ids]]
+    return features.reshape(len(image_ids), *shape)
