@@ -262,6 +262,7 @@ def test_every_built_in_study_reads_or_says_which_root_to_fill_in(tmp_path):
     ("leaderboard/beyond/ph2-cpu/ph2-cpu.toml", "beyond/ph2-cpu", ("ham10000", "ph2")),
     ("leaderboard/finetune224/finetune224.toml", "finetune224", ("ham10000",)),
     ("leaderboard/finetune224-two-blocks/finetune224-two-blocks.toml", "finetune224-two-blocks", ("ham10000",)),
+    ("leaderboard/finetune224-bf16/finetune224-bf16.toml", "finetune224-bf16", ("ham10000",)),
 ])
 def test_the_committed_study_ledgers_are_still_valid(shared_data, tmp_path, name, folder, datasets):
     """Every stage of a published study keeps its fingerprint, so a rerun of it skips everything: a change
