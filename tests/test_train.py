@@ -136,6 +136,21 @@ def test_fine_tune_reads_only_the_training_part_of_its_fold(monkeypatch):
     assert set(saved["state_dict"]) == set(tiny_net().state_dict())  # the feature net only: the head is dropped
 
 
+def test_a_diagnosis_target_fine_tunes_on_the_same_images_with_their_diagnoses():
+    """`target = "diagnosis"` changes what the images are told apart by, never which images train: the design's
+    training part (mela-vs-ben: no carcinoma), each labelled with its own diagnosis; the run is another run."""
+    by_design = _job()
+    job = _job(recipe=RECIPE.with_overrides(target="diagnosis"))
+    manifest = plugins.get_dataset("synthetic").manifest(None, **SYNTHETIC).set_index("image_id")
+    assert list(job.data.image_ids) == list(by_design.data.image_ids)
+    diagnoses = manifest.loc[job.data.image_ids, "diagnosis"].to_numpy()
+    assert len(job.data.classes) > 2 and "basal_cell_carcinoma" not in job.data.classes
+    assert (np.array(job.data.classes)[job.data.labels] == diagnoses).all()
+    assert job.run_dir != by_design.run_dir
+    loop.fit(job)
+    assert read_checkpoint(job.out)["meta"]["classes"] == list(job.data.classes)
+
+
 def test_augment_all_flags_every_image_and_keeps_the_balance():
     labels = np.array([0] * 30 + [1] * 10)
     minority = loop.balanced_epoch(labels, torch.Generator().manual_seed(0))
@@ -452,6 +467,7 @@ def test_keep_and_cpu_precision_leave_every_recipes_fingerprint_alone_at_their_d
     loop always did) they are not in a recipe's fields as fingerprints see them, so no committed ledger changes."""
     assert all("keep" not in r.to_dict() and r.keep == "loss" for r in recipes().values())
     assert all("cpu_precision" not in r.to_dict() for r in recipes().values() if r.cpu_precision == "float32")
+    assert all("target" not in r.to_dict() and r.target == "design" for r in recipes().values())
     assert get_recipe("cpu224").to_dict() == {
         "name": "cpu224", "description": "Lite0's last block + head at 224 px from 4 cached views an image, on a "
         "2-core CPU (lab notes)", "epochs": 5, "lr": 1e-2, "momentum": 0.9, "weight_decay": 5e-4, "image_size": 224,

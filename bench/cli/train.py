@@ -39,7 +39,8 @@ def _trains(recipe: Recipe) -> str:
     layers += f" from a pool of {recipe.views} cached views" if recipe.views else ""
     layers += f" after {recipe.head_epochs} head-only epoch(s)" if recipe.head_epochs else ""
     layers += "; the epoch of best validation AUC kept" if recipe.keep == "auc" else ""
-    return layers + ("; bfloat16 on the CPU" if recipe.cpu_precision == "bfloat16" else "")
+    layers += "; bfloat16 on the CPU" if recipe.cpu_precision == "bfloat16" else ""
+    return layers + ("; fine-tunes learn the diagnoses" if recipe.target == "diagnosis" else "")
 
 
 @app.command()
@@ -63,6 +64,9 @@ def train(
     cpu_precision: Annotated[Optional[str], typer.Option(
         help="Override the recipe's arithmetic on the CPU: 'float32', or 'bfloat16' autocast (about 2x faster on "
              "a CPU with bfloat16 instructions, slower on one without).")] = None,
+    target: Annotated[Optional[str], typer.Option(
+        help="Override what a fine-tune learns: 'design' (the protocol's classes) or 'diagnosis' (every diagnosis "
+             "among the same images).")] = None,
     store: StoreOption = None,
     weights: WeightsOption = None,
     limit: Annotated[Optional[int], typer.Option(help="Train on the first N training rows only.")] = None,
@@ -82,7 +86,8 @@ def train(
     if (protocol is None) != (fold is None):
         raise BenchError("fine-tuning needs both --protocol P and --fold K (a source stage takes neither)")
     chosen = get_recipe(recipe).with_overrides(epochs=epochs, image_size=image_size, batch_size=batch_size, lr=lr,
-                                               views=views, keep=keep, cpu_precision=cpu_precision)
+                                               views=views, keep=keep, cpu_precision=cpu_precision,
+                                               target=target)
     ctx, options = Context.for_user(store), parse_pairs(option)
     if fold is None:
         unit = TrainSource.of(ctx, backbone, DatasetRef.of(dataset, root, options, limit), chosen, seed, weights)

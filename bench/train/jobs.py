@@ -71,8 +71,9 @@ def source_stage_job(unit: TrainSource, ctx: Context) -> TrainingJob:
 
 
 def finetune_job(unit: FineTune, ctx: Context) -> TrainingJob:
-    """Fine-tune a backbone on the training part of `unit.fold` only, with its protocol's classes. The folds are
-    made on the full manifest (as evaluation makes them) and the fold's test images are never read."""
+    """Fine-tune a backbone on the training part of `unit.fold` only, with its protocol's classes (with the recipe's
+    `target = "diagnosis"`: its images' diagnoses). The folds are made on the full manifest (as evaluation makes
+    them) and the fold's test images are never read."""
     backbone = ctx.registry.backbone(unit.backbone)
     weights = weights_file(unit.weights) or ctx.source_weights(backbone)  # a missing file fails before any work
     manifest = unit.dataset.manifest(ctx)
@@ -91,8 +92,12 @@ def finetune_job(unit: FineTune, ctx: Context) -> TrainingJob:
             "split": split, "fold": fold, "limit": limit,
             "fold_record": fold_record(protocol, split, unit.seed, fold, rows["image_id"].tolist()),
             **_start_weights(unit.weights)}
+    labels = rows["label"].to_numpy()
+    if unit.recipe.target == "diagnosis":  # the same images, told apart by diagnosis
+        found, labels = np.unique(rows["diagnosis"].astype(str), return_inverse=True)
+        classes = tuple(found)
     return _job(ctx, backbone, functools.partial(backbone.create, weights),
-                _labelled(rows, rows["label"].to_numpy(), classes), unit.recipe.starting_from(backbone.random_init),
+                _labelled(rows, labels, classes), unit.recipe.starting_from(backbone.random_init),
                 out=unit.checkpoint(ctx), key=feature_key(protocol, fold), seed=unit.seed, meta=meta,
                 trunk_of=backbone)
 

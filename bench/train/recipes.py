@@ -17,7 +17,8 @@ from annotated_types import Ge, Gt
 from bench.errors import BenchError
 
 RECIPES_FILE = Path(__file__).with_name("recipes.toml")
-ADDED_LATER = {"augment": "minority", "views": None, "keep": "loss", "cpu_precision": "float32"}  # field -> its default
+ADDED_LATER = {"augment": "minority", "views": None, "keep": "loss", "cpu_precision": "float32",
+               "target": "design"}  # field -> its default
 Positive = Annotated[int, Gt(0)]
 
 
@@ -53,6 +54,10 @@ class Recipe:
     # twice as fast where the CPU has bfloat16 instructions (AVX512-BF16, AMX) and slower where it has not. A run on
     # a GPU always autocasts (bfloat16, else float16 with loss scaling), whatever this says.
     cpu_precision: Literal["float32", "bfloat16"] = "float32"
+    # what a fine-tune learns to tell apart: "design", the protocol's classes (e.g. melanoma / benign), or
+    # "diagnosis", every diagnosis among the design's training images (HAM10000: six or seven), a richer task on the
+    # same images; the features, not the head, are what is kept. Source stages always learn their own labels.
+    target: Literal["design", "diagnosis"] = "design"
 
     __pydantic_config__ = {"extra": "forbid"}  # pydantic refuses a field the recipe does not have
 
