@@ -715,3 +715,15 @@ def test_an_external_pair_confirms_the_candidates_on_all_of_the_dataset(tmp_path
     pick = external.assign(order=order).sort_values(["validation_auc", "order"], ascending=[False, True]).iloc[0]
     assert rows["chosen"][2].startswith(f"{100 * pick['auc']:.1f}")  # by validation AUC, first listed on a tie
     assert "## Levers · synthetic (development" in report and "Exploratory" not in report
+    assert "(roc-folder-to-synthetic-mela-vs-ben.png)" in report  # the pair's ROC figure, beside the dataset's
+    assert (out / "roc-folder-to-synthetic-mela-vs-ben.png").stat().st_size > 0
+
+
+def test_the_setup_line_names_a_recipes_arithmetic_and_target():
+    """A report's recipe line says what its name alone would hide: bfloat16 on the CPU, a diagnosis target."""
+    from bench.study.report import _arithmetic
+    from bench.train.recipes import get_recipe
+
+    assert _arithmetic(get_recipe("cpu224")) == ""
+    assert _arithmetic(get_recipe("cpu224-bf16")) == ", in bfloat16 on the CPU"
+    assert _arithmetic(get_recipe("cpu224").with_overrides(target="diagnosis")) == ", learning every diagnosis"

@@ -186,6 +186,7 @@ class ReportPage:
         study, recipe = self.study, self.study.recipe
         trains = "the whole network" if recipe.train_last is None else f"the last {recipe.train_last} layers"
         trains += f" from a pool of {recipe.views} cached trunk views per image" if recipe.views else ""
+        trains += _arithmetic(recipe)
         lines = ["## Setup", "",
                  f"- Training recipe `{recipe.name}`: {recipe.epochs} epoch(s), lr {recipe.lr:g}, momentum "
                  f"{recipe.momentum:g}, L2 {recipe.weight_decay:g}, {recipe.image_size} px, batch "
@@ -193,7 +194,8 @@ class ReportPage:
         if study.scratch_recipe:
             scratch = study.scratch_recipe
             lines.append(f"- Runs from random weights train the whole network for {scratch.epochs} epoch(s) at "
-                         f"{scratch.image_size} px, lr {scratch.lr:g}, batch {scratch.batch_size}.")
+                         f"{scratch.image_size} px, lr {scratch.lr:g}, batch {scratch.batch_size}"
+                         f"{_arithmetic(scratch)}.")
         for name, spec in study.datasets.items():
             n = len(self.data.manifests[name])
             limit = f", first {spec.limit} used for training" if spec.limit else ""
@@ -444,10 +446,17 @@ class ReportPage:
                 ""]
 
     def curves(self, i: int, dataset: str) -> list[str]:
-        lines = []
-        for protocol in self.study.evaluations[i].protocols:
-            lines += [f"![ROC curves, {dataset} {protocol}]({roc_file(dataset, protocol)})", ""]
-        return ([f"## ROC curves · {dataset} (melanoma vs. rest, averaged over folds)", ""] + lines) if lines else []
+        """Evaluation i's ROC figures: its dataset's, and those of the external pairs that confirm it."""
+        targets = [dataset] + [scope.dataset for scope in self.confirming(i) if scope.split == EXTERNAL]
+        lines = [f"![ROC curves, {target} {protocol}]({roc_file(target, protocol)})"
+                 for target in targets for protocol in self.study.evaluations[i].protocols]
+        return [f"## ROC curves · {dataset} (melanoma vs. rest, averaged over folds)", "", *lines, ""] if lines else []
+
+
+def _arithmetic(recipe) -> str:
+    """What the setup line says of a recipe's non-default training choices (its name alone would hide them)."""
+    said = ", in bfloat16 on the CPU" if recipe.cpu_precision == "bfloat16" else ""
+    return said + (", learning every diagnosis" if recipe.target == "diagnosis" else "")
 
 
 def _picks(chosen: Selection) -> str:
