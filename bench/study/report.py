@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from bench.study.plan import StudyData
     from bench.study.workspace import Workspace
     from bench.study.schema import Study
+    from bench.train.recipes import Recipe
 
 # Menegola et al. 2017 (DESIGN section 4), AUC in %
 PAPER_TABLE1 = {  # design -> Table 1 column -> AUC
@@ -453,7 +454,7 @@ class ReportPage:
         return [f"## ROC curves · {dataset} (melanoma vs. rest, averaged over folds)", "", *lines, ""] if lines else []
 
 
-def _arithmetic(recipe) -> str:
+def _arithmetic(recipe: Recipe) -> str:
     """What the setup line says of a recipe's non-default training choices (its name alone would hide them)."""
     said = ", in bfloat16 on the CPU" if recipe.cpu_precision == "bfloat16" else ""
     return said + (", learning every diagnosis" if recipe.target == "diagnosis" else "")
