@@ -719,11 +719,14 @@ def test_an_external_pair_confirms_the_candidates_on_all_of_the_dataset(tmp_path
     assert (out / "roc-folder-to-synthetic-mela-vs-ben.png").stat().st_size > 0
 
 
-def test_the_setup_line_names_a_recipes_arithmetic_and_target():
-    """A report's recipe line says what its name alone would hide: bfloat16 on the CPU, a diagnosis target."""
-    from bench.study.report import _arithmetic
+def test_a_recipes_departures_are_named_where_its_name_would_hide_them():
+    """The command line's recipe line and a report's setup line say what a recipe's name alone would hide:
+    bfloat16 on the CPU, a diagnosis target."""
+    from bench.cli.train import _trains
     from bench.train.recipes import get_recipe
 
-    assert _arithmetic(get_recipe("cpu224")) == ""
-    assert _arithmetic(get_recipe("cpu224-bf16")) == ", in bfloat16 on the CPU"
-    assert _arithmetic(get_recipe("cpu224").with_overrides(target="diagnosis")) == ", learning every diagnosis"
+    assert get_recipe("cpu224").departures() == []
+    assert get_recipe("cpu224-bf16").departures() == ["in bfloat16 on the CPU"]
+    both = get_recipe("cpu224-bf16").with_overrides(target="diagnosis")
+    assert both.departures() == ["in bfloat16 on the CPU", "learning every diagnosis"]
+    assert _trains(both).endswith("head-only epoch(s); in bfloat16 on the CPU; learning every diagnosis")

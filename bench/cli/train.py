@@ -39,8 +39,7 @@ def _trains(recipe: Recipe) -> str:
     layers += f" from a pool of {recipe.views} cached views" if recipe.views else ""
     layers += f" after {recipe.head_epochs} head-only epoch(s)" if recipe.head_epochs else ""
     layers += "; the epoch of best validation AUC kept" if recipe.keep == "auc" else ""
-    layers += "; bfloat16 on the CPU" if recipe.cpu_precision == "bfloat16" else ""
-    return layers + ("; fine-tunes learn the diagnoses" if recipe.target == "diagnosis" else "")
+    return "; ".join([layers, *recipe.departures()])
 
 
 @app.command()

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from bench.study.plan import StudyData
     from bench.study.workspace import Workspace
     from bench.study.schema import Study
-    from bench.train.recipes import Recipe
 
 # Menegola et al. 2017 (DESIGN section 4), AUC in %
 PAPER_TABLE1 = {  # design -> Table 1 column -> AUC
@@ -187,7 +186,7 @@ class ReportPage:
         study, recipe = self.study, self.study.recipe
         trains = "the whole network" if recipe.train_last is None else f"the last {recipe.train_last} layers"
         trains += f" from a pool of {recipe.views} cached trunk views per image" if recipe.views else ""
-        trains += _arithmetic(recipe)
+        trains += "".join(f", {said}" for said in recipe.departures())
         lines = ["## Setup", "",
                  f"- Training recipe `{recipe.name}`: {recipe.epochs} epoch(s), lr {recipe.lr:g}, momentum "
                  f"{recipe.momentum:g}, L2 {recipe.weight_decay:g}, {recipe.image_size} px, batch "
@@ -196,7 +195,7 @@ class ReportPage:
             scratch = study.scratch_recipe
             lines.append(f"- Runs from random weights train the whole network for {scratch.epochs} epoch(s) at "
                          f"{scratch.image_size} px, lr {scratch.lr:g}, batch {scratch.batch_size}"
-                         f"{_arithmetic(scratch)}.")
+                         + "".join(f", {said}" for said in scratch.departures()) + ".")
         for name, spec in study.datasets.items():
             n = len(self.data.manifests[name])
             limit = f", first {spec.limit} used for training" if spec.limit else ""
@@ -452,12 +451,6 @@ class ReportPage:
         lines = [f"![ROC curves, {target} {protocol}]({roc_file(target, protocol)})"
                  for target in targets for protocol in self.study.evaluations[i].protocols]
         return [f"## ROC curves · {dataset} (melanoma vs. rest, averaged over folds)", "", *lines, ""] if lines else []
-
-
-def _arithmetic(recipe: Recipe) -> str:
-    """What the setup line says of a recipe's non-default training choices (its name alone would hide them)."""
-    said = ", in bfloat16 on the CPU" if recipe.cpu_precision == "bfloat16" else ""
-    return said + (", learning every diagnosis" if recipe.target == "diagnosis" else "")
 
 
 def _picks(chosen: Selection) -> str:

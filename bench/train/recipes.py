@@ -78,6 +78,11 @@ class Recipe:
                              "the whole network")
         return chosen
 
+    def departures(self) -> list[str]:
+        """In words, the training choices a recipe's name and sizes do not show (for the command line and reports)."""
+        said = ["in bfloat16 on the CPU"] if self.cpu_precision == "bfloat16" else []
+        return said + (["learning every diagnosis"] if self.target == "diagnosis" else [])
+
     def starting_from(self, random_init: bool) -> Recipe:
         """The recipe for a run from random (True) or pretrained weights: freezing random layers would not be
         training from scratch, so a random start trains every layer whatever `train_last` says (and without a
