@@ -287,6 +287,12 @@ class Report(Work):
     kind: ClassVar[str] = "report"
     study: str
     bootstrap_draws: int = field(default=TEST_DRAWS, metadata=LATER)
+    # what the report shows beyond the evaluations' results, so that changing it renders the report again: the
+    # study's description, Table 1's columns, Table 3's architectures and the baseline of the levers table
+    description: str = ""
+    transfer: tuple[tuple[str, str], ...] = ()
+    architectures: tuple[str, ...] = ()
+    baseline: str | None = None
     # candidates added or changed since confirmation started, with why (`bench.study.plan.changed_since`)
     flagged: tuple[tuple[str, str], ...] = field(default=(), metadata=LATER)
 

@@ -245,6 +245,20 @@ def test_the_demo_plans_every_column_of_table_1_in_dependency_order():
     assert by_key["finetune skin/lite0-retino/ft-mela-vs-ben-r0f0"].deps == ("source lite0-retino",)
 
 
+def test_what_only_the_report_shows_renders_the_report_again_and_nothing_else(tmp_path):
+    def params(text: str) -> dict[str, dict]:
+        study = load_study(write_study(tmp_path, text))
+        return {s.key: s.params for s in plan(study, {0: ["official"]}, Workspace(tmp_path).context(study))}
+
+    before = params(TINY)
+    for old, new in [('"a tiny study for the tests"', '"another description"'),
+                     ('double = "lite0-double"', 'retino = "lite0-double"'),
+                     ('architectures = ["efficientnet-lite0", "lite0-double"]', 'architectures = ["lite0-double"]'),
+                     ('recipe = "demo"', 'recipe = "demo"\nbaseline = "efficientnet-lite0"')]:
+        after = params(TINY.replace(old, new))
+        assert [key for key in before if before[key] != after[key]] == ["report"], old
+
+
 def test_every_built_in_study_reads_or_says_which_root_to_fill_in(tmp_path):
     from bench.study.schema import builtin_studies
 

@@ -126,7 +126,8 @@ def plan(study: Study, fold_keys: dict[int, list[str]], ctx: Context) -> list[Wo
         evaluations += _frozen(study, spec, train, common, add)
     for work in evaluations:
         add(work)
-    add(Report(study.name, study.bootstrap_draws, deps=tuple(e.key for e in evaluations)))
+    add(Report(study.name, study.bootstrap_draws, study.description, tuple(study.transfer.items()),
+               study.architectures, study.baseline, deps=tuple(e.key for e in evaluations)))
     return list(units.values())
 
 

@@ -448,9 +448,10 @@ class ReportPage:
     def curves(self, i: int, dataset: str) -> list[str]:
         """Evaluation i's ROC figures: its dataset's, and those of the external pairs that confirm it."""
         targets = [dataset] + [scope.dataset for scope in self.confirming(i) if scope.split == EXTERNAL]
-        lines = [f"![ROC curves, {target} {protocol}]({roc_file(target, protocol)})"
-                 for target in targets for protocol in self.study.evaluations[i].protocols]
-        return [f"## ROC curves · {dataset} (melanoma vs. rest, averaged over folds)", "", *lines, ""] if lines else []
+        # a paragraph each: figures in one paragraph would be drawn side by side
+        lines = [line for target in targets for protocol in self.study.evaluations[i].protocols
+                 for line in (f"![ROC curves, {target} {protocol}]({roc_file(target, protocol)})", "")]
+        return [f"## ROC curves · {dataset} (melanoma vs. rest, averaged over folds)", "", *lines] if lines else []
 
 
 def _picks(chosen: Selection) -> str:
