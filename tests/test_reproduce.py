@@ -24,7 +24,7 @@ from bench.errors import BenchError
 from bench.study.executors import InProcess
 from bench.study.plan import StudyData, plan
 from bench.study.reproduce import reproduce
-from bench.study.runner import Action, Ledger, execute, fingerprint, ran_stages
+from bench.study.runner import Action, Ledger, StudyView, execute, fingerprint, ran_stages
 from bench.study.schema import load_study
 from bench.study.workspace import Workspace
 
@@ -93,6 +93,27 @@ def test_runner_runs_every_stage_once_then_skips_an_unchanged_study(tmp_path):
     counts = work.execute(fake_graph())
     assert work.ran == [] and counts["skipped"] == 7
     assert ran_stages(tmp_path / "log.jsonl") == [[s.key for s in fake_graph()], []]
+
+
+def test_each_finished_stage_says_how_far_the_study_is_and_how_long_it_has_left(tmp_path):
+    """A study run into a log file shows no live view: its lines must say it."""
+    work = FakeWork(tmp_path)
+    work.execute(fake_graph())
+    done = [line for line in (tmp_path / "console.txt").read_text().splitlines() if line.startswith("done ")]
+    assert [re.search(r" · (\d+)/7 stages, ", line).group(1) for line in done] == [str(i) for i in range(1, 8)]
+    assert done[-1].endswith("7/7 stages, about 0:00 left")
+
+
+def test_the_time_left_counts_stages_that_ran_side_by_side():
+    stages = fake_graph()
+    view = StudyView(stages, Ledger(Path("no-ledger.json")))
+    view.run_started = time.monotonic() - 100  # two 100 s stages finished in 100 s: two at a time
+    for stage in stages[:2]:
+        view.start(stage)
+        view.finish(stage, 100.0)
+    assert view.parallelism() == pytest.approx(2, rel=0.01)
+    # the other fine-tune takes 100 s like the first, at two at a time; the other kinds have no timing yet
+    assert view.time_left().startswith("at least 0:50 left (no timing yet for ")
 
 
 def test_the_runner_reruns_only_the_stages_a_changed_setting_reaches(tmp_path):

@@ -128,8 +128,9 @@ def execute(stages: list[Work], ledger: Ledger, actions: dict[str, Action], iden
                               done.seconds)
                 _log(log, event="done", stage=done.stage.key, seconds=round(done.seconds, 2))
                 view.finish(done.stage, done.seconds)
-                console.print(f"[green]done[/green] {escape(done.stage.key)} [dim]({clock(done.seconds)})[/dim]",
-                              highlight=False)
+                # the count and time left on each line too: a study run into a log file shows no live view
+                console.print(f"[green]done[/green] {escape(done.stage.key)} [dim]({clock(done.seconds)}) · "
+                              f"{view.finished}/{len(stages)} stages, {view.time_left()}[/dim]", highlight=False)
                 counts["ran"] += 1
                 settled.add(done.stage.key)
                 continue
@@ -184,6 +185,7 @@ class StudyView:
         self.durations: dict[str, list[float]] = {}
         self.running: dict[str, tuple[Work, float]] = {}  # key -> stage, when it started (several on Ray)
         self.run_started = time.monotonic()
+        self.total = len(stages)
 
     def start(self, stage: Work) -> None:
         self.running[stage.key] = (stage, time.monotonic())
@@ -210,11 +212,23 @@ class StudyView:
         before = [e["seconds"] for k, e in self.ledger.stages.items() if k.split(" ")[0] == stage.kind]
         return sum(before) / len(before) if before else None
 
+    @property
+    def finished(self) -> int:
+        """Stages run or skipped so far in this run."""
+        return self.total - len(self.pending)
+
+    def parallelism(self) -> float:
+        """How many stages this run has had at work at once, on average (Ray runs several): the seconds its
+        finished stages took over the time it has run; 1 before any finished."""
+        ran = sum(sum(seconds) for seconds in self.durations.values())
+        return max(1.0, ran / max(time.monotonic() - self.run_started, 1e-9))
+
     def time_left(self) -> str:
         estimates = [self.estimate(s) for s in self.pending.values()]
         known = sum(e for e in estimates if e is not None)
         for stage, started in self.running.values():
             known -= min(time.monotonic() - started, self.estimate(stage) or 0)
+        known /= self.parallelism()
         unknown = sorted({s.kind for s, e in zip(self.pending.values(), estimates) if e is None})
         if unknown:
             kinds = ", ".join(KIND_TITLES[k] for k in unknown)
