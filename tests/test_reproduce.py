@@ -104,16 +104,21 @@ def test_each_finished_stage_says_how_far_the_study_is_and_how_long_it_has_left(
     assert done[-1].endswith("7/7 stages, about 0:00 left")
 
 
-def test_the_time_left_counts_stages_that_ran_side_by_side():
+def test_the_time_left_counts_stages_that_run_side_by_side(tmp_path):
     stages = fake_graph()
-    view = StudyView(stages, Ledger(Path("no-ledger.json")))
-    view.run_started = time.monotonic() - 100  # two 100 s stages finished in 100 s: two at a time
+    ledger = Ledger(tmp_path / "ledger.json")
+    for stage in stages:  # an earlier run took 100 s per stage
+        ledger.record(stage.key, "fingerprint", "digest", 100.0)
+    view = StudyView(stages, ledger)
+    view.run_started = time.monotonic() - 100  # this run finished two of them in its first 100 s: two at a time
     for stage in stages[:2]:
         view.start(stage)
         view.finish(stage, 100.0)
     assert view.parallelism() == pytest.approx(2, rel=0.01)
-    # the other fine-tune takes 100 s like the first, at two at a time; the other kinds have no timing yet
-    assert view.time_left().startswith("at least 0:50 left (no timing yet for ")
+    assert view.time_left() == "about 4:10 left"  # five stages of 100 s, two at a time
+    for stage in stages[2:5]:  # three submitted 60 s ago: two at work, the third queued by Ray
+        view.running[stage.key] = (stage, time.monotonic() - 60)
+    assert view.time_left() == "about 3:10 left"
 
 
 def test_the_runner_reruns_only_the_stages_a_changed_setting_reaches(tmp_path):

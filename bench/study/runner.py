@@ -226,9 +226,11 @@ class StudyView:
     def time_left(self) -> str:
         estimates = [self.estimate(s) for s in self.pending.values()]
         known = sum(e for e in estimates if e is not None)
-        for stage, started in self.running.values():
+        at_once = self.parallelism()
+        # Ray queues what it cannot start yet: only the stages submitted first are at work
+        for stage, started in sorted(self.running.values(), key=lambda run: run[1])[:round(at_once)]:
             known -= min(time.monotonic() - started, self.estimate(stage) or 0)
-        known /= self.parallelism()
+        known /= at_once
         unknown = sorted({s.kind for s, e in zip(self.pending.values(), estimates) if e is None})
         if unknown:
             kinds = ", ".join(KIND_TITLES[k] for k in unknown)
