@@ -102,6 +102,9 @@ def test_each_finished_stage_says_how_far_the_study_is_and_how_long_it_has_left(
     done = [line for line in (tmp_path / "console.txt").read_text().splitlines() if line.startswith("done ")]
     assert [re.search(r" · (\d+)/7 stages, ", line).group(1) for line in done] == [str(i) for i in range(1, 8)]
     assert done[-1].endswith("7/7 stages, about 0:00 left")
+    work.execute([Stage("source " + "a" * 120, "source", {})])  # a long key stays on one line in a log file
+    last = [line for line in (tmp_path / "console.txt").read_text().splitlines() if line.startswith("done ")][-1]
+    assert last.startswith("done source aaaa") and last.endswith("1/1 stages, about 0:00 left")
 
 
 def test_the_time_left_counts_stages_that_run_side_by_side(tmp_path):
@@ -119,6 +122,16 @@ def test_the_time_left_counts_stages_that_run_side_by_side(tmp_path):
     for stage in stages[2:5]:  # three submitted 60 s ago: two at work, the third queued by Ray
         view.running[stage.key] = (stage, time.monotonic() - 60)
     assert view.time_left() == "about 3:10 left"
+
+
+def test_a_stage_never_run_is_expected_to_take_as_long_as_those_most_like_it(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.json")
+    ledger.record("finetune skin/scratch/f0", "fingerprint", "digest", 240.0)  # every layer from random weights
+    ledger.record("finetune skin/cached/f0", "fingerprint", "digest", 60.0)  # the top, from a trunk cache
+    view = StudyView([], ledger)
+    assert view.estimate(Stage("finetune skin/cached/f1", "finetune", {})) == 60.0
+    assert view.estimate(Stage("finetune skin/other/f0", "finetune", {})) == 150.0
+    assert view.estimate(Stage("evaluate skin/cached", "evaluate", {})) is None
 
 
 def test_the_runner_reruns_only_the_stages_a_changed_setting_reaches(tmp_path):

@@ -130,7 +130,8 @@ def execute(stages: list[Work], ledger: Ledger, actions: dict[str, Action], iden
                 view.finish(done.stage, done.seconds)
                 # the count and time left on each line too: a study run into a log file shows no live view
                 console.print(f"[green]done[/green] {escape(done.stage.key)} [dim]({clock(done.seconds)}) · "
-                              f"{view.finished}/{len(stages)} stages, {view.time_left()}[/dim]", highlight=False)
+                              f"{view.finished}/{len(stages)} stages, {view.time_left()}[/dim]", highlight=False,
+                              soft_wrap=True)  # one line per stage in a log file, however long
                 counts["ran"] += 1
                 settled.add(done.stage.key)
                 continue
@@ -153,6 +154,13 @@ def execute(stages: list[Work], ledger: Ledger, actions: dict[str, Action], iden
         console.line()  # a terminal gets its line from Live; a log file would run on into the next line
     _log(log, event="end", **counts)
     return counts
+
+
+def _family(key: str) -> str:
+    """A stage key's kind, dataset and backbone ("finetune ham10000/lite0-scratch/ft-mela-vs-ben-r0f0" ->
+    "finetune ham10000/lite0-scratch")."""
+    kind, _, rest = key.partition(" ")
+    return f"{kind} {'/'.join(rest.split('/')[:2])}"
 
 
 def _log(path: Path, **event: Any) -> None:
@@ -182,7 +190,7 @@ class StudyView:
         self.skipped: Counter = Counter()
         self.pending = {s.key: s for s in stages}
         self.ledger = ledger
-        self.durations: dict[str, list[float]] = {}
+        self.ran_seconds = 0.0  # how long the stages this run finished took, together
         self.running: dict[str, tuple[Work, float]] = {}  # key -> stage, when it started (several on Ray)
         self.run_started = time.monotonic()
         self.total = len(stages)
@@ -199,18 +207,20 @@ class StudyView:
             self.skipped[stage.kind] += 1
         else:
             self.done[stage.kind] += 1
-            self.durations.setdefault(stage.kind, []).append(seconds)
+            self.ran_seconds += seconds
 
     def estimate(self, stage: Work) -> float | None:
-        """This stage's last duration, else the mean of its kind in this run, else in the ledger; None: unknown."""
+        """This stage's last duration, else the mean of the finished stages most like it (of its kind and backbone,
+        else of its kind: a fine-tune from a trunk cache takes a fraction of one from random weights); None: unknown.
+        The ledger holds every finished stage's duration, this run's included."""
         entry = self.ledger.entry(stage.key)
         if entry:
             return entry["seconds"]
-        here = self.durations.get(stage.kind)
-        if here:
-            return sum(here) / len(here)
-        before = [e["seconds"] for k, e in self.ledger.stages.items() if k.split(" ")[0] == stage.kind]
-        return sum(before) / len(before) if before else None
+        for like in (lambda key: _family(key) == _family(stage.key), lambda key: key.split(" ")[0] == stage.kind):
+            seen = [e["seconds"] for key, e in self.ledger.stages.items() if like(key)]
+            if seen:
+                return sum(seen) / len(seen)
+        return None
 
     @property
     def finished(self) -> int:
@@ -220,8 +230,7 @@ class StudyView:
     def parallelism(self) -> float:
         """How many stages this run has had at work at once, on average (Ray runs several): the seconds its
         finished stages took over the time it has run; 1 before any finished."""
-        ran = sum(sum(seconds) for seconds in self.durations.values())
-        return max(1.0, ran / max(time.monotonic() - self.run_started, 1e-9))
+        return max(1.0, self.ran_seconds / max(time.monotonic() - self.run_started, 1e-9))
 
     def time_left(self) -> str:
         estimates = [self.estimate(s) for s in self.pending.values()]
