@@ -124,13 +124,21 @@ def test_the_time_left_counts_stages_that_run_side_by_side(tmp_path):
     assert view.time_left() == "about 3:10 left"
 
 
-def test_a_stage_never_run_is_expected_to_take_as_long_as_those_most_like_it(tmp_path):
+def test_a_stage_never_run_is_expected_to_take_as_long_as_those_alike_but_for_their_fold(tmp_path):
+    def stages(backbone: str, recipe: str) -> list[Stage]:
+        return [Stage(f"finetune skin/{backbone}/f{i}", "finetune", {"backbone": backbone, "fold": f"f{i}",
+                                                                      "recipe": recipe}) for i in range(2)]
+
+    # from random weights every layer trains; from a trained start, only the top from a trunk cache
+    scratch, cached, double, other = stages("scratch", "whole"), stages("cached", "top"), stages("double", "top"), \
+        stages("other", "top-longer")
     ledger = Ledger(tmp_path / "ledger.json")
-    ledger.record("finetune skin/scratch/f0", "fingerprint", "digest", 240.0)  # every layer from random weights
-    ledger.record("finetune skin/cached/f0", "fingerprint", "digest", 60.0)  # the top, from a trunk cache
-    view = StudyView([], ledger)
-    assert view.estimate(Stage("finetune skin/cached/f1", "finetune", {})) == 60.0
-    assert view.estimate(Stage("finetune skin/other/f0", "finetune", {})) == 150.0
+    ledger.record(scratch[0].key, "fingerprint", "digest", 240.0)
+    ledger.record(cached[0].key, "fingerprint", "digest", 60.0)
+    view = StudyView(scratch + cached + double + other + [Stage("evaluate skin/cached", "evaluate", {})], ledger)
+    assert view.estimate(cached[1]) == 60.0 and view.estimate(scratch[1]) == 240.0
+    assert view.estimate(double[0]) == 60.0  # the same recipe on another backbone
+    assert view.estimate(other[0]) == 150.0  # none alike has run: its kind's mean
     assert view.estimate(Stage("evaluate skin/cached", "evaluate", {})) is None
 
 

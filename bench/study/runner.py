@@ -156,11 +156,10 @@ def execute(stages: list[Work], ledger: Ledger, actions: dict[str, Action], iden
     return counts
 
 
-def _family(key: str) -> str:
-    """A stage key's kind, dataset and backbone ("finetune ham10000/lite0-scratch/ft-mela-vs-ben-r0f0" ->
-    "finetune ham10000/lite0-scratch")."""
-    kind, _, rest = key.partition(" ")
-    return f"{kind} {'/'.join(rest.split('/')[:2])}"
+def _signature(stage: Work, leaving_out: tuple[str, ...]) -> str:
+    """The stage's kind and parameters but those named."""
+    params = {k: v for k, v in stage.params.items() if k not in leaving_out}
+    return json.dumps([stage.kind, params], sort_keys=True, default=str)
 
 
 def _log(path: Path, **event: Any) -> None:
@@ -194,6 +193,9 @@ class StudyView:
         self.running: dict[str, tuple[Work, float]] = {}  # key -> stage, when it started (several on Ray)
         self.run_started = time.monotonic()
         self.total = len(stages)
+        # stages alike but for their fold, then also their backbone, take about as long (a fine-tune from a trunk
+        # cache: a fraction of one from random weights; a fine-tuned set from the cache: of a frozen one)
+        self.alike = {s.key: (_signature(s, ("fold",)), _signature(s, ("fold", "backbone"))) for s in stages}
 
     def start(self, stage: Work) -> None:
         self.running[stage.key] = (stage, time.monotonic())
@@ -210,13 +212,15 @@ class StudyView:
             self.ran_seconds += seconds
 
     def estimate(self, stage: Work) -> float | None:
-        """This stage's last duration, else the mean of the finished stages most like it (of its kind and backbone,
-        else of its kind: a fine-tune from a trunk cache takes a fraction of one from random weights); None: unknown.
-        The ledger holds every finished stage's duration, this run's included."""
+        """This stage's last duration, else the mean of the finished stages alike but for their fold, else but for
+        their fold and backbone, else of its kind; None: unknown. The ledger holds every finished stage's duration,
+        this run's included."""
         entry = self.ledger.entry(stage.key)
         if entry:
             return entry["seconds"]
-        for like in (lambda key: _family(key) == _family(stage.key), lambda key: key.split(" ")[0] == stage.kind):
+        for like in (lambda key: key in self.alike and self.alike[key][0] == self.alike[stage.key][0],
+                     lambda key: key in self.alike and self.alike[key][1] == self.alike[stage.key][1],
+                     lambda key: key.split(" ")[0] == stage.kind):
             seen = [e["seconds"] for key, e in self.ledger.stages.items() if like(key)]
             if seen:
                 return sum(seen) / len(seen)
