@@ -125,9 +125,10 @@ def test_the_time_left_counts_stages_that_run_side_by_side(tmp_path):
 
 
 def test_a_stage_never_run_is_expected_to_take_as_long_as_those_alike_but_for_their_fold(tmp_path):
-    def stages(backbone: str, recipe: str) -> list[Stage]:
-        return [Stage(f"finetune skin/{backbone}/f{i}", "finetune", {"backbone": backbone, "fold": f"f{i}",
-                                                                      "recipe": recipe}) for i in range(2)]
+    def stages(backbone: str, recipe: str, protocol: str = "mela-vs-ben") -> list[Stage]:
+        return [Stage(f"finetune skin/{backbone}/{protocol}-f{i}", "finetune",
+                      {"backbone": backbone, "protocol": protocol, "fold": f"f{i}", "recipe": recipe})
+                for i in range(2)]
 
     # from random weights every layer trains; from a trained start, only the top from a trunk cache
     scratch, cached, double, other = stages("scratch", "whole"), stages("cached", "top"), stages("double", "top"), \
@@ -138,6 +139,8 @@ def test_a_stage_never_run_is_expected_to_take_as_long_as_those_alike_but_for_th
     view = StudyView(scratch + cached + double + other + [Stage("evaluate skin/cached", "evaluate", {})], ledger)
     assert view.estimate(cached[1]) == 60.0 and view.estimate(scratch[1]) == 240.0
     assert view.estimate(double[0]) == 60.0  # the same recipe on another backbone
+    other_design = stages("double", "top", "mal-vs-ben")
+    assert StudyView(cached + other_design, ledger).estimate(other_design[0]) == 60.0  # ... and another design
     assert view.estimate(other[0]) == 150.0  # none alike has run: its kind's mean
     assert view.estimate(Stage("evaluate skin/cached", "evaluate", {})) is None
 

@@ -35,6 +35,8 @@ from bench.work import Work
 from bench.progress import clock
 
 KINDS = ("source", "trunk", "finetune", "extract", "evaluate", "report")
+# what may differ between a stage and those whose durations estimate its own, from the most alike to the least
+ALIKE_BUT = (("fold",), ("fold", "backbone"), ("fold", "backbone", "protocol"))
 KIND_TITLES = {"source": "source training", "trunk": "trunk activations", "finetune": "fine-tuning",
                "extract": "export + extraction", "evaluate": "evaluation", "report": "leaderboard + report"}
 
@@ -193,9 +195,9 @@ class StudyView:
         self.running: dict[str, tuple[Work, float]] = {}  # key -> stage, when it started (several on Ray)
         self.run_started = time.monotonic()
         self.total = len(stages)
-        # stages alike but for their fold, then also their backbone, take about as long (a fine-tune from a trunk
-        # cache: a fraction of one from random weights; a fine-tuned set from the cache: of a frozen one)
-        self.alike = {s.key: (_signature(s, ("fold",)), _signature(s, ("fold", "backbone"))) for s in stages}
+        # stages alike but for their fold, then also their backbone, then also their design, take about as long (a
+        # fine-tune from a trunk cache: a fraction of one from random weights; a set from the cache: of a frozen one)
+        self.alike = {s.key: [_signature(s, out) for out in ALIKE_BUT] for s in stages}
 
     def start(self, stage: Work) -> None:
         self.running[stage.key] = (stage, time.monotonic())
@@ -212,15 +214,14 @@ class StudyView:
             self.ran_seconds += seconds
 
     def estimate(self, stage: Work) -> float | None:
-        """This stage's last duration, else the mean of the finished stages alike but for their fold, else but for
-        their fold and backbone, else of its kind; None: unknown. The ledger holds every finished stage's duration,
-        this run's included."""
+        """This stage's last duration, else the mean of the finished stages most alike (`ALIKE_BUT`), else of its
+        kind; None: unknown. The ledger holds every finished stage's duration, this run's included."""
         entry = self.ledger.entry(stage.key)
         if entry:
             return entry["seconds"]
-        for like in (lambda key: key in self.alike and self.alike[key][0] == self.alike[stage.key][0],
-                     lambda key: key in self.alike and self.alike[key][1] == self.alike[stage.key][1],
-                     lambda key: key.split(" ")[0] == stage.kind):
+        likes = [lambda key, level=level: key in self.alike and self.alike[key][level] == self.alike[stage.key][level]
+                 for level in range(len(ALIKE_BUT))]
+        for like in likes + [lambda key: key.split(" ")[0] == stage.kind]:
             seen = [e["seconds"] for key, e in self.ledger.stages.items() if like(key)]
             if seen:
                 return sum(seen) / len(seen)
