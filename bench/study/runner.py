@@ -197,7 +197,7 @@ class StudyView:
         self.total = len(stages)
         # stages alike but for their fold, then also their backbone, then also their design, take about as long (a
         # fine-tune from a trunk cache: a fraction of one from random weights; a set from the cache: of a frozen one)
-        self.alike = {s.key: [_signature(s, out) for out in ALIKE_BUT] for s in stages}
+        self.alike = {s.key: [_signature(s, out) for out in ALIKE_BUT] + [s.kind] for s in stages}
 
     def start(self, stage: Work) -> None:
         self.running[stage.key] = (stage, time.monotonic())
@@ -213,19 +213,26 @@ class StudyView:
             self.done[stage.kind] += 1
             self.ran_seconds += seconds
 
-    def estimate(self, stage: Work) -> float | None:
+    def estimate(self, stage: Work, means: list[dict[str, float]] | None = None) -> float | None:
         """This stage's last duration, else the mean of the finished stages most alike (`ALIKE_BUT`), else of its
-        kind; None: unknown. The ledger holds every finished stage's duration, this run's included."""
+        kind; None: unknown. `means`: `self.means()`, computed once for many stages."""
         entry = self.ledger.entry(stage.key)
         if entry:
             return entry["seconds"]
-        likes = [lambda key, level=level: key in self.alike and self.alike[key][level] == self.alike[stage.key][level]
-                 for level in range(len(ALIKE_BUT))]
-        for like in likes + [lambda key: key.split(" ")[0] == stage.kind]:
-            seen = [e["seconds"] for key, e in self.ledger.stages.items() if like(key)]
-            if seen:
-                return sum(seen) / len(seen)
-        return None
+        means = means or self.means()
+        return next((level[signature] for level, signature in zip(means, self.alike[stage.key]) if signature in level),
+                    None)
+
+    def means(self) -> list[dict[str, float]]:
+        """Per level of likeness, the mean duration of the finished stages of each signature (the ledger holds every
+        finished stage's duration, this run's included)."""
+        levels: list[dict[str, list[float]]] = [{} for _ in range(len(ALIKE_BUT) + 1)]
+        for key, entry in self.ledger.stages.items():
+            signatures = self.alike.get(key, [None] * len(ALIKE_BUT) + [key.split(" ")[0]])
+            for level, signature in zip(levels, signatures):
+                if signature is not None:
+                    level.setdefault(signature, []).append(entry["seconds"])
+        return [{signature: sum(s) / len(s) for signature, s in level.items()} for level in levels]
 
     @property
     def finished(self) -> int:
@@ -238,12 +245,13 @@ class StudyView:
         return max(1.0, self.ran_seconds / max(time.monotonic() - self.run_started, 1e-9))
 
     def time_left(self) -> str:
-        estimates = [self.estimate(s) for s in self.pending.values()]
+        means = self.means()
+        estimates = [self.estimate(s, means) for s in self.pending.values()]
         known = sum(e for e in estimates if e is not None)
         at_once = self.parallelism()
         # Ray queues what it cannot start yet: only the stages submitted first are at work
         for stage, started in sorted(self.running.values(), key=lambda run: run[1])[:round(at_once)]:
-            known -= min(time.monotonic() - started, self.estimate(stage) or 0)
+            known -= min(time.monotonic() - started, self.estimate(stage, means) or 0)
         known /= at_once
         unknown = sorted({s.kind for s, e in zip(self.pending.values(), estimates) if e is None})
         if unknown:
