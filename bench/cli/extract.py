@@ -79,11 +79,9 @@ def extract(
     job = prepare(unit, ctx)
     try:
         if from_trunk:
-            from bench.paths import finetuned_checkpoint
             from bench.train.top import features_from_trunk
 
-            features_from_trunk(job, ctx.registry.backbone(backbone),
-                                finetuned_checkpoint(ctx.home, dataset, backbone, protocol, fold), ctx.store)
+            features_from_trunk(job, ctx, protocol, fold)
             console.print(f"wrote {job.todo_images} images to {dataset}/{backbone}/{job.key} in {ctx.store} from the "
                           "cached trunk activations", highlight=False)
             return

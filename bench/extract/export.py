@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,33 +68,37 @@ def _find_or_export(backbone: Backbone, checkpoint: Checkpoint | None, preproces
 
 
 def export_module(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, source: str | dict,
-                  cache: Path | None = None) -> ExportedModel:
+                  cache: Path | None = None, input_shape: tuple[int, ...] | None = None) -> ExportedModel:
     """`net` as ONNX, found in or entered into the model cache `cache` (default: the user's ONNX cache): a
-    backbone's network, or a part of one standing as its own backbone (a trunk, bench.train.trunk). `source` says
-    where its weights came from."""
+    backbone's network, or a part of one standing as its own backbone (a trunk or a top, bench.train.trunk).
+    `source` says where its weights came from. `input_shape` (one input's): for a net that takes no image at the
+    preprocessing's size (a top takes a trunk's activations), whose parity check then runs on seeded normal inputs."""
     cache = cache or paths.onnx_dir(paths.home())
     path = model_cache.model_path(net, backbone, preprocessing, cache)
     found = model_cache.find(path, backbone, preprocessing)
     if found is not None:
         return found
-    meta = export_network(net, backbone, preprocessing, path)
+    meta = export_network(net, backbone, preprocessing, path, input_shape)
     meta["source"] = source
     return model_cache.keep(path, meta, backbone, preprocessing)
 
 
-def export_network(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, path: Path) -> dict:
+def export_network(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing, path: Path,
+                   input_shape: tuple[int, ...] | None = None) -> dict:
     """`net` as ONNX at `path`, checked against torch (bench.testing checks plugins with it); its metadata. The
-    graph is the cached one of its architecture and size, with the net's weights put in, where it can be (`_graph`)."""
+    graph is the cached one of its architecture and input size, with the net's weights put in, where it can be
+    (`_graph`). `input_shape`: as for `export_module`."""
     import onnx
     import torch
 
-    graph, graph_path = _graph(net, backbone, preprocessing, path.parent / "graphs")
+    inputs = Inputs(preprocessing, input_shape)
+    graph, graph_path = _graph(net, backbone, inputs, path.parent / "graphs")
     if graph_path:  # a graph exported without a cache holds the net's weights already
         graph_cache.put_weights(graph, net)
     graph = _optimised(graph)
     with atomic.atomic_path(path) as tmp:  # a model that fails its parity check never reaches the cache
         onnx.save(graph, tmp)
-        diff = _parity(net, tmp, preprocessing, backbone.feature_dim)
+        diff = _parity(net, tmp, inputs, backbone.feature_dim)
     return {
         "backbone": backbone.name,
         "feature_dim": backbone.feature_dim,
@@ -107,9 +112,34 @@ def export_network(net: nn.Module, backbone: Backbone, preprocessing: Preprocess
     }
 
 
-def _graph(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing,
+@dataclass(frozen=True)
+class Inputs:
+    """What an exported network takes: images at the preprocessing's size, or inputs of `shape` (one input's)."""
+
+    preprocessing: Preprocessing
+    shape: tuple[int, ...] | None = None
+
+    @property
+    def size(self) -> int | tuple[int, ...]:
+        """What the graph depends on (graph_cache.architecture_key): the input's shape, or for an image its side,
+        which keeps the keys of the graphs cached before other inputs could be exported."""
+        return self.shape or self.preprocessing.size
+
+    @property
+    def one(self) -> tuple[int, ...]:
+        """One input's shape."""
+        return self.shape or (3, self.preprocessing.size, self.preprocessing.size)
+
+    def example(self, n: int) -> np.ndarray:
+        """`n` inputs for the parity check: image-like ones (`sample_images`), normalised, or seeded normal ones."""
+        if self.shape is None:
+            return self.preprocessing.normalise(sample_images(n, self.preprocessing.size))
+        return np.random.default_rng(0).standard_normal((n, *self.shape), dtype=np.float32)
+
+
+def _graph(net: nn.Module, backbone: Backbone, inputs: Inputs,
            graphs: Path) -> tuple[onnx.ModelProto, Path | None]:
-    """The network's ONNX graph at the preprocessing's size, and the file it is cached in (in `graphs`).
+    """The network's ONNX graph at its input size, and the file it is cached in (in `graphs`).
 
     The graph cache keeps a graph only where every tensor of the state dict is an initializer of the same name,
     shape and type, and the graph given other weights still matches torch given them (no weight was folded into a
@@ -117,16 +147,16 @@ def _graph(net: nn.Module, backbone: Backbone, preprocessing: Preprocessing,
     """
     import onnx
 
-    cached = graph_cache.graph_path(net, preprocessing.size, graphs)
+    cached = graph_cache.graph_path(net, inputs.size, graphs)
     graph = graph_cache.read(cached)
     if graph is not None:
         return graph, cached
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-    _torch_export(net, backbone, preprocessing.size, tmp)
+    _torch_export(net, backbone, inputs.one, tmp)
     graph = onnx.load(tmp)
     tmp.unlink()
-    if not (graph_cache.takes_weights(graph, net) and _takes_other_weights(graph, net, preprocessing, tmp)):
+    if not (graph_cache.takes_weights(graph, net) and _takes_other_weights(graph, net, inputs, tmp)):
         return graph, None
     graph_cache.keep(graph, net, cached)
     return graph, cached
@@ -142,7 +172,7 @@ def _optimised(graph: onnx.ModelProto) -> onnx.ModelProto:
     return optimizer.optimize(graph)
 
 
-def _takes_other_weights(graph: onnx.ModelProto, net: nn.Module, preprocessing: Preprocessing, tmp: Path) -> bool:
+def _takes_other_weights(graph: onnx.ModelProto, net: nn.Module, inputs: Inputs, tmp: Path) -> bool:
     """Whether the graph with every tensor of the net scaled (a seeded 0-50% up) still computes what torch does."""
     import onnx
     import torch
@@ -158,7 +188,7 @@ def _takes_other_weights(graph: onnx.ModelProto, net: nn.Module, preprocessing: 
     graph_cache.put_weights(probe, other)
     onnx.save(probe, tmp)
     try:
-        _parity(other, tmp, preprocessing, None)
+        _parity(other, tmp, inputs, None)
         return True
     except BenchError:
         return False
@@ -166,8 +196,9 @@ def _takes_other_weights(graph: onnx.ModelProto, net: nn.Module, preprocessing: 
         tmp.unlink()
 
 
-def _torch_export(net: nn.Module, backbone: Backbone, size: int, path: Path) -> None:
-    """The dynamo exporter, torch's supported path; the input size is fixed, so 'same' padding becomes constant.
+def _torch_export(net: nn.Module, backbone: Backbone, shape: tuple[int, ...], path: Path) -> None:
+    """The dynamo exporter, torch's supported path; one input's `shape` is fixed, so 'same' padding becomes
+    constant.
 
     optimize=False keeps every weight an initializer named after its state-dict entry, so that other weights can
     be put in; `_optimised` folds them afterwards.
@@ -178,7 +209,7 @@ def _torch_export(net: nn.Module, backbone: Backbone, size: int, path: Path) -> 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # exporter chatter about its internals, nothing the user can act on
             torch.onnx.export(
-                net, (torch.zeros(2, 3, size, size),), path, input_names=["images"], output_names=["features"],
+                net, (torch.zeros(2, *shape),), path, input_names=["images"], output_names=["features"],
                 dynamo=True, optimize=False, external_data=False, opset_version=OPSET, verbose=False,
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
             )
@@ -186,13 +217,13 @@ def _torch_export(net: nn.Module, backbone: Backbone, size: int, path: Path) -> 
         raise BenchError(f"torch cannot export {backbone.name} to ONNX: {str(exc).splitlines()[0]}") from exc
 
 
-def _parity(net: nn.Module, model: Path, preprocessing: Preprocessing, feature_dim: int | None) -> float:
-    """Max |onnx - torch| on a few image-like inputs, at a batch size other than the exported one (and the
-    features' shape checked against `feature_dim` where given)."""
+def _parity(net: nn.Module, model: Path, inputs: Inputs, feature_dim: int | None) -> float:
+    """Max |onnx - torch| on a few of the net's example inputs, at a batch size other than the exported one (and
+    the features' shape checked against `feature_dim` where given)."""
     import onnxruntime as ort
     import torch
 
-    x = preprocessing.normalise(sample_images(3, preprocessing.size))
+    x = inputs.example(3)
     with torch.no_grad():
         expected = net(torch.from_numpy(x)).numpy()
     if feature_dim is not None and expected.shape != (3, feature_dim):

@@ -25,12 +25,13 @@ if TYPE_CHECKING:  # onnx and torch are imported where a graph is read or keyed
 OPSET = 18  # the ONNX opset every graph is exported at: part of every cache key of an exported model
 
 
-def graph_path(net: nn.Module, size: int, graphs: Path) -> Path:
-    """Where the graph of `net`'s architecture at `size` x `size` pixels is kept in the folder `graphs`."""
+def graph_path(net: nn.Module, size: int | tuple[int, ...], graphs: Path) -> Path:
+    """Where the graph of `net`'s architecture is kept in the folder `graphs`, for `size` x `size` pixel images (or
+    inputs of shape `size`)."""
     return graphs / f"{architecture_key(net, size)}.onnx"
 
 
-def architecture_key(net: nn.Module, size: int) -> str:
+def architecture_key(net: nn.Module, size: int | tuple[int, ...]) -> str:
     """What an exported graph depends on: the module tree (classes and their settings), the state dict's names,
     shapes and types, the input size and the exporter's versions; not the weights' values."""
     import onnx

@@ -76,13 +76,11 @@ def _extract(unit: Extract, ctx: Context) -> str:
 
     if not unit.from_trunk:
         return _fill(prepare, unit, ctx)
-    from bench import paths
     from bench.train.top import features_from_trunk
 
     job = _prepared(prepare, unit, ctx)
     try:
-        features_from_trunk(job, ctx.registry.backbone(unit.backbone), paths.finetuned_checkpoint(
-            ctx.home, unit.dataset.adapter, unit.backbone, unit.protocol, unit.fold), ctx.store)
+        features_from_trunk(job, ctx, unit.protocol, unit.fold)
     finally:
         job.writer.release()
     return job.model.sha256

@@ -8,19 +8,23 @@ The trainer's `net` is the whole network, whose top is trained in place: what is
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+from bench import paths
 from bench.train import loop
-from bench.backbone import Backbone, Preprocessing, read_checkpoint
+from bench.backbone import Preprocessing, read_checkpoint
 from bench.errors import BenchError
-from bench.extract.pipeline import Extraction
+from bench.extract.pipeline import Extraction, create_session
 from bench.train.recipes import Recipe
 from bench.train.loop import RunState, Trainer, TrainingJob
-from bench.train.trunk import read_pool, split, trunk_key
+from bench.train.trunk import export_top, read_pool, split, trunk_key
+
+if TYPE_CHECKING:
+    from bench.context import Context
 
 
 def fit(job: TrainingJob, device: torch.device | None = None) -> RunState:
@@ -61,10 +65,12 @@ def top_trainer(job: TrainingJob, device: torch.device, generator: torch.Generat
     return trainer, torch.from_numpy(np.ascontiguousarray(pools)).to(device)
 
 
-def features_from_trunk(job: Extraction, backbone: Backbone, weights: Path, store: str) -> None:
+def features_from_trunk(job: Extraction, ctx: Context, protocol: str, fold: str) -> None:
     """Fill a fine-tuned feature set's missing chunks with its network's top on view 0 of the trunk set the
-    fine-tune (`weights`) trained from: no image is read and the trunk does not run. The features are the
-    model's within float16's precision of the trunk's activations (a few parts in 10,000 here)."""
+    fine-tune (of `protocol` on `fold`, in `ctx.home`) trained from: no image is read and the trunk does not run.
+    The features are the model's within float16's precision of the trunk's activations (a few parts in 10,000)."""
+    backbone = ctx.registry.backbone(job.backbone)
+    weights = paths.finetuned_checkpoint(ctx.home, job.dataset, job.backbone, protocol, fold)
     saved = read_checkpoint(weights)
     recipe, seed = saved["meta"].get("recipe", {}), saved["meta"].get("seed", 0)
     if not recipe.get("views"):
@@ -72,12 +78,13 @@ def features_from_trunk(job: Extraction, backbone: Backbone, weights: Path, stor
                          "extract without --from-trunk")
     net = backbone.create(weights)
     cut = split(backbone, net, recipe["train_last"])
-    key, _ = trunk_key(cut, Preprocessing.from_dict(saved["preprocessing"]), recipe["views"], seed)
-    pools = read_pool(store, job.dataset, job.backbone, key, job.manifest["image_id"].astype(str).to_numpy())
-    job.writer.group.attrs.update({"computed_from": f"trunk set {key}: the top on view 0"})
-    top = cut.top.eval()
+    preprocessing = Preprocessing.from_dict(saved["preprocessing"])
+    key, _ = trunk_key(cut, preprocessing, recipe["views"], seed)
+    pools = read_pool(ctx.store, job.dataset, job.backbone, key, job.manifest["image_id"].astype(str).to_numpy())
+    top = export_top(backbone, cut, preprocessing, pools.shape[2:], paths.onnx_dir(ctx.home))
+    job.writer.group.attrs.update({"computed_from": f"trunk set {key}: the top on view 0 ({top.path.name})"})
+    session = create_session(top.path)
     for chunk in job.todo:
         rows = job.writer.chunk_rows_of(chunk)
-        view0 = torch.from_numpy(pools[rows.start:rows.stop, 0].astype(np.float32))
-        with torch.no_grad():
-            job.writer.write_chunk(chunk, top(view0).numpy())
+        view0 = pools[rows.start:rows.stop, 0].astype(np.float32)
+        job.writer.write_chunk(chunk, session.run(None, {session.get_inputs()[0].name: view0})[0])
