@@ -327,6 +327,7 @@ def test_every_built_in_study_reads_or_says_which_root_to_fill_in(tmp_path):
     ("leaderboard/finetune224/finetune224.toml", "finetune224", ("ham10000",)),
     ("leaderboard/finetune224-two-blocks/finetune224-two-blocks.toml", "finetune224-two-blocks", ("ham10000",)),
     ("leaderboard/finetune224-bf16/finetune224-bf16.toml", "finetune224-bf16", ("ham10000",)),
+    ("menegola2017-cpu10", "menegola2017-cpu10", ("ham10000", "retinopathy")),
 ])
 def test_the_committed_study_ledgers_are_still_valid(shared_data, tmp_path, name, folder, datasets):
     """Every stage of a published study keeps its fingerprint, so a rerun of it skips everything: a change
