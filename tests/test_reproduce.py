@@ -122,6 +122,8 @@ def test_the_time_left_counts_stages_that_run_side_by_side(tmp_path):
     for stage in stages[2:5]:  # three submitted 60 s ago: two at work, the third queued by Ray
         view.running[stage.key] = (stage, time.monotonic() - 60)
     assert view.time_left() == "about 3:10 left"
+    view.running = {stages[2].key: (stages[2], time.monotonic() - 150)}  # past the 100 s it took before
+    assert view.time_left() == "about 3:20 left, 1 stage running longer than usual"
 
 
 def test_a_stage_never_run_is_expected_to_take_as_long_as_those_alike_but_for_their_fold(tmp_path):

@@ -249,15 +249,19 @@ class StudyView:
         estimates = [self.estimate(s, means) for s in self.pending.values()]
         known = sum(e for e in estimates if e is not None)
         at_once = self.parallelism()
+        late = 0  # stages at work for longer than expected: what they still need is not known
         # Ray queues what it cannot start yet: only the stages submitted first are at work
         for stage, started in sorted(self.running.values(), key=lambda run: run[1])[:round(at_once)]:
-            known -= min(time.monotonic() - started, self.estimate(stage, means) or 0)
+            ran, expected = time.monotonic() - started, self.estimate(stage, means) or 0
+            known -= min(ran, expected)
+            late += 0 < expected < ran
         known /= at_once
+        overdue = "" if not late else f", {late} stage{'s' if late > 1 else ''} running longer than usual"
         unknown = sorted({s.kind for s, e in zip(self.pending.values(), estimates) if e is None})
         if unknown:
             kinds = ", ".join(KIND_TITLES[k] for k in unknown)
-            return f"at least {clock(max(known, 0))} left (no timing yet for {kinds})"
-        return f"about {clock(max(known, 0))} left"
+            return f"at least {clock(max(known, 0))} left (no timing yet for {kinds}){overdue}"
+        return f"about {clock(max(known, 0))} left{overdue}"
 
     def __rich__(self) -> Group:
         table = Table(box=None, pad_edge=False)
